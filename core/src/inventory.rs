@@ -1,0 +1,119 @@
+//! What a node holds, and the changes it has not yet reported to the tracker.
+
+use std::collections::BTreeSet;
+
+use crate::id::ChunkId;
+
+/// A node's chunk inventory with an outbox of unreported changes.
+///
+/// Drive contract: call [`Inventory::added`]/[`Inventory::removed`] as the
+/// store changes; at each heartbeat, [`Inventory::take_delta`] gives what to
+/// send. If the heartbeat fails, [`Inventory::restore_delta`] puts it back; if
+/// the tracker asks for a full report, send [`Inventory::all`] with a register.
+#[derive(Debug, Default, Clone)]
+pub struct Inventory {
+    held: BTreeSet<ChunkId>,
+    unreported_added: BTreeSet<ChunkId>,
+    unreported_removed: BTreeSet<ChunkId>,
+}
+
+/// Changes since the last successful report.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub added: Vec<ChunkId>,
+    pub removed: Vec<ChunkId>,
+}
+
+impl Inventory {
+    pub fn new(held: impl IntoIterator<Item = ChunkId>) -> Self {
+        Self {
+            held: held.into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn added(&mut self, id: ChunkId) {
+        if self.held.insert(id) {
+            self.unreported_removed.remove(&id);
+            self.unreported_added.insert(id);
+        }
+    }
+
+    pub fn removed(&mut self, id: ChunkId) {
+        if self.held.remove(&id) {
+            self.unreported_added.remove(&id);
+            self.unreported_removed.insert(id);
+        }
+    }
+
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.held.contains(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    pub fn all(&self) -> Vec<ChunkId> {
+        self.held.iter().copied().collect()
+    }
+
+    /// Take the unreported changes; a full report also clears them.
+    pub fn take_delta(&mut self) -> Delta {
+        Delta {
+            added: std::mem::take(&mut self.unreported_added)
+                .into_iter()
+                .collect(),
+            removed: std::mem::take(&mut self.unreported_removed)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// A report failed: keep its changes for the next one (newer changes win).
+    pub fn restore_delta(&mut self, delta: Delta) {
+        for id in delta.added {
+            if self.held.contains(&id) && !self.unreported_removed.contains(&id) {
+                self.unreported_added.insert(id);
+            }
+        }
+        for id in delta.removed {
+            if !self.held.contains(&id) && !self.unreported_added.contains(&id) {
+                self.unreported_removed.insert(id);
+            }
+        }
+    }
+
+    /// A full report was sent: nothing is pending any more.
+    pub fn reported_all(&mut self) {
+        self.unreported_added.clear();
+        self.unreported_removed.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A failed heartbeat loses no change, and later changes win.
+    #[test]
+    fn failed_report_keeps_changes() {
+        let a = ChunkId::of(b"a");
+        let b = ChunkId::of(b"b");
+        let mut inv = Inventory::default();
+        inv.added(a);
+        inv.added(b);
+        let d = inv.take_delta();
+        assert_eq!(d.added.len(), 2);
+        inv.removed(b);
+        inv.restore_delta(d);
+        let d2 = inv.take_delta();
+        assert_eq!(d2.added, vec![a]);
+        assert_eq!(d2.removed, vec![b]);
+        assert!(inv.take_delta().added.is_empty());
+    }
+}

@@ -1,0 +1,27 @@
+//! Every bound the protocol enforces. Values that arrive from the wire or a
+//! user are checked against these before anything is allocated.
+
+/// Default size of a chunk: 4 MiB.
+pub const CHUNK_SIZE_DEFAULT_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest chunk size a file may declare.
+pub const CHUNK_SIZE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Smallest chunk size a file may declare (small values only make sense in tests).
+pub const CHUNK_SIZE_MIN_BYTES: u64 = 1024;
+/// Size of one data message in a chunk stream.
+pub const PIECE_SIZE_BYTES: usize = 1024 * 1024;
+/// Largest message any peer decodes: a piece plus framing headroom.
+pub const MESSAGE_SIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Default replication factor.
+pub const REPLICAS_DEFAULT: u32 = 3;
+/// Highest replication factor a file may ask for.
+pub const REPLICAS_MAX: u32 = 16;
+/// Most chunks one file may have (with 4 MiB chunks: 64 TiB).
+pub const FILE_CHUNKS_MAX: u64 = 1 << 24;
+/// Longest file name, in bytes.
+pub const NAME_MAX_BYTES: usize = 255;
+/// Longest node id, in bytes.
+pub const NODE_ID_MAX_BYTES: usize = 64;
+/// Longest node address, in bytes.
+pub const ADDR_MAX_BYTES: usize = 256;
+/// Most chunk ids in one inventory message.
+pub const INVENTORY_MAX_CHUNKS: usize = 1 << 22;

@@ -1,0 +1,265 @@
+use super::*;
+use proptest::prelude::*;
+
+fn nid(i: usize) -> NodeId {
+    NodeId::new(format!("n{i:02}")).unwrap()
+}
+
+fn cluster(n: usize) -> Tracker {
+    let mut t = Tracker::new(TrackerConfig::default());
+    for i in 0..n {
+        t.register(nid(i), format!("127.0.0.1:{}", 7000 + i), vec![], 0)
+            .unwrap();
+    }
+    while t.poll_record().is_some() {}
+    t
+}
+
+fn manifest(name: &str, n_chunks: usize, replicas: u32) -> Manifest {
+    let chunks = (0..n_chunks)
+        .map(|i| ChunkId::of(format!("{name}{i}").as_bytes()))
+        .collect();
+    Manifest::new(name.into(), n_chunks as u64 * 1024, 1024, replicas, chunks).unwrap()
+}
+
+fn put(t: &mut Tracker, name: &str, n_chunks: usize, replicas: u32) -> Manifest {
+    let m = manifest(name, n_chunks, replicas);
+    let placement = t
+        .allocate(n_chunks as u64, replicas, &BTreeSet::new())
+        .unwrap();
+    let holders = placement
+        .iter()
+        .map(|p| p.iter().map(|r| r.id.clone()).collect())
+        .collect();
+    t.commit(m.clone(), holders).unwrap();
+    m
+}
+
+// Asking for more replicas than live nodes is a clear error, not a short placement.
+#[test]
+fn allocate_refuses_when_too_few_nodes() {
+    let mut t = cluster(2);
+    assert_eq!(
+        t.allocate(1, 3, &BTreeSet::new()),
+        Err(TrackerError::NotEnoughNodes {
+            wanted: 3,
+            available: 2
+        })
+    );
+    assert!(matches!(
+        t.allocate(1, 0, &BTreeSet::new()),
+        Err(TrackerError::Manifest(_))
+    ));
+    // A dead node is not eligible.
+    let mut t = cluster(3);
+    t.heartbeat(&nid(0), vec![], vec![], 20_000).unwrap();
+    t.heartbeat(&nid(1), vec![], vec![], 20_000).unwrap();
+    assert_eq!(t.tick(20_000), vec![nid(2)]);
+    assert!(t.allocate(1, 3, &BTreeSet::new()).is_err());
+    assert!(t.allocate(1, 2, &BTreeSet::new()).is_ok());
+}
+
+// Placement spreads chunks evenly over equally loaded nodes.
+#[test]
+fn allocate_balances_load() {
+    let mut t = cluster(4);
+    let p = t.allocate(4, 3, &BTreeSet::new()).unwrap();
+    let mut per_node = BTreeMap::new();
+    for ids in &p {
+        for r in ids {
+            *per_node.entry(r.id.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        vec![3, 3, 3, 3]
+    );
+}
+
+// A commit is a durable record, and restoring the records gives back the file.
+#[test]
+fn commit_emits_record_and_restore_rebuilds() {
+    let mut t = cluster(3);
+    let m = put(&mut t, "a", 2, 3);
+    let rec = t.poll_record().unwrap();
+    assert!(matches!(&rec, Record::FileCommitted { manifest, .. } if *manifest == m));
+    assert_eq!(t.poll_record(), None);
+    let joined = (0..3).map(|i| Record::NodeJoined {
+        id: nid(i),
+        addr: format!("127.0.0.1:{}", 7000 + i),
+    });
+    let restored = Tracker::restore(TrackerConfig::default(), joined.chain([rec]));
+    let loc = restored.locate("a").unwrap();
+    assert_eq!(loc.manifest, m);
+    // Restored nodes are suspects until they report again.
+    assert!(
+        loc.locations
+            .iter()
+            .all(|l| l.live.is_empty() && l.suspect.len() == 3)
+    );
+    assert_eq!(restored.files().len(), 1);
+}
+
+// After a restart the tracker asks every node for its full inventory.
+#[test]
+fn restored_nodes_must_reregister() {
+    let joined = Record::NodeJoined {
+        id: nid(0),
+        addr: "127.0.0.1:1".into(),
+    };
+    let mut t = Tracker::restore(TrackerConfig::default(), [joined]);
+    assert_eq!(
+        t.heartbeat(&nid(0), vec![], vec![], 5).unwrap(),
+        HeartbeatReply::Reregister
+    );
+    t.register(nid(0), "127.0.0.1:1".into(), vec![], 6).unwrap();
+    assert!(matches!(
+        t.heartbeat(&nid(0), vec![], vec![], 7).unwrap(),
+        HeartbeatReply::Ok { .. }
+    ));
+    assert_eq!(
+        t.heartbeat(&nid(9), vec![], vec![], 7).unwrap(),
+        HeartbeatReply::Reregister
+    );
+}
+
+// Commit needs R distinct registered holders for every chunk; names are unique.
+#[test]
+fn commit_checks_holders_and_names() {
+    let mut t = cluster(3);
+    let m = manifest("f", 2, 2);
+    let short = vec![vec![nid(0), nid(1)], vec![nid(0), nid(0)]];
+    assert!(matches!(
+        t.commit(m.clone(), short),
+        Err(TrackerError::NotEnoughHolders {
+            chunk: 1,
+            acked: 1,
+            wanted: 2
+        })
+    ));
+    let ghost = vec![vec![nid(0), nid(1)], vec![nid(0), nid(7)]];
+    assert!(t.commit(m.clone(), ghost).is_err());
+    let ok = vec![vec![nid(0), nid(1)], vec![nid(1), nid(2)]];
+    let h = t.commit(m.clone(), ok.clone()).unwrap();
+    assert_eq!(
+        t.commit(m.clone(), ok.clone()),
+        Ok(h),
+        "same commit twice is idempotent"
+    );
+    let mut other = manifest("f", 1, 2);
+    other.chunks[0] = ChunkId::of(b"other");
+    assert_eq!(
+        t.commit(other, vec![ok[0].clone()]),
+        Err(TrackerError::FileExists("f".into()))
+    );
+}
+
+// Killing holders shows up as under-replicated and lost chunks, and in locate.
+#[test]
+fn status_counts_under_replicated_and_lost() {
+    let mut t = cluster(3);
+    put(&mut t, "f", 2, 3);
+    assert_eq!(t.status(0).under_replicated, 0);
+    t.heartbeat(&nid(0), vec![], vec![], 11_000).unwrap();
+    t.tick(11_000);
+    let s = t.status(11_000);
+    assert_eq!((s.under_replicated, s.lost), (2, 0));
+    assert_eq!(t.files()[0].under_replicated, 2);
+    t.tick(30_000);
+    let s = t.status(30_000);
+    assert_eq!((s.under_replicated, s.lost), (2, 2));
+    let loc = t.locate("f").unwrap();
+    assert!(
+        loc.locations
+            .iter()
+            .all(|l| l.live.is_empty() && l.suspect.len() == 3)
+    );
+}
+
+// A leave hands every dependent chunk to a node that does not hold it, and
+// the node is removed only when nothing depends on it any more.
+#[test]
+fn leave_hands_off_then_removes() {
+    let mut t = cluster(4);
+    put(&mut t, "f", 4, 3);
+    while t.poll_record().is_some() {}
+    let leaver = nid(0);
+    let handoffs = t.begin_leave(&leaver, 1).unwrap();
+    assert_eq!(handoffs.len(), 3, "n00 holds 3 of the 4 chunks");
+    for h in &handoffs {
+        assert_ne!(h.target.id, leaver);
+        assert!(!t.holders[&h.chunk].contains(&h.target.id));
+    }
+    // Leaving nodes get no new chunks.
+    let p = t.allocate(1, 3, &BTreeSet::new()).unwrap();
+    assert!(p[0].iter().all(|r| r.id != leaver));
+    // A partial report keeps the node.
+    let first = vec![(handoffs[0].chunk, handoffs[0].target.id.clone())];
+    assert_eq!(t.finish_leave(&leaver, first).unwrap().len(), 2);
+    let rest = handoffs[1..]
+        .iter()
+        .map(|h| (h.chunk, h.target.id.clone()))
+        .collect();
+    assert!(t.finish_leave(&leaver, rest).unwrap().is_empty());
+    assert_eq!(t.poll_record(), Some(Record::NodeLeft { id: leaver }));
+    assert_eq!(t.status(1).under_replicated, 0);
+    assert_eq!(t.status(1).nodes.len(), 3);
+}
+
+// A leave that would drop chunks below their factor is refused.
+#[test]
+fn leave_refused_without_room() {
+    let mut t = cluster(3);
+    put(&mut t, "f", 1, 3);
+    assert!(matches!(
+        t.begin_leave(&nid(0), 1),
+        Err(TrackerError::NotEnoughNodes { .. })
+    ));
+    // Refusal leaves the node a full member.
+    assert_eq!(t.allocate(1, 3, &BTreeSet::new()).unwrap()[0].len(), 3);
+}
+
+proptest! {
+    // Placement never puts two replicas of a chunk on one node, never uses an
+    // excluded, dead or leaving node, and is deterministic.
+    #[test]
+    fn placement_is_distinct_and_eligible(
+        n_nodes in 1usize..12,
+        dead in proptest::collection::btree_set(0usize..12, 0..4),
+        excluded in proptest::collection::btree_set(0usize..12, 0..3),
+        chunk_count in 0u64..40,
+        replicas in 1u32..6,
+    ) {
+        let mut t = cluster(n_nodes);
+        for i in 0..n_nodes {
+            if !dead.contains(&i) {
+                t.heartbeat(&nid(i), vec![], vec![], 50_000).unwrap();
+            }
+        }
+        t.tick(50_000);
+        let exclude: BTreeSet<NodeId> = excluded.iter().map(|&i| nid(i)).collect();
+        let eligible = (0..n_nodes).filter(|i| !dead.contains(i) && !excluded.contains(i)).count();
+        let again = t.clone().allocate(chunk_count, replicas, &exclude);
+        match t.allocate(chunk_count, replicas, &exclude) {
+            Ok(p) => {
+                prop_assert!(eligible >= replicas as usize);
+                prop_assert_eq!(p.len() as u64, chunk_count);
+                for ids in &p {
+                    let set: BTreeSet<_> = ids.iter().map(|r| r.id.clone()).collect();
+                    prop_assert_eq!(set.len(), replicas as usize);
+                    for r in ids {
+                        prop_assert!(!exclude.contains(&r.id));
+                        prop_assert!(t.nodes[&r.id].alive);
+                    }
+                }
+                prop_assert_eq!(Ok(p), again);
+            }
+            Err(TrackerError::NotEnoughNodes { wanted, available }) => {
+                prop_assert_eq!(wanted, replicas);
+                prop_assert_eq!(available, eligible);
+                prop_assert!(eligible < replicas as usize);
+            }
+            Err(e) => prop_assert!(false, "unexpected error {e}"),
+        }
+    }
+}
