@@ -24,4 +24,6 @@ pub const NODE_ID_MAX_BYTES: usize = 64;
 /// Longest node address, in bytes.
 pub const ADDR_MAX_BYTES: usize = 256;
 /// Most chunk ids in one inventory message.
-pub const INVENTORY_MAX_CHUNKS: usize = 1 << 22;
+pub const INVENTORY_MAX_CHUNKS: usize = 1 << 20;
+/// Largest message the tracker decodes (a full inventory report).
+pub const TRACKER_MESSAGE_SIZE_MAX_BYTES: usize = 48 * 1024 * 1024;

@@ -1,0 +1,665 @@
+//! Client operations as a library: put, get, ls, status, leave.
+//!
+//! `put` reads the input once, one chunk at a time (at most
+//! `chunks_in_flight` chunks in memory), hashes each chunk and uploads it to
+//! its `R` targets in parallel (fan-out), replacing a target that fails.
+//! Only when every chunk has `R` durable acknowledgements does it commit the
+//! manifest. `get` fetches chunks from several holders at once, verifies
+//! each against its hash while writing it at its offset in a temporary
+//! file, and renames the file into place only when every chunk is intact.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use p2p_core::chunking::{chunk_count, chunk_offset};
+use p2p_core::get_plan::{Candidate, FetchFailure, GetOutcome, GetPlan};
+use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, PIECE_SIZE_BYTES};
+use p2p_core::manifest::{validate_chunk_size, validate_replicas};
+use p2p_core::put_plan::{PutAction, PutOutcome, ReplicaPut};
+use p2p_core::tracker::NodeRef;
+use p2p_core::{ChunkId, Manifest, NodeId, validate_name};
+use p2p_proto as pb;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tonic::Status;
+
+use crate::convert;
+use crate::error::{ClientError, is_unreachable, status_line};
+use crate::transport::{Dialer, Peers, Timeouts};
+
+/// Tuning of a client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Chunk size of new files.
+    pub chunk_size_bytes: u64,
+    /// Chunks being replicated at once during a put (each held in memory).
+    pub chunks_in_flight: usize,
+    /// Chunk fetches running at once during a get.
+    pub fetches_in_flight: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size_bytes: CHUNK_SIZE_DEFAULT_BYTES,
+            chunks_in_flight: 4,
+            fetches_in_flight: 6,
+        }
+    }
+}
+
+/// Progress of a long transfer, in bytes.
+pub trait Progress: Send + Sync {
+    fn start(&self, _total_bytes: u64) {}
+    fn advance(&self, _bytes: u64) {}
+    fn finish(&self) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What a put did.
+#[derive(Debug, Clone)]
+pub struct PutReport {
+    pub manifest: Manifest,
+    pub manifest_hash: String,
+    /// Node ids holding each chunk.
+    pub holders: Vec<Vec<NodeId>>,
+}
+
+/// What a get did.
+#[derive(Debug, Clone)]
+pub struct GetReport {
+    pub manifest: Manifest,
+    /// Fetches that failed and were retried elsewhere.
+    pub retries: usize,
+}
+
+/// Where a get writes verified chunk bytes.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    async fn write_at(&self, offset: u64, data: Bytes) -> std::io::Result<()>;
+}
+
+/// A temporary file next to the destination, renamed into place by
+/// [`FileSink::finish`]; dropped unfinished, it is removed.
+pub struct FileSink {
+    file: Arc<std::fs::File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    finished: bool,
+}
+
+impl FileSink {
+    pub fn create(dest: &Path, size_bytes: u64) -> Result<Self, ClientError> {
+        let werr = |source| ClientError::WriteOutput {
+            path: dest.to_path_buf(),
+            source,
+        };
+        let file_name = dest
+            .file_name()
+            .ok_or_else(|| werr(std::io::Error::other("not a file path")))?;
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.p2p-{}-{}.tmp",
+            file_name.to_string_lossy(),
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(werr)?;
+        let sink = Self {
+            file: Arc::new(file),
+            tmp,
+            dest: dest.to_path_buf(),
+            finished: false,
+        };
+        sink.file.set_len(size_bytes).map_err(werr)?;
+        Ok(sink)
+    }
+
+    /// Sync the data and rename the file into place.
+    pub async fn finish(mut self) -> Result<(), ClientError> {
+        let werr = |source| ClientError::WriteOutput {
+            path: self.dest.clone(),
+            source,
+        };
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| werr(std::io::Error::other(e)))?
+            .map_err(werr)?;
+        std::fs::rename(&self.tmp, &self.dest).map_err(werr)?;
+        if let Some(dir) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for FileSink {
+    async fn write_at(&self, offset: u64, data: Bytes) -> std::io::Result<()> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
+
+/// Upload one chunk to one node: a header, then pieces of at most 1 MiB.
+/// Returns once the node has verified the hash and synced the chunk.
+pub async fn upload_chunk<D: Dialer>(
+    peers: &Peers<D>,
+    addr: &str,
+    id: ChunkId,
+    data: Bytes,
+) -> Result<(), ClientError> {
+    let mut node = peers.node(addr)?;
+    let header = pb::PutChunkRequest {
+        msg: Some(pb::put_chunk_request::Msg::Header(pb::PutChunkHeader {
+            chunk: Bytes::copy_from_slice(id.as_bytes()),
+            size: data.len() as u64,
+        })),
+    };
+    let len = data.len();
+    let pieces = (0..len).step_by(PIECE_SIZE_BYTES).map(move |o| pb::PutChunkRequest {
+        msg: Some(pb::put_chunk_request::Msg::Data(
+            data.slice(o..(o + PIECE_SIZE_BYTES).min(len)),
+        )),
+    });
+    let stream = tokio_stream::iter(std::iter::once(header).chain(pieces));
+    let resp = node
+        .put_chunk(stream)
+        .await
+        .map_err(|s| ClientError::from_node(addr, s))?
+        .into_inner();
+    if !resp.stored {
+        return Err(ClientError::Node {
+            addr: addr.to_string(),
+            msg: "did not store the chunk".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Fetch one chunk, verifying length and hash as pieces arrive, and hand
+/// each piece to `write(offset_within_chunk, piece)`.
+async fn fetch_chunk<D: Dialer>(
+    peers: &Peers<D>,
+    addr: &str,
+    id: ChunkId,
+    len: u64,
+    mut write: impl AsyncFnMut(u64, Bytes) -> std::io::Result<()>,
+) -> Result<(), (FetchFailure, String)> {
+    let unreachable = |m: String| (FetchFailure::Unreachable, m);
+    let mut node = peers.node(addr).map_err(|e| unreachable(e.to_string()))?;
+    let classify = |s: Status| {
+        let why = if is_unreachable(&s) {
+            FetchFailure::Unreachable
+        } else {
+            FetchFailure::Bad
+        };
+        (why, status_line(&s))
+    };
+    let mut stream = node
+        .get_chunk(pb::GetChunkRequest {
+            chunk: Bytes::copy_from_slice(id.as_bytes()),
+        })
+        .await
+        .map_err(classify)?
+        .into_inner();
+    let piece_timeout = peers.timeouts().piece;
+    let mut hasher = blake3::Hasher::new();
+    let mut received = 0u64;
+    loop {
+        let msg = tokio::time::timeout(piece_timeout, stream.message())
+            .await
+            .map_err(|_| unreachable("timed out waiting for data".into()))?
+            .map_err(classify)?;
+        let Some(piece) = msg else { break };
+        received += piece.data.len() as u64;
+        if received > len {
+            return Err((FetchFailure::Bad, format!("sent more than the {len} bytes of the chunk")));
+        }
+        hasher.update(&piece.data);
+        write(received - piece.data.len() as u64, piece.data)
+            .await
+            .map_err(|e| (FetchFailure::Unreachable, format!("local write failed: {e}")))?;
+    }
+    if received != len {
+        return Err((FetchFailure::Bad, format!("sent {received} of {len} bytes")));
+    }
+    if ChunkId(*hasher.finalize().as_bytes()) != id {
+        return Err((FetchFailure::Bad, "sent bytes that do not match the chunk hash".into()));
+    }
+    Ok(())
+}
+
+/// Where a file is, as the tracker says.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub manifest: Manifest,
+    pub candidates: Vec<Vec<Candidate<String>>>,
+}
+
+/// A client of one tracker.
+pub struct Client<D: Dialer> {
+    peers: Arc<Peers<D>>,
+    tracker_addr: String,
+    pub config: ClientConfig,
+}
+
+impl<D: Dialer> Client<D> {
+    pub fn new(dialer: D, tracker_addr: &str, config: ClientConfig) -> Self {
+        Self {
+            peers: Arc::new(Peers::new(dialer)),
+            tracker_addr: tracker_addr.to_string(),
+            config,
+        }
+    }
+
+    fn tracker(&self) -> Result<pb::tracker_client::TrackerClient<tonic::transport::Channel>, ClientError> {
+        self.peers.tracker(&self.tracker_addr)
+    }
+
+    fn tracker_err(&self, s: Status) -> ClientError {
+        ClientError::from_tracker(&self.tracker_addr, s)
+    }
+
+    async fn allocate(
+        &self,
+        chunk_count: u64,
+        replicas: u32,
+        exclude: &[NodeRef],
+    ) -> Result<Vec<Vec<NodeRef>>, ClientError> {
+        let resp = self
+            .tracker()?
+            .allocate(pb::AllocateRequest {
+                chunk_count,
+                replicas,
+                exclude: exclude.iter().map(|n| n.id.to_string()).collect(),
+            })
+            .await
+            .map_err(|s| self.tracker_err(s))?
+            .into_inner();
+        let protocol = |msg: &str| ClientError::Protocol {
+            peer: format!("tracker at {}", self.tracker_addr),
+            msg: msg.to_string(),
+        };
+        if resp.placements.len() as u64 != chunk_count {
+            return Err(protocol("wrong number of placements"));
+        }
+        let excluded: BTreeSet<&NodeId> = exclude.iter().map(|n| &n.id).collect();
+        resp.placements
+            .iter()
+            .map(|p| {
+                let nodes: Vec<NodeRef> = p
+                    .nodes
+                    .iter()
+                    .map(convert::node_ref_from_pb)
+                    .collect::<Result<_, _>>()
+                    .map_err(|s| protocol(s.message()))?;
+                let distinct: BTreeSet<&NodeId> = nodes.iter().map(|n| &n.id).collect();
+                if distinct.len() != replicas as usize || distinct.iter().any(|n| excluded.contains(n)) {
+                    return Err(protocol("placement is not distinct nodes"));
+                }
+                Ok(nodes)
+            })
+            .collect()
+    }
+
+    /// Store the file at `path` under `name` (default: its file name) with
+    /// `replicas` copies of every chunk.
+    pub async fn put_file(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        replicas: u32,
+        progress: &dyn Progress,
+    ) -> Result<PutReport, ClientError> {
+        let rerr = |source| ClientError::ReadInput {
+            path: path.to_path_buf(),
+            source,
+        };
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| rerr(std::io::Error::other("not a file path")))?,
+        };
+        validate_name(&name)?;
+        validate_replicas(replicas)?;
+        let file = tokio::fs::File::open(path).await.map_err(rerr)?;
+        let meta = file.metadata().await.map_err(rerr)?;
+        if !meta.is_file() {
+            return Err(rerr(std::io::Error::other("not a regular file")));
+        }
+        self.put_reader(file, meta.len(), &name, replicas, progress, path)
+            .await
+    }
+
+    /// Store `size_bytes` bytes read from `reader` under `name`.
+    pub async fn put_reader(
+        &self,
+        mut reader: impl AsyncRead + Unpin + Send,
+        size_bytes: u64,
+        name: &str,
+        replicas: u32,
+        progress: &dyn Progress,
+        source: &Path,
+    ) -> Result<PutReport, ClientError> {
+        validate_name(name)?;
+        validate_replicas(replicas)?;
+        let chunk_size = self.config.chunk_size_bytes;
+        validate_chunk_size(chunk_size)?;
+        let n = chunk_count(size_bytes, chunk_size);
+        // Refuse a file the protocol cannot describe before moving any byte.
+        if n > p2p_core::limits::FILE_CHUNKS_MAX {
+            return Err(p2p_core::ManifestError::TooLarge.into());
+        }
+        let placements = if n > 0 { self.allocate(n, replicas, &[]).await? } else { vec![] };
+        progress.start(size_bytes);
+        let mut ids = Vec::with_capacity(n as usize);
+        let mut holders: Vec<Vec<NodeId>> = vec![Vec::new(); n as usize];
+        let mut tasks = FuturesUnordered::new();
+        let rerr = |e| ClientError::ReadInput {
+            path: source.to_path_buf(),
+            source: e,
+        };
+        let mut settle = |done: (usize, u64, Result<Vec<NodeId>, ClientError>)| -> Result<(), ClientError> {
+            let (i, len, res) = done;
+            holders[i] = res?;
+            progress.advance(len);
+            Ok(())
+        };
+        for (i, targets) in placements.into_iter().enumerate() {
+            while tasks.len() >= self.config.chunks_in_flight.max(1) {
+                settle(tasks.next().await.expect("tasks is not empty"))?;
+            }
+            let len = p2p_core::chunking::chunk_len(size_bytes, chunk_size, i as u64) as usize;
+            let mut data = vec![0u8; len];
+            reader.read_exact(&mut data).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    ClientError::InputChanged(source.to_path_buf())
+                } else {
+                    rerr(e)
+                }
+            })?;
+            let id = ChunkId::of(&data);
+            ids.push(id);
+            tasks.push(self.replicate_chunk(i, id, Bytes::from(data), targets, replicas));
+        }
+        while let Some(done) = tasks.next().await {
+            settle(done)?;
+        }
+        let mut probe = [0u8; 1];
+        if reader.read(&mut probe).await.map_err(rerr)? != 0 {
+            return Err(ClientError::InputChanged(source.to_path_buf()));
+        }
+        let manifest = Manifest::new(name.to_string(), size_bytes, chunk_size, replicas, ids)?;
+        let resp = self
+            .tracker()?
+            .commit(crate::meta::encode_commit(&manifest, &holders))
+            .await
+            .map_err(|s| self.tracker_err(s))?
+            .into_inner();
+        progress.finish();
+        Ok(PutReport {
+            manifest,
+            manifest_hash: hex::encode(&resp.manifest_hash),
+            holders,
+        })
+    }
+
+    /// Replicate one chunk to `replicas` nodes, replacing failed targets.
+    async fn replicate_chunk(
+        &self,
+        index: usize,
+        id: ChunkId,
+        data: Bytes,
+        targets: Vec<NodeRef>,
+        replicas: u32,
+    ) -> (usize, u64, Result<Vec<NodeId>, ClientError>) {
+        let len = data.len() as u64;
+        let mut plan = ReplicaPut::new(targets, replicas as usize, replicas as usize + 2);
+        let mut uploads = FuturesUnordered::new();
+        let mut last_error = String::from("no node accepted it");
+        loop {
+            while let Some(action) = plan.poll_action() {
+                match action {
+                    PutAction::Upload(target) => {
+                        let data = data.clone();
+                        let peers = self.peers.clone();
+                        uploads.push(async move {
+                            let r = upload_chunk(&peers, &target.addr, id, data).await;
+                            (target, r)
+                        });
+                    }
+                    PutAction::NeedTargets { count, exclude } => {
+                        match self.allocate(1, count as u32, &exclude).await {
+                            Ok(mut p) => plan.add_targets(p.remove(0)),
+                            Err(e) => {
+                                last_error = e.to_string();
+                                plan.handle_no_targets();
+                            }
+                        }
+                    }
+                }
+            }
+            match plan.outcome() {
+                Some(PutOutcome::Stored(h)) => {
+                    return (index, len, Ok(h.into_iter().map(|n| n.id).collect()));
+                }
+                Some(PutOutcome::Failed { .. }) => {
+                    let e = ClientError::PutFailed {
+                        index,
+                        replicas,
+                        detail: last_error,
+                    };
+                    return (index, len, Err(e));
+                }
+                None => {}
+            }
+            match uploads.next().await {
+                Some((target, Ok(()))) => plan.handle_acked(&target),
+                Some((target, Err(e))) => {
+                    tracing::warn!(chunk = index, node = %target.id, error = %e, "upload failed; replacing target");
+                    last_error = e.to_string();
+                    plan.handle_failed(&target);
+                }
+                None => {
+                    let e = ClientError::PutFailed {
+                        index,
+                        replicas,
+                        detail: "replication stalled".into(),
+                    };
+                    return (index, len, Err(e));
+                }
+            }
+        }
+    }
+
+    /// Where the chunks of `name` are.
+    pub async fn locate(&self, name: &str) -> Result<Located, ClientError> {
+        validate_name(name)?;
+        let resp = self
+            .tracker()?
+            .locate(pb::LocateRequest { name: name.to_string() })
+            .await
+            .map_err(|s| {
+                if s.code() == tonic::Code::NotFound {
+                    ClientError::UnknownFile(name.to_string())
+                } else {
+                    self.tracker_err(s)
+                }
+            })?
+            .into_inner();
+        let protocol = |msg: String| ClientError::Protocol {
+            peer: format!("tracker at {}", self.tracker_addr),
+            msg,
+        };
+        let manifest = resp
+            .manifest
+            .as_ref()
+            .ok_or_else(|| protocol("no manifest".into()))
+            .and_then(|m| convert::manifest_from_pb(m).map_err(|s| protocol(s.message().to_string())))?;
+        if manifest.name != name || resp.locations.len() != manifest.chunks.len() {
+            return Err(protocol("answer does not match the request".into()));
+        }
+        let candidates = resp
+            .locations
+            .iter()
+            .map(|l| {
+                let live = l.live.iter().map(|n| Candidate { holder: n.addr.clone(), preferred: true });
+                let suspect = l.suspect.iter().map(|n| Candidate { holder: n.addr.clone(), preferred: false });
+                live.chain(suspect).collect()
+            })
+            .collect();
+        Ok(Located { manifest, candidates })
+    }
+
+    /// Fetch every chunk of `located` into `sink`, verified.
+    pub async fn fetch_into(
+        &self,
+        located: &Located,
+        sink: &dyn Sink,
+        progress: &dyn Progress,
+    ) -> Result<GetReport, ClientError> {
+        let m = &located.manifest;
+        let mut plan = GetPlan::new(located.candidates.clone(), self.config.fetches_in_flight.max(1), 8);
+        let mut fetches = FuturesUnordered::new();
+        let mut retries = 0;
+        progress.start(m.size_bytes);
+        loop {
+            while let Some(f) = plan.poll_fetch() {
+                let id = m.chunks[f.chunk];
+                let len = m.chunk_len(f.chunk);
+                let base = chunk_offset(m.chunk_size_bytes, f.chunk as u64);
+                let peers = self.peers.clone();
+                fetches.push(async move {
+                    let r = fetch_chunk(&peers, &f.from, id, len, async |off, data| {
+                        sink.write_at(base + off, data).await
+                    })
+                    .await;
+                    (f, len, r)
+                });
+            }
+            match plan.poll_outcome() {
+                Some(GetOutcome::Complete) => break,
+                Some(GetOutcome::Failed { chunk, attempts }) => {
+                    let detail = if attempts.is_empty() {
+                        "no holder is known".to_string()
+                    } else {
+                        format!("{} attempts failed", attempts.len())
+                    };
+                    return Err(ClientError::GetFailed {
+                        name: m.name.clone(),
+                        index: chunk,
+                        detail,
+                    });
+                }
+                None => {}
+            }
+            let Some((f, len, r)) = fetches.next().await else {
+                return Err(ClientError::GetFailed {
+                    name: m.name.clone(),
+                    index: 0,
+                    detail: "download stalled".into(),
+                });
+            };
+            match r {
+                Ok(()) => {
+                    plan.handle_done(f.chunk, &f.from);
+                    progress.advance(len);
+                }
+                Err((why, msg)) => {
+                    tracing::warn!(chunk = f.chunk, node = %f.from, error = %msg, "fetch failed; trying another holder");
+                    retries += 1;
+                    plan.handle_failed(f.chunk, &f.from, why);
+                }
+            }
+        }
+        progress.finish();
+        Ok(GetReport {
+            manifest: m.clone(),
+            retries,
+        })
+    }
+
+    /// Download `name` into `out`, atomically: the file appears only once
+    /// every chunk arrived intact.
+    pub async fn get_file(&self, name: &str, out: &Path, progress: &dyn Progress) -> Result<GetReport, ClientError> {
+        let located = self.locate(name).await?;
+        let sink = FileSink::create(out, located.manifest.size_bytes)?;
+        let report = self.fetch_into(&located, &sink, progress).await?;
+        sink.finish().await?;
+        Ok(report)
+    }
+
+    pub async fn list(&self) -> Result<Vec<pb::FileInfo>, ClientError> {
+        Ok(self
+            .tracker()?
+            .list(pb::ListRequest {})
+            .await
+            .map_err(|s| self.tracker_err(s))?
+            .into_inner()
+            .files)
+    }
+
+    pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
+        Ok(self
+            .tracker()?
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(|s| self.tracker_err(s))?
+            .into_inner())
+    }
+
+    /// Ask the node at `addr` to hand its chunks over and leave; returns
+    /// when it has. `progress(done, total)` follows the hand-over.
+    pub async fn leave_node(&self, addr: &str, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> Result<(), ClientError> {
+        let mut node = self.peers.node(addr)?;
+        let mut stream = node
+            .leave(pb::LeaveRequest { force: false })
+            .await
+            .map_err(|s| ClientError::from_node(addr, s))?
+            .into_inner();
+        while let Some(p) = stream.message().await.map_err(|s| ClientError::from_node(addr, s))? {
+            progress(p.done, p.total);
+            if p.finished {
+                return Ok(());
+            }
+        }
+        Err(ClientError::Leave(format!("node at {addr} stopped before it finished")))
+    }
+
+    pub fn peers(&self) -> &Arc<Peers<D>> {
+        &self.peers
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        self.peers.timeouts()
+    }
+}

@@ -1,0 +1,84 @@
+//! Wire messages to and from core types. Everything that arrives is
+//! validated here, on entry, before the core sees it.
+
+use p2p_core::tracker::{Handoff, NodeRef};
+use p2p_core::{ChunkId, Manifest, NodeId};
+use p2p_proto as pb;
+use tonic::Status;
+
+pub fn chunk_id(bytes: &[u8]) -> Result<ChunkId, Status> {
+    ChunkId::from_slice(bytes).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+pub fn chunk_ids(list: &[bytes::Bytes]) -> Result<Vec<ChunkId>, Status> {
+    list.iter().map(|b| chunk_id(b)).collect()
+}
+
+pub fn node_id(s: &str) -> Result<NodeId, Status> {
+    NodeId::new(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+pub fn chunk_bytes(ids: &[ChunkId]) -> Vec<bytes::Bytes> {
+    ids.iter().map(|c| bytes::Bytes::copy_from_slice(c.as_bytes())).collect()
+}
+
+pub fn node_ref_to_pb(r: &NodeRef) -> pb::NodeRef {
+    pb::NodeRef {
+        id: r.id.to_string(),
+        addr: r.addr.clone(),
+    }
+}
+
+pub fn node_ref_from_pb(r: &pb::NodeRef) -> Result<NodeRef, Status> {
+    if r.addr.is_empty() || r.addr.len() > p2p_core::limits::ADDR_MAX_BYTES {
+        return Err(Status::invalid_argument("invalid node address"));
+    }
+    Ok(NodeRef {
+        id: node_id(&r.id)?,
+        addr: r.addr.clone(),
+    })
+}
+
+pub fn manifest_to_pb(m: &Manifest) -> pb::Manifest {
+    pb::Manifest {
+        name: m.name.clone(),
+        size: m.size_bytes,
+        chunk_size: m.chunk_size_bytes,
+        replicas: m.replicas,
+        chunks: chunk_bytes(&m.chunks),
+    }
+}
+
+pub fn manifest_from_pb(m: &pb::Manifest) -> Result<Manifest, Status> {
+    Manifest::new(
+        m.name.clone(),
+        m.size,
+        m.chunk_size,
+        m.replicas,
+        chunk_ids(&m.chunks)?,
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+pub fn handoff_to_pb(h: &Handoff) -> pb::Replicate {
+    pb::Replicate {
+        chunk: bytes::Bytes::copy_from_slice(h.chunk.as_bytes()),
+        size: h.size_bytes,
+        target: Some(node_ref_to_pb(&h.target)),
+    }
+}
+
+pub fn handoff_from_pb(r: &pb::Replicate) -> Result<Handoff, Status> {
+    let target = r
+        .target
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("handoff without a target"))?;
+    if r.size > p2p_core::limits::CHUNK_SIZE_MAX_BYTES {
+        return Err(Status::invalid_argument("handoff chunk too large"));
+    }
+    Ok(Handoff {
+        chunk: chunk_id(&r.chunk)?,
+        size_bytes: r.size,
+        target: node_ref_from_pb(target)?,
+    })
+}

@@ -1,0 +1,445 @@
+//! The node: serves and stores chunks over gRPC, heartbeats to the tracker
+//! with its inventory, and hands its chunks over when it leaves.
+//!
+//! Every chunk is verified against its hash when it is received (before it
+//! is synced and counted) and every time it is read (before a byte is
+//! served). A chunk that fails on read is removed and reported in the next
+//! heartbeat, so the tracker stops sending readers to it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use p2p_core::ChunkId;
+use p2p_core::NodeId;
+use p2p_core::inventory::Inventory;
+use p2p_core::limits::{CHUNK_SIZE_MAX_BYTES, MESSAGE_SIZE_MAX_BYTES, PIECE_SIZE_BYTES};
+use p2p_proto as pb;
+use tokio::sync::{Semaphore, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::error::ClientError;
+use crate::store::{ChunkStore, ChunkWriter, StoreError};
+use crate::transport::{Dialer, Peers};
+
+/// Tuning of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// How often to heartbeat (the tracker may ask for another interval).
+    pub heartbeat_interval: Duration,
+    /// Chunks read and served at once (each is held in memory while served).
+    pub serve_concurrency: usize,
+    /// Chunks handed over at once during a leave.
+    pub handoff_concurrency: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(1),
+            serve_concurrency: 16,
+            handoff_concurrency: 4,
+        }
+    }
+}
+
+struct Inner<S: ChunkStore, D: Dialer> {
+    id: NodeId,
+    addr: String,
+    tracker_addr: String,
+    store: S,
+    peers: Peers<D>,
+    inventory: std::sync::Mutex<Inventory>,
+    reads: Arc<Semaphore>,
+    config: NodeConfig,
+    leave_lock: tokio::sync::Mutex<()>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A node. Cheap to clone; all clones share one state.
+pub struct NodeService<S: ChunkStore, D: Dialer> {
+    inner: Arc<Inner<S, D>>,
+}
+
+impl<S: ChunkStore, D: Dialer> Clone for NodeService<S, D> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(id) => Status::not_found(format!("chunk {id} not held here")),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
+    /// A node with identity `id`, reachable by peers at `addr`.
+    pub async fn open(
+        id: NodeId,
+        addr: String,
+        tracker_addr: String,
+        store: S,
+        dialer: D,
+        config: NodeConfig,
+    ) -> Result<Self, StoreError> {
+        let held = store.list().await?;
+        let (shutdown, _) = watch::channel(false);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id,
+                addr,
+                tracker_addr,
+                store,
+                peers: Peers::new(dialer),
+                inventory: std::sync::Mutex::new(Inventory::new(held)),
+                reads: Arc::new(Semaphore::new(config.serve_concurrency.max(1))),
+                config,
+                leave_lock: tokio::sync::Mutex::new(()),
+                shutdown,
+            }),
+        })
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.inner.id
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.inventory().len()
+    }
+
+    /// Becomes `true` when the node has left and should stop serving.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    fn inventory(&self) -> std::sync::MutexGuard<'_, Inventory> {
+        self.inner.inventory.lock().expect("inventory lock")
+    }
+
+    /// The gRPC server wrapper, with message sizes bounded.
+    pub fn into_server(self) -> pb::node_server::NodeServer<Self> {
+        pb::node_server::NodeServer::new(self)
+            .max_decoding_message_size(MESSAGE_SIZE_MAX_BYTES)
+            .max_encoding_message_size(MESSAGE_SIZE_MAX_BYTES)
+    }
+
+    fn tracker_client(&self) -> Result<pb::tracker_client::TrackerClient<tonic::transport::Channel>, ClientError> {
+        self.inner.peers.tracker(&self.inner.tracker_addr)
+    }
+
+    /// Register, then heartbeat every interval, forever (until shutdown).
+    /// Spawn this. Failures are logged once per outage and retried.
+    pub async fn run_heartbeats(self) {
+        let mut registered = false;
+        let mut failing = false;
+        let mut interval = self.inner.config.heartbeat_interval;
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            let result = if registered {
+                self.heartbeat_once().await.map(|reregister| {
+                    if reregister {
+                        tracing::info!("tracker asked for a full inventory");
+                        registered = false;
+                    }
+                })
+            } else {
+                self.register_once().await.map(|ms| {
+                    registered = true;
+                    if ms > 0 {
+                        interval = Duration::from_millis(ms).min(self.inner.config.heartbeat_interval);
+                    }
+                })
+            };
+            match result {
+                Ok(()) if failing => {
+                    tracing::info!("tracker reachable again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "cannot reach the tracker; will keep trying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            if !registered && !failing {
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    async fn register_once(&self) -> Result<u64, ClientError> {
+        let all = {
+            let mut inv = self.inventory();
+            inv.reported_all();
+            inv.all()
+        };
+        let resp = self
+            .tracker_client()?
+            .register(pb::RegisterRequest {
+                node_id: self.inner.id.to_string(),
+                addr: self.inner.addr.clone(),
+                chunks: convert::chunk_bytes(&all),
+            })
+            .await
+            .map_err(|s| ClientError::from_tracker(&self.inner.tracker_addr, s))?;
+        tracing::info!(node = %self.inner.id, chunks = all.len(), "registered with the tracker");
+        Ok(resp.into_inner().heartbeat_interval_ms)
+    }
+
+    /// One heartbeat; `Ok(true)` if the tracker wants a full report.
+    async fn heartbeat_once(&self) -> Result<bool, ClientError> {
+        let delta = self.inventory().take_delta();
+        let req = pb::HeartbeatRequest {
+            node_id: self.inner.id.to_string(),
+            added: convert::chunk_bytes(&delta.added),
+            removed: convert::chunk_bytes(&delta.removed),
+        };
+        match self.tracker_client()?.heartbeat(req).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                if !resp.commands.is_empty() {
+                    tracing::debug!(commands = resp.commands.len(), "tracker commands are not handled yet");
+                }
+                Ok(resp.reregister)
+            }
+            Err(s) => {
+                self.inventory().restore_delta(delta);
+                Err(ClientError::from_tracker(&self.inner.tracker_addr, s))
+            }
+        }
+    }
+
+    /// Read a chunk and check it against its hash. A chunk that fails is
+    /// removed, so it is never served, and reported at the next heartbeat.
+    pub async fn read_verified(&self, id: &ChunkId) -> Result<Bytes, Status> {
+        let data = self.inner.store.read(id).await.map_err(store_status)?;
+        if ChunkId::of(&data) != *id {
+            tracing::error!(chunk = %id, "stored chunk failed verification; removing it");
+            if let Err(e) = self.inner.store.remove(id).await {
+                tracing::error!(chunk = %id, error = %e, "cannot remove corrupt chunk");
+            }
+            self.inventory().removed(*id);
+            return Err(Status::data_loss(format!("chunk {id} failed verification here and was removed")));
+        }
+        Ok(data)
+    }
+
+    async fn receive(&self, stream: &mut Streaming<pb::PutChunkRequest>, id: ChunkId, size: u64, writer: &mut Box<dyn ChunkWriter>) -> Result<(), Status> {
+        let piece_timeout = self.inner.peers.timeouts().piece;
+        let mut hasher = blake3::Hasher::new();
+        let mut received = 0u64;
+        loop {
+            let msg = tokio::time::timeout(piece_timeout, stream.message())
+                .await
+                .map_err(|_| Status::deadline_exceeded("timed out waiting for chunk data"))??;
+            let Some(msg) = msg else { break };
+            let Some(pb::put_chunk_request::Msg::Data(data)) = msg.msg else {
+                return Err(Status::invalid_argument("expected chunk data after the header"));
+            };
+            received += data.len() as u64;
+            if received > size {
+                return Err(Status::invalid_argument(format!("more than the declared {size} bytes")));
+            }
+            hasher.update(&data);
+            writer.write(&data).await.map_err(store_status)?;
+        }
+        if received != size {
+            return Err(Status::invalid_argument(format!("received {received} of {size} bytes")));
+        }
+        if ChunkId(*hasher.finalize().as_bytes()) != id {
+            return Err(Status::data_loss("chunk data does not match its hash"));
+        }
+        Ok(())
+    }
+
+    /// Hand every chunk that depends on this node to the node the tracker
+    /// chose, then leave. `progress(done, total)` follows the hand-over.
+    pub async fn leave(&self, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> Result<(), ClientError> {
+        let _only_one = self
+            .inner
+            .leave_lock
+            .try_lock()
+            .map_err(|_| ClientError::Leave("a leave is already under way".into()))?;
+        let tracker_err = |s| ClientError::from_tracker(&self.inner.tracker_addr, s);
+        let mut still = 0;
+        for _round in 0..3 {
+            let handoffs = self
+                .tracker_client()?
+                .begin_leave(pb::BeginLeaveRequest {
+                    node_id: self.inner.id.to_string(),
+                })
+                .await
+                .map_err(tracker_err)?
+                .into_inner()
+                .handoffs;
+            let total = handoffs.len() as u64;
+            progress(0, total);
+            let mut done = 0;
+            let mut handed = Vec::new();
+            let mut work = futures::stream::iter(handoffs)
+                .map(|h| async move {
+                    let h = convert::handoff_from_pb(&h).map_err(|s| ClientError::Protocol {
+                        peer: "tracker".into(),
+                        msg: s.message().to_string(),
+                    })?;
+                    let data = self
+                        .read_verified(&h.chunk)
+                        .await
+                        .map_err(|s| ClientError::Leave(format!("chunk {}: {}", h.chunk, s.message())))?;
+                    crate::client::upload_chunk(&self.inner.peers, &h.target.addr, h.chunk, data).await?;
+                    Ok::<_, ClientError>(pb::Handed {
+                        chunk: Bytes::copy_from_slice(h.chunk.as_bytes()),
+                        target_id: h.target.id.to_string(),
+                    })
+                })
+                .buffer_unordered(self.inner.config.handoff_concurrency.max(1));
+            while let Some(r) = work.next().await {
+                match r {
+                    Ok(h) => handed.push(h),
+                    Err(e) => tracing::warn!(error = %e, "hand-over failed; will retry"),
+                }
+                done += 1;
+                progress(done, total);
+            }
+            let still_needed = self
+                .tracker_client()?
+                .finish_leave(pb::FinishLeaveRequest {
+                    node_id: self.inner.id.to_string(),
+                    handed,
+                })
+                .await
+                .map_err(tracker_err)?
+                .into_inner()
+                .still_needed;
+            if still_needed.is_empty() {
+                tracing::info!(node = %self.inner.id, "left the network");
+                let _ = self.inner.shutdown.send(true);
+                return Ok(());
+            }
+            still = still_needed.len();
+        }
+        Err(ClientError::Leave(format!(
+            "{still} chunks still depend on this node; it stays"
+        )))
+    }
+}
+
+type PieceStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkPiece, Status>> + Send>>;
+type LeaveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaveProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
+    async fn put_chunk(
+        &self,
+        req: Request<Streaming<pb::PutChunkRequest>>,
+    ) -> Result<Response<pb::PutChunkResponse>, Status> {
+        let mut stream = req.into_inner();
+        let piece_timeout = self.inner.peers.timeouts().piece;
+        let first = tokio::time::timeout(piece_timeout, stream.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("timed out waiting for the chunk header"))??
+            .ok_or_else(|| Status::invalid_argument("empty chunk upload"))?;
+        let Some(pb::put_chunk_request::Msg::Header(h)) = first.msg else {
+            return Err(Status::invalid_argument("a chunk upload starts with its header"));
+        };
+        let id = convert::chunk_id(&h.chunk)?;
+        if h.size == 0 || h.size > CHUNK_SIZE_MAX_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "chunk size {} is outside 1..={CHUNK_SIZE_MAX_BYTES}",
+                h.size
+            )));
+        }
+        let mut writer = self.inner.store.create(&id).await.map_err(store_status)?;
+        match self.receive(&mut stream, id, h.size, &mut writer).await {
+            Ok(()) => {
+                writer.commit().await.map_err(store_status)?;
+                self.inventory().added(id);
+                Ok(Response::new(pb::PutChunkResponse { stored: true }))
+            }
+            Err(s) => {
+                writer.abort().await;
+                Err(s)
+            }
+        }
+    }
+
+    type GetChunkStream = PieceStream;
+
+    async fn get_chunk(
+        &self,
+        req: Request<pb::GetChunkRequest>,
+    ) -> Result<Response<Self::GetChunkStream>, Status> {
+        let id = convert::chunk_id(&req.into_inner().chunk)?;
+        // The permit bounds the chunks held in memory; it travels with the stream.
+        let permit = self
+            .inner
+            .reads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        let data = self.read_verified(&id).await?;
+        let len = data.len();
+        let pieces = (0..len).step_by(PIECE_SIZE_BYTES).map(move |o| {
+            Ok(pb::ChunkPiece {
+                data: data.slice(o..(o + PIECE_SIZE_BYTES).min(len)),
+            })
+        });
+        let stream = tokio_stream::iter(pieces).map(move |p| {
+            let _held = &permit;
+            p
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type LeaveStream = LeaveStream;
+
+    async fn leave(&self, _req: Request<pb::LeaveRequest>) -> Result<Response<Self::LeaveStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let node = self.clone();
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let progress = move |done, total| {
+                let _ = progress_tx.try_send(Ok(pb::LeaveProgress {
+                    done,
+                    total,
+                    finished: false,
+                }));
+            };
+            let last = match node.leave(&progress).await {
+                Ok(()) => Ok(pb::LeaveProgress {
+                    done: 0,
+                    total: 0,
+                    finished: true,
+                }),
+                Err(e) => Err(Status::failed_precondition(e.to_string())),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn ping(&self, _req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
+        Ok(Response::new(pb::PingResponse {
+            node_id: self.inner.id.to_string(),
+        }))
+    }
+}

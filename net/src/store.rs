@@ -1,0 +1,242 @@
+//! The node's chunk store: a seam ([`ChunkStore`]) and its disk
+//! implementation ([`DiskStore`]).
+//!
+//! On disk, chunk `h` lives at `<data>/chunks/<h[0..2]>/<h>`, where `h` is
+//! the chunk's BLAKE3 hash in hex. A chunk is written to `<data>/tmp/`,
+//! fsynced, renamed into place, and its directory fsynced: a crash never
+//! leaves a partial chunk under a real name. The store does not verify
+//! hashes; the node does, on write and on every read.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use p2p_core::ChunkId;
+use p2p_core::limits::CHUNK_SIZE_MAX_BYTES;
+use tokio::io::AsyncWriteExt;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The filesystem refused an operation.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The chunk is not in the store.
+    #[error("chunk {0} not found")]
+    NotFound(ChunkId),
+    /// A stored file is larger than any chunk may be.
+    #[error("stored chunk {0} is larger than {CHUNK_SIZE_MAX_BYTES} bytes")]
+    TooLarge(ChunkId),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where chunks live. Implementations: [`DiskStore`], and the simulator's
+/// in-memory store.
+#[async_trait]
+pub trait ChunkStore: Send + Sync + 'static {
+    /// Every chunk in the store, in id order.
+    async fn list(&self) -> Result<Vec<ChunkId>, StoreError>;
+    /// Start writing chunk `id`; it appears only on [`ChunkWriter::commit`].
+    async fn create(&self, id: &ChunkId) -> Result<Box<dyn ChunkWriter>, StoreError>;
+    /// The stored bytes of `id`, unverified.
+    async fn read(&self, id: &ChunkId) -> Result<Bytes, StoreError>;
+    /// Remove `id`; removing a missing chunk is not an error.
+    async fn remove(&self, id: &ChunkId) -> Result<(), StoreError>;
+}
+
+/// A chunk being written.
+#[async_trait]
+pub trait ChunkWriter: Send {
+    async fn write(&mut self, data: &[u8]) -> Result<(), StoreError>;
+    /// Make the data durable and publish it under its name.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    /// Drop the partial chunk.
+    async fn abort(self: Box<Self>);
+}
+
+/// Chunks as files under a data directory.
+#[derive(Debug)]
+pub struct DiskStore {
+    chunks: PathBuf,
+    tmp: PathBuf,
+    next_tmp: AtomicU64,
+}
+
+impl DiskStore {
+    /// Open (creating if needed) the store under `data`; leftover temporary
+    /// files from a crash are removed.
+    pub async fn open(data: &Path) -> Result<Self, StoreError> {
+        let chunks = data.join("chunks");
+        let tmp = data.join("tmp");
+        tokio::fs::create_dir_all(&chunks).await.map_err(io("create", &chunks))?;
+        if tokio::fs::try_exists(&tmp).await.unwrap_or(false) {
+            tokio::fs::remove_dir_all(&tmp).await.map_err(io("clean", &tmp))?;
+        }
+        tokio::fs::create_dir_all(&tmp).await.map_err(io("create", &tmp))?;
+        Ok(Self {
+            chunks,
+            tmp,
+            next_tmp: AtomicU64::new(0),
+        })
+    }
+
+    /// Path of chunk `id` (for tests that corrupt chunks on disk).
+    pub fn path_of(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.chunks.join(&hex[..2]).join(hex)
+    }
+}
+
+async fn sync_dir(dir: PathBuf) -> Result<(), StoreError> {
+    tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync", &dir))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(StoreError::Io {
+            op: "sync",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e),
+        })
+    })
+}
+
+#[async_trait]
+impl ChunkStore for DiskStore {
+    async fn list(&self) -> Result<Vec<ChunkId>, StoreError> {
+        let mut out = Vec::new();
+        let mut fans = tokio::fs::read_dir(&self.chunks).await.map_err(io("list", &self.chunks))?;
+        while let Some(fan) = fans.next_entry().await.map_err(io("list", &self.chunks))? {
+            let fan_path = fan.path();
+            if !fan.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let mut files = tokio::fs::read_dir(&fan_path).await.map_err(io("list", &fan_path))?;
+            while let Some(f) = files.next_entry().await.map_err(io("list", &fan_path))? {
+                // Names that are not chunk ids are not ours: ignore them.
+                if let Some(id) = f.file_name().to_str().and_then(|n| ChunkId::from_hex(n).ok()) {
+                    out.push(id);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn create(&self, id: &ChunkId) -> Result<Box<dyn ChunkWriter>, StoreError> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}.{n}.tmp", id.to_hex()));
+        let file = tokio::fs::File::create(&tmp).await.map_err(io("create", &tmp))?;
+        Ok(Box::new(DiskWriter {
+            file,
+            tmp,
+            dest: self.path_of(id),
+        }))
+    }
+
+    async fn read(&self, id: &ChunkId) -> Result<Bytes, StoreError> {
+        let path = self.path_of(id);
+        let meta = match tokio::fs::metadata(&path).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
+            Err(e) => return Err(io("stat", &path)(e)),
+        };
+        if meta.len() > CHUNK_SIZE_MAX_BYTES {
+            return Err(StoreError::TooLarge(*id));
+        }
+        let data = tokio::fs::read(&path).await.map_err(io("read", &path))?;
+        Ok(Bytes::from(data))
+    }
+
+    async fn remove(&self, id: &ChunkId) -> Result<(), StoreError> {
+        let path = self.path_of(id);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+}
+
+struct DiskWriter {
+    file: tokio::fs::File,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+#[async_trait]
+impl ChunkWriter for DiskWriter {
+    async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.file.write_all(data).await.map_err(io("write", &self.tmp))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.file.flush().await.map_err(io("write", &self.tmp))?;
+        self.file.sync_all().await.map_err(io("sync", &self.tmp))?;
+        let dir = self.dest.parent().expect("chunk paths have a parent").to_path_buf();
+        tokio::fs::create_dir_all(&dir).await.map_err(io("create", &dir))?;
+        tokio::fs::rename(&self.tmp, &self.dest).await.map_err(io("rename", &self.tmp))?;
+        sync_dir(dir).await
+    }
+
+    async fn abort(self: Box<Self>) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A committed chunk is listed and readable; an aborted one leaves nothing.
+    #[tokio::test]
+    async fn write_commit_read_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).await.unwrap();
+        let id = ChunkId::of(b"hello world");
+        let mut w = store.create(&id).await.unwrap();
+        w.write(b"hello ").await.unwrap();
+        w.write(b"world").await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(store.read(&id).await.unwrap(), Bytes::from_static(b"hello world"));
+        assert_eq!(store.list().await.unwrap(), vec![id]);
+
+        let other = ChunkId::of(b"x");
+        let mut w = store.create(&other).await.unwrap();
+        w.write(b"x").await.unwrap();
+        w.abort().await;
+        assert!(matches!(store.read(&other).await, Err(StoreError::NotFound(_))));
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        store.remove(&id).await.unwrap();
+        store.remove(&id).await.unwrap();
+        assert!(store.list().await.unwrap().is_empty());
+    }
+
+    // Leftover temp files from a crash are cleaned on open, never listed.
+    #[tokio::test]
+    async fn crash_leftovers_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(DiskStore::open(dir.path()).await.unwrap());
+        std::fs::write(dir.path().join("tmp").join("junk.tmp"), b"partial").unwrap();
+        std::fs::create_dir_all(dir.path().join("chunks/zz")).unwrap();
+        std::fs::write(dir.path().join("chunks/zz/not-a-chunk"), b"?").unwrap();
+        let store = DiskStore::open(dir.path()).await.unwrap();
+        assert!(store.list().await.unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

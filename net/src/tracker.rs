@@ -1,0 +1,304 @@
+//! The tracker gRPC service: decodes and validates each request, applies it
+//! to the core [`Tracker`] state machine, makes the resulting records durable,
+//! then answers.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use p2p_core::tracker::{HeartbeatReply, Tracker, TrackerConfig, TrackerError};
+use p2p_core::limits::TRACKER_MESSAGE_SIZE_MAX_BYTES;
+use p2p_proto as pb;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::meta::{MetaError, MetaStore, decode_commit};
+
+/// The tracker service. Cheap to clone; all clones share one state.
+pub struct TrackerService<M: MetaStore> {
+    state: Arc<Mutex<Tracker>>,
+    meta: Arc<M>,
+    epoch: Instant,
+    /// Set when the database failed a write: the in-memory state may be
+    /// ahead of the disk, so nothing more is acknowledged.
+    poisoned: Arc<AtomicBool>,
+}
+
+impl<M: MetaStore> Clone for TrackerService<M> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            meta: self.meta.clone(),
+            epoch: self.epoch,
+            poisoned: self.poisoned.clone(),
+        }
+    }
+}
+
+fn to_status(e: TrackerError) -> Status {
+    match e {
+        TrackerError::NotEnoughNodes { .. } => Status::failed_precondition(e.to_string()),
+        TrackerError::UnknownNode(_) => Status::not_found(e.to_string()),
+        TrackerError::UnknownFile(_) => Status::not_found(e.to_string()),
+        TrackerError::FileExists(_) => Status::already_exists(e.to_string()),
+        TrackerError::NotEnoughHolders { .. } => Status::failed_precondition(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+impl<M: MetaStore> TrackerService<M> {
+    /// Rebuild the tracker from `meta` and start serving from that state.
+    pub async fn open(config: TrackerConfig, meta: M) -> Result<Self, MetaError> {
+        let records = meta.load().await?;
+        let tracker = Tracker::restore(config, records);
+        Ok(Self {
+            state: Arc::new(Mutex::new(tracker)),
+            meta: Arc::new(meta),
+            epoch: Instant::now(),
+            poisoned: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The gRPC server wrapper, with message sizes bounded.
+    pub fn into_server(self) -> pb::tracker_server::TrackerServer<Self> {
+        pb::tracker_server::TrackerServer::new(self)
+            .max_decoding_message_size(TRACKER_MESSAGE_SIZE_MAX_BYTES)
+            .max_encoding_message_size(TRACKER_MESSAGE_SIZE_MAX_BYTES)
+    }
+
+    /// Declare silent nodes dead, forever, every `period`. Spawn this.
+    pub async fn run_ticker(self, period: Duration) {
+        let mut interval = tokio::time::interval(period);
+        loop {
+            interval.tick().await;
+            let now = self.now_ms();
+            let dead = self.state.lock().await.tick(now);
+            for n in dead {
+                tracing::warn!(node = %n, "node declared dead");
+            }
+        }
+    }
+
+    /// Run `f` on the state, persist what it recorded, then return its result.
+    async fn mutate<T>(
+        &self,
+        f: impl FnOnce(&mut Tracker, u64) -> Result<T, TrackerError>,
+    ) -> Result<T, Status> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("tracker database failed; restart the tracker"));
+        }
+        let mut state = self.state.lock().await;
+        let now = self.now_ms();
+        let out = f(&mut state, now).map_err(to_status);
+        let records: Vec<_> = std::iter::from_fn(|| state.poll_record()).collect();
+        if !records.is_empty() {
+            if let Err(e) = self.meta.persist(records).await {
+                self.poisoned.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, "cannot persist tracker state; refusing further requests");
+                return Err(Status::unavailable(format!("tracker database failed: {e}")));
+            }
+        }
+        out
+    }
+}
+
+#[tonic::async_trait]
+impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let req = req.into_inner();
+        let id = convert::node_id(&req.node_id)?;
+        let chunks = convert::chunk_ids(&req.chunks)?;
+        let n = chunks.len();
+        self.mutate(|t, now| t.register(id.clone(), req.addr.clone(), chunks, now))
+            .await?;
+        tracing::info!(node = %id, addr = %req.addr, chunks = n, "node registered");
+        let interval = self.state.lock().await.config().heartbeat_interval_ms;
+        Ok(Response::new(pb::RegisterResponse {
+            heartbeat_interval_ms: interval,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let id = convert::node_id(&req.node_id)?;
+        let added = convert::chunk_ids(&req.added)?;
+        let removed = convert::chunk_ids(&req.removed)?;
+        let reply = self.mutate(|t, now| t.heartbeat(&id, added, removed, now)).await?;
+        Ok(Response::new(match reply {
+            HeartbeatReply::Reregister => pb::HeartbeatResponse {
+                reregister: true,
+                commands: vec![],
+            },
+            HeartbeatReply::Ok { commands } => pb::HeartbeatResponse {
+                reregister: false,
+                commands: commands
+                    .into_iter()
+                    .map(|c| pb::Command {
+                        kind: Some(match c {
+                            p2p_core::tracker::NodeCommand::Replicate {
+                                chunk,
+                                size_bytes,
+                                target,
+                            } => pb::command::Kind::Replicate(convert::handoff_to_pb(
+                                &p2p_core::tracker::Handoff {
+                                    chunk,
+                                    size_bytes,
+                                    target,
+                                },
+                            )),
+                            p2p_core::tracker::NodeCommand::Delete { chunk } => {
+                                pb::command::Kind::Delete(pb::Delete {
+                                    chunk: convert::chunk_bytes(&[chunk]).remove(0),
+                                })
+                            }
+                        }),
+                    })
+                    .collect(),
+            },
+        }))
+    }
+
+    async fn allocate(
+        &self,
+        req: Request<pb::AllocateRequest>,
+    ) -> Result<Response<pb::AllocateResponse>, Status> {
+        let req = req.into_inner();
+        let exclude: BTreeSet<_> = req
+            .exclude
+            .iter()
+            .map(|n| convert::node_id(n))
+            .collect::<Result<_, _>>()?;
+        let placements = self
+            .mutate(|t, _| t.allocate(req.chunk_count, req.replicas, &exclude))
+            .await?;
+        Ok(Response::new(pb::AllocateResponse {
+            placements: placements
+                .iter()
+                .map(|p| pb::Placement {
+                    nodes: p.iter().map(convert::node_ref_to_pb).collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn commit(
+        &self,
+        req: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let (manifest, holders) = decode_commit(&req.into_inner())?;
+        let name = manifest.name.clone();
+        let hash = self.mutate(|t, _| t.commit(manifest, holders)).await?;
+        tracing::info!(file = %name, manifest = %hash, "file committed");
+        Ok(Response::new(pb::CommitResponse {
+            manifest_hash: hash.0.to_vec().into(),
+        }))
+    }
+
+    async fn locate(
+        &self,
+        req: Request<pb::LocateRequest>,
+    ) -> Result<Response<pb::LocateResponse>, Status> {
+        let name = req.into_inner().name;
+        let located = self.state.lock().await.locate(&name).map_err(to_status)?;
+        let refs = |v: &[p2p_core::tracker::NodeRef]| v.iter().map(convert::node_ref_to_pb).collect();
+        Ok(Response::new(pb::LocateResponse {
+            manifest: Some(convert::manifest_to_pb(&located.manifest)),
+            manifest_hash: located.hash.0.to_vec().into(),
+            locations: located
+                .locations
+                .iter()
+                .map(|l| pb::ChunkLocation {
+                    live: refs(&l.live),
+                    suspect: refs(&l.suspect),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let files = self.state.lock().await.files();
+        Ok(Response::new(pb::ListResponse {
+            files: files
+                .into_iter()
+                .map(|f| pb::FileInfo {
+                    name: f.name,
+                    size: f.size_bytes,
+                    replicas: f.replicas,
+                    chunks: f.chunks,
+                    manifest_hash: f.hash.0.to_vec().into(),
+                    under_replicated: f.under_replicated,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.state.lock().await.status(self.now_ms());
+        Ok(Response::new(pb::StatusResponse {
+            nodes: s
+                .nodes
+                .into_iter()
+                .map(|n| pb::NodeStatus {
+                    id: n.id.to_string(),
+                    addr: n.addr,
+                    alive: n.alive,
+                    leaving: n.leaving,
+                    chunks: n.chunks,
+                    last_seen_ms_ago: n.last_seen_ms_ago,
+                })
+                .collect(),
+            files: s.files,
+            chunks: s.chunks,
+            under_replicated: s.under_replicated,
+            lost: s.lost,
+        }))
+    }
+
+    async fn begin_leave(
+        &self,
+        req: Request<pb::BeginLeaveRequest>,
+    ) -> Result<Response<pb::BeginLeaveResponse>, Status> {
+        let id = convert::node_id(&req.into_inner().node_id)?;
+        let handoffs = self.mutate(|t, now| t.begin_leave(&id, now)).await?;
+        tracing::info!(node = %id, handoffs = handoffs.len(), "node leaving");
+        Ok(Response::new(pb::BeginLeaveResponse {
+            handoffs: handoffs.iter().map(convert::handoff_to_pb).collect(),
+        }))
+    }
+
+    async fn finish_leave(
+        &self,
+        req: Request<pb::FinishLeaveRequest>,
+    ) -> Result<Response<pb::FinishLeaveResponse>, Status> {
+        let req = req.into_inner();
+        let id = convert::node_id(&req.node_id)?;
+        let handed = req
+            .handed
+            .iter()
+            .map(|h| Ok((convert::chunk_id(&h.chunk)?, convert::node_id(&h.target_id)?)))
+            .collect::<Result<Vec<_>, Status>>()?;
+        let still = self.mutate(|t, _| t.finish_leave(&id, handed)).await?;
+        if still.is_empty() {
+            tracing::info!(node = %id, "node left");
+        }
+        Ok(Response::new(pb::FinishLeaveResponse {
+            still_needed: convert::chunk_bytes(&still),
+        }))
+    }
+}
