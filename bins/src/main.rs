@@ -1,1 +1,321 @@
-fn main() {}
+//! `p2p`: parses flags and calls the library; see `p2p --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use p2p_cli::daemon::{self, NodeOptions, TrackerOptions};
+use p2p_cli::{demo, output, shell};
+use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, REPLICAS_DEFAULT};
+use p2p_net::client::{Client, ClientConfig};
+use p2p_net::transport::TcpDialer;
+
+#[derive(Parser)]
+#[command(
+    name = "p2p",
+    version,
+    about = "Peer-to-peer file sharing: a tracker, nodes that store replicated chunks, and a client"
+)]
+struct Cli {
+    /// Tracker URL.
+    #[arg(
+        long,
+        global = true,
+        env = "P2P_TRACKER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    tracker: String,
+    /// Log more (repeat for more detail); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the tracker.
+    Tracker {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+        #[arg(long, default_value = "p2p-data/tracker")]
+        data: PathBuf,
+        /// A node silent this long is dead.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        dead_after: Duration,
+        /// Heartbeat interval the tracker asks nodes for.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        heartbeat: Duration,
+    },
+    /// Run a node: serve chunks and read shell commands on standard input.
+    Node {
+        #[arg(long)]
+        listen: String,
+        /// Data directory (default: p2p-data/node-PORT).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Address peers use to reach this node, if not the listen address.
+        #[arg(long)]
+        advertise: Option<String>,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        heartbeat: Duration,
+        /// Run as a daemon, without the shell.
+        #[arg(long)]
+        no_shell: bool,
+    },
+    /// Store a file; exits 0 only when every chunk is durably on its R holders.
+    Put {
+        path: PathBuf,
+        /// Name in the network (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = REPLICAS_DEFAULT)]
+        replicas: u32,
+        /// Chunk size in bytes.
+        #[arg(long, default_value_t = CHUNK_SIZE_DEFAULT_BYTES, hide = true)]
+        chunk_size: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch a file, verified, written atomically.
+    Get {
+        name: String,
+        /// Output path (default: ./NAME).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List files.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Nodes and durability.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a node to hand its chunks over and leave.
+    Leave {
+        /// The node's address (host:port).
+        #[arg(long)]
+        node: String,
+    },
+    /// Run a whole cluster in this process and show it survive node loss.
+    Demo {
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Size of the generated file, in bytes.
+        #[arg(long, default_value_t = 24 * 1024 * 1024 + 12345)]
+        size: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Keep the cluster's files here instead of a temporary directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+fn init_logs(verbose: u8, daemon: bool) {
+    let default = match (verbose, daemon) {
+        (0, false) => "error",
+        (0, true) | (1, false) => "info",
+        (1, true) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("json values serialize")
+    );
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = |chunk_size: u64| {
+        Client::new(
+            TcpDialer::default(),
+            &cli.tracker,
+            ClientConfig {
+                chunk_size_bytes: chunk_size,
+                ..ClientConfig::default()
+            },
+        )
+    };
+    match cli.cmd {
+        Cmd::Tracker {
+            ref listen,
+            ref data,
+            dead_after,
+            heartbeat,
+        } => {
+            let (l, addr) = daemon::bind(listen).await?;
+            let opts = TrackerOptions {
+                data: data.clone(),
+                dead_after,
+                heartbeat,
+            };
+            let server = daemon::run_tracker(l, opts, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            eprintln!("tracker listening on {addr}, data in {}", data.display());
+            server.await.context("tracker task failed")??;
+        }
+        Cmd::Node {
+            ref listen,
+            ref data,
+            ref advertise,
+            heartbeat,
+            no_shell,
+        } => {
+            let (l, addr) = daemon::bind(listen).await?;
+            let data = data
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("p2p-data/node-{}", addr.port())));
+            let opts = NodeOptions {
+                data: data.clone(),
+                tracker: cli.tracker.clone(),
+                advertise: advertise.clone(),
+                heartbeat,
+            };
+            let node = daemon::run_node(l, opts).await?;
+            eprintln!(
+                "node {} listening on {addr}, data in {}, tracker {}",
+                node.service.id(),
+                data.display(),
+                cli.tracker
+            );
+            if !no_shell {
+                eprintln!("type 'help' for commands");
+                let c = client(CHUNK_SIZE_DEFAULT_BYTES);
+                if let shell::ShellEnd::Left = shell::run(&node, &c).await {
+                    node.server.await.context("node task failed")??;
+                    return Ok(());
+                }
+            }
+            let mut left = node.service.shutdown_signal();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => node.stop().await,
+                _ = left.wait_for(|v| *v) => { node.server.await.context("node task failed")??; }
+            }
+        }
+        Cmd::Put {
+            ref path,
+            ref name,
+            replicas,
+            chunk_size,
+            json,
+        } => {
+            let bar = output::Bar::new("put");
+            let r = client(chunk_size)
+                .put_file(path, name.as_deref(), replicas, &bar)
+                .await?;
+            if json {
+                print_json(&output::put_json(&r));
+            } else {
+                println!("{}", output::put_text(&r));
+            }
+        }
+        Cmd::Get {
+            ref name,
+            ref output,
+            json,
+        } => {
+            let out = output.clone().unwrap_or_else(|| PathBuf::from(name));
+            let bar = output::Bar::new("get");
+            let r = client(CHUNK_SIZE_DEFAULT_BYTES)
+                .get_file(name, &out, &bar)
+                .await?;
+            if json {
+                print_json(&serde_json::json!({
+                    "name": r.manifest.name,
+                    "size": r.manifest.size_bytes,
+                    "chunks": r.manifest.chunks.len(),
+                    "output": out,
+                    "retries": r.retries,
+                }));
+            } else {
+                println!("{}", output::get_text(&r, &out));
+            }
+        }
+        Cmd::Ls { json } => {
+            let files = client(CHUNK_SIZE_DEFAULT_BYTES).list().await?;
+            if json {
+                print_json(&output::ls_json(&files));
+            } else {
+                println!("{}", output::ls_text(&files));
+            }
+        }
+        Cmd::Status { json } => {
+            let s = client(CHUNK_SIZE_DEFAULT_BYTES).status().await?;
+            if json {
+                print_json(&output::status_json(&s));
+            } else {
+                println!("{}", output::status_text(&s));
+            }
+        }
+        Cmd::Leave { ref node } => {
+            let progress = |done: u64, total: u64| {
+                if total > 0 {
+                    eprintln!("handed over {done}/{total} chunks");
+                }
+            };
+            client(CHUNK_SIZE_DEFAULT_BYTES)
+                .leave_node(node, &progress)
+                .await?;
+            println!("node {node} left the network");
+        }
+        Cmd::Demo {
+            nodes,
+            size,
+            seed,
+            ref data,
+        } => {
+            let opts = demo::DemoOptions {
+                nodes,
+                size_bytes: size,
+                replicas: REPLICAS_DEFAULT,
+                seed,
+            };
+            match data {
+                Some(d) => demo::run(opts, d).await?,
+                None => {
+                    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+                    demo::run(opts, tmp.path()).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.cmd, Cmd::Tracker { .. } | Cmd::Node { .. });
+    init_logs(cli.verbose, daemon);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

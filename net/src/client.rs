@@ -183,11 +183,13 @@ pub async fn upload_chunk<D: Dialer>(
         })),
     };
     let len = data.len();
-    let pieces = (0..len).step_by(PIECE_SIZE_BYTES).map(move |o| pb::PutChunkRequest {
-        msg: Some(pb::put_chunk_request::Msg::Data(
-            data.slice(o..(o + PIECE_SIZE_BYTES).min(len)),
-        )),
-    });
+    let pieces = (0..len)
+        .step_by(PIECE_SIZE_BYTES)
+        .map(move |o| pb::PutChunkRequest {
+            msg: Some(pb::put_chunk_request::Msg::Data(
+                data.slice(o..(o + PIECE_SIZE_BYTES).min(len)),
+            )),
+        });
     let stream = tokio_stream::iter(std::iter::once(header).chain(pieces));
     let resp = node
         .put_chunk(stream)
@@ -240,18 +242,29 @@ async fn fetch_chunk<D: Dialer>(
         let Some(piece) = msg else { break };
         received += piece.data.len() as u64;
         if received > len {
-            return Err((FetchFailure::Bad, format!("sent more than the {len} bytes of the chunk")));
+            return Err((
+                FetchFailure::Bad,
+                format!("sent more than the {len} bytes of the chunk"),
+            ));
         }
         hasher.update(&piece.data);
         write(received - piece.data.len() as u64, piece.data)
             .await
-            .map_err(|e| (FetchFailure::Unreachable, format!("local write failed: {e}")))?;
+            .map_err(|e| {
+                (
+                    FetchFailure::Unreachable,
+                    format!("local write failed: {e}"),
+                )
+            })?;
     }
     if received != len {
         return Err((FetchFailure::Bad, format!("sent {received} of {len} bytes")));
     }
     if ChunkId(*hasher.finalize().as_bytes()) != id {
-        return Err((FetchFailure::Bad, "sent bytes that do not match the chunk hash".into()));
+        return Err((
+            FetchFailure::Bad,
+            "sent bytes that do not match the chunk hash".into(),
+        ));
     }
     Ok(())
 }
@@ -279,7 +292,9 @@ impl<D: Dialer> Client<D> {
         }
     }
 
-    fn tracker(&self) -> Result<pb::tracker_client::TrackerClient<tonic::transport::Channel>, ClientError> {
+    fn tracker(
+        &self,
+    ) -> Result<pb::tracker_client::TrackerClient<tonic::transport::Channel>, ClientError> {
         self.peers.tracker(&self.tracker_addr)
     }
 
@@ -321,7 +336,9 @@ impl<D: Dialer> Client<D> {
                     .collect::<Result<_, _>>()
                     .map_err(|s| protocol(s.message()))?;
                 let distinct: BTreeSet<&NodeId> = nodes.iter().map(|n| &n.id).collect();
-                if distinct.len() != replicas as usize || distinct.iter().any(|n| excluded.contains(n)) {
+                if distinct.len() != replicas as usize
+                    || distinct.iter().any(|n| excluded.contains(n))
+                {
                     return Err(protocol("placement is not distinct nodes"));
                 }
                 Ok(nodes)
@@ -379,7 +396,11 @@ impl<D: Dialer> Client<D> {
         if n > p2p_core::limits::FILE_CHUNKS_MAX {
             return Err(p2p_core::ManifestError::TooLarge.into());
         }
-        let placements = if n > 0 { self.allocate(n, replicas, &[]).await? } else { vec![] };
+        let placements = if n > 0 {
+            self.allocate(n, replicas, &[]).await?
+        } else {
+            vec![]
+        };
         progress.start(size_bytes);
         let mut ids = Vec::with_capacity(n as usize);
         let mut holders: Vec<Vec<NodeId>> = vec![Vec::new(); n as usize];
@@ -388,12 +409,13 @@ impl<D: Dialer> Client<D> {
             path: source.to_path_buf(),
             source: e,
         };
-        let mut settle = |done: (usize, u64, Result<Vec<NodeId>, ClientError>)| -> Result<(), ClientError> {
-            let (i, len, res) = done;
-            holders[i] = res?;
-            progress.advance(len);
-            Ok(())
-        };
+        let mut settle =
+            |done: (usize, u64, Result<Vec<NodeId>, ClientError>)| -> Result<(), ClientError> {
+                let (i, len, res) = done;
+                holders[i] = res?;
+                progress.advance(len);
+                Ok(())
+            };
         for (i, targets) in placements.into_iter().enumerate() {
             while tasks.len() >= self.config.chunks_in_flight.max(1) {
                 settle(tasks.next().await.expect("tasks is not empty"))?;
@@ -506,7 +528,9 @@ impl<D: Dialer> Client<D> {
         validate_name(name)?;
         let resp = self
             .tracker()?
-            .locate(pb::LocateRequest { name: name.to_string() })
+            .locate(pb::LocateRequest {
+                name: name.to_string(),
+            })
             .await
             .map_err(|s| {
                 if s.code() == tonic::Code::NotFound {
@@ -524,7 +548,9 @@ impl<D: Dialer> Client<D> {
             .manifest
             .as_ref()
             .ok_or_else(|| protocol("no manifest".into()))
-            .and_then(|m| convert::manifest_from_pb(m).map_err(|s| protocol(s.message().to_string())))?;
+            .and_then(|m| {
+                convert::manifest_from_pb(m).map_err(|s| protocol(s.message().to_string()))
+            })?;
         if manifest.name != name || resp.locations.len() != manifest.chunks.len() {
             return Err(protocol("answer does not match the request".into()));
         }
@@ -532,12 +558,21 @@ impl<D: Dialer> Client<D> {
             .locations
             .iter()
             .map(|l| {
-                let live = l.live.iter().map(|n| Candidate { holder: n.addr.clone(), preferred: true });
-                let suspect = l.suspect.iter().map(|n| Candidate { holder: n.addr.clone(), preferred: false });
+                let live = l.live.iter().map(|n| Candidate {
+                    holder: n.addr.clone(),
+                    preferred: true,
+                });
+                let suspect = l.suspect.iter().map(|n| Candidate {
+                    holder: n.addr.clone(),
+                    preferred: false,
+                });
                 live.chain(suspect).collect()
             })
             .collect();
-        Ok(Located { manifest, candidates })
+        Ok(Located {
+            manifest,
+            candidates,
+        })
     }
 
     /// Fetch every chunk of `located` into `sink`, verified.
@@ -548,7 +583,11 @@ impl<D: Dialer> Client<D> {
         progress: &dyn Progress,
     ) -> Result<GetReport, ClientError> {
         let m = &located.manifest;
-        let mut plan = GetPlan::new(located.candidates.clone(), self.config.fetches_in_flight.max(1), 8);
+        let mut plan = GetPlan::new(
+            located.candidates.clone(),
+            self.config.fetches_in_flight.max(1),
+            8,
+        );
         let mut fetches = FuturesUnordered::new();
         let mut retries = 0;
         progress.start(m.size_bytes);
@@ -610,7 +649,12 @@ impl<D: Dialer> Client<D> {
 
     /// Download `name` into `out`, atomically: the file appears only once
     /// every chunk arrived intact.
-    pub async fn get_file(&self, name: &str, out: &Path, progress: &dyn Progress) -> Result<GetReport, ClientError> {
+    pub async fn get_file(
+        &self,
+        name: &str,
+        out: &Path,
+        progress: &dyn Progress,
+    ) -> Result<GetReport, ClientError> {
         let located = self.locate(name).await?;
         let sink = FileSink::create(out, located.manifest.size_bytes)?;
         let report = self.fetch_into(&located, &sink, progress).await?;
@@ -639,20 +683,30 @@ impl<D: Dialer> Client<D> {
 
     /// Ask the node at `addr` to hand its chunks over and leave; returns
     /// when it has. `progress(done, total)` follows the hand-over.
-    pub async fn leave_node(&self, addr: &str, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> Result<(), ClientError> {
+    pub async fn leave_node(
+        &self,
+        addr: &str,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<(), ClientError> {
         let mut node = self.peers.node(addr)?;
         let mut stream = node
             .leave(pb::LeaveRequest { force: false })
             .await
             .map_err(|s| ClientError::from_node(addr, s))?
             .into_inner();
-        while let Some(p) = stream.message().await.map_err(|s| ClientError::from_node(addr, s))? {
+        while let Some(p) = stream
+            .message()
+            .await
+            .map_err(|s| ClientError::from_node(addr, s))?
+        {
             progress(p.done, p.total);
             if p.finished {
                 return Ok(());
             }
         }
-        Err(ClientError::Leave(format!("node at {addr} stopped before it finished")))
+        Err(ClientError::Leave(format!(
+            "node at {addr} stopped before it finished"
+        )))
     }
 
     pub fn peers(&self) -> &Arc<Peers<D>> {

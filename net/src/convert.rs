@@ -19,7 +19,9 @@ pub fn node_id(s: &str) -> Result<NodeId, Status> {
 }
 
 pub fn chunk_bytes(ids: &[ChunkId]) -> Vec<bytes::Bytes> {
-    ids.iter().map(|c| bytes::Bytes::copy_from_slice(c.as_bytes())).collect()
+    ids.iter()
+        .map(|c| bytes::Bytes::copy_from_slice(c.as_bytes()))
+        .collect()
 }
 
 pub fn node_ref_to_pb(r: &NodeRef) -> pb::NodeRef {

@@ -10,10 +10,16 @@ use p2p_core::{ManifestError, NameError};
 pub enum ClientError {
     /// A local file could not be read.
     #[error("cannot read {path}: {source}")]
-    ReadInput { path: PathBuf, source: std::io::Error },
+    ReadInput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The output could not be written.
     #[error("cannot write {path}: {source}")]
-    WriteOutput { path: PathBuf, source: std::io::Error },
+    WriteOutput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The input changed size while it was being stored.
     #[error("{0} changed while it was being read")]
     InputChanged(PathBuf),
@@ -40,10 +46,18 @@ pub enum ClientError {
     Node { addr: String, msg: String },
     /// A chunk could not be stored on enough nodes.
     #[error("chunk {index} could not be stored on {replicas} nodes: {detail}")]
-    PutFailed { index: usize, replicas: u32, detail: String },
+    PutFailed {
+        index: usize,
+        replicas: u32,
+        detail: String,
+    },
     /// A chunk could not be obtained intact from any holder.
     #[error("chunk {index} of {name:?} could not be obtained intact from any holder ({detail})")]
-    GetFailed { name: String, index: usize, detail: String },
+    GetFailed {
+        name: String,
+        index: usize,
+        detail: String,
+    },
     /// A peer sent something that breaks the protocol.
     #[error("protocol violation by {peer}: {msg}")]
     Protocol { peer: String, msg: String },

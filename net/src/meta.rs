@@ -28,7 +28,11 @@ pub enum MetaError {
     Db { path: PathBuf, msg: String },
     /// A stored record does not decode: the database is damaged.
     #[error("tracker database {path}: damaged record {key:?}: {msg}")]
-    Damaged { path: PathBuf, key: String, msg: String },
+    Damaged {
+        path: PathBuf,
+        key: String,
+        msg: String,
+    },
 }
 
 /// Durable storage of the tracker's records.
@@ -96,7 +100,8 @@ impl RedbMeta {
                 msg,
             };
             let req = pb::CommitRequest::decode(v.value()).map_err(|e| damaged(e.to_string()))?;
-            let (manifest, holders) = decode_commit(&req).map_err(|s| damaged(s.message().to_string()))?;
+            let (manifest, holders) =
+                decode_commit(&req).map_err(|s| damaged(s.message().to_string()))?;
             out.push(Record::FileCommitted { manifest, holders });
         }
         Ok(out)
@@ -114,14 +119,18 @@ impl RedbMeta {
             for r in &records {
                 match r {
                     Record::NodeJoined { id, addr } => {
-                        nodes.insert(id.as_str(), addr.as_str()).map_err(|e| err(&e))?;
+                        nodes
+                            .insert(id.as_str(), addr.as_str())
+                            .map_err(|e| err(&e))?;
                     }
                     Record::NodeLeft { id } => {
                         nodes.remove(id.as_str()).map_err(|e| err(&e))?;
                     }
                     Record::FileCommitted { manifest, holders } => {
                         let bytes = encode_commit(manifest, holders).encode_to_vec();
-                        files.insert(manifest.name.as_str(), bytes.as_slice()).map_err(|e| err(&e))?;
+                        files
+                            .insert(manifest.name.as_str(), bytes.as_slice())
+                            .map_err(|e| err(&e))?;
                     }
                 }
             }
@@ -131,7 +140,10 @@ impl RedbMeta {
 }
 
 /// The wire form of a commit, also the stored form of a file.
-pub fn encode_commit(manifest: &p2p_core::Manifest, holders: &[Vec<p2p_core::NodeId>]) -> pb::CommitRequest {
+pub fn encode_commit(
+    manifest: &p2p_core::Manifest,
+    holders: &[Vec<p2p_core::NodeId>],
+) -> pb::CommitRequest {
     pb::CommitRequest {
         manifest: Some(convert::manifest_to_pb(manifest)),
         holders: holders
@@ -231,9 +243,18 @@ mod tests {
         let b = NodeId::new("b").unwrap();
         let m = Manifest::new("f".into(), 5, 1024, 2, vec![ChunkId::of(b"hello")]).unwrap();
         let records = vec![
-            Record::NodeJoined { id: a.clone(), addr: "127.0.0.1:1".into() },
-            Record::NodeJoined { id: b.clone(), addr: "127.0.0.1:2".into() },
-            Record::FileCommitted { manifest: m.clone(), holders: vec![vec![a.clone(), b.clone()]] },
+            Record::NodeJoined {
+                id: a.clone(),
+                addr: "127.0.0.1:1".into(),
+            },
+            Record::NodeJoined {
+                id: b.clone(),
+                addr: "127.0.0.1:2".into(),
+            },
+            Record::FileCommitted {
+                manifest: m.clone(),
+                holders: vec![vec![a.clone(), b.clone()]],
+            },
             Record::NodeLeft { id: b.clone() },
         ];
         {
@@ -245,8 +266,14 @@ mod tests {
         assert_eq!(
             loaded,
             vec![
-                Record::NodeJoined { id: a.clone(), addr: "127.0.0.1:1".into() },
-                Record::FileCommitted { manifest: m, holders: vec![vec![a, b]] },
+                Record::NodeJoined {
+                    id: a.clone(),
+                    addr: "127.0.0.1:1".into()
+                },
+                Record::FileCommitted {
+                    manifest: m,
+                    holders: vec![vec![a, b]]
+                },
             ]
         );
     }

@@ -135,7 +135,9 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .max_encoding_message_size(MESSAGE_SIZE_MAX_BYTES)
     }
 
-    fn tracker_client(&self) -> Result<pb::tracker_client::TrackerClient<tonic::transport::Channel>, ClientError> {
+    fn tracker_client(
+        &self,
+    ) -> Result<pb::tracker_client::TrackerClient<tonic::transport::Channel>, ClientError> {
         self.inner.peers.tracker(&self.inner.tracker_addr)
     }
 
@@ -158,7 +160,8 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 self.register_once().await.map(|ms| {
                     registered = true;
                     if ms > 0 {
-                        interval = Duration::from_millis(ms).min(self.inner.config.heartbeat_interval);
+                        interval =
+                            Duration::from_millis(ms).min(self.inner.config.heartbeat_interval);
                     }
                 })
             };
@@ -216,7 +219,10 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             Ok(resp) => {
                 let resp = resp.into_inner();
                 if !resp.commands.is_empty() {
-                    tracing::debug!(commands = resp.commands.len(), "tracker commands are not handled yet");
+                    tracing::debug!(
+                        commands = resp.commands.len(),
+                        "tracker commands are not handled yet"
+                    );
                 }
                 Ok(resp.reregister)
             }
@@ -237,12 +243,20 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 tracing::error!(chunk = %id, error = %e, "cannot remove corrupt chunk");
             }
             self.inventory().removed(*id);
-            return Err(Status::data_loss(format!("chunk {id} failed verification here and was removed")));
+            return Err(Status::data_loss(format!(
+                "chunk {id} failed verification here and was removed"
+            )));
         }
         Ok(data)
     }
 
-    async fn receive(&self, stream: &mut Streaming<pb::PutChunkRequest>, id: ChunkId, size: u64, writer: &mut Box<dyn ChunkWriter>) -> Result<(), Status> {
+    async fn receive(
+        &self,
+        stream: &mut Streaming<pb::PutChunkRequest>,
+        id: ChunkId,
+        size: u64,
+        writer: &mut Box<dyn ChunkWriter>,
+    ) -> Result<(), Status> {
         let piece_timeout = self.inner.peers.timeouts().piece;
         let mut hasher = blake3::Hasher::new();
         let mut received = 0u64;
@@ -252,17 +266,23 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 .map_err(|_| Status::deadline_exceeded("timed out waiting for chunk data"))??;
             let Some(msg) = msg else { break };
             let Some(pb::put_chunk_request::Msg::Data(data)) = msg.msg else {
-                return Err(Status::invalid_argument("expected chunk data after the header"));
+                return Err(Status::invalid_argument(
+                    "expected chunk data after the header",
+                ));
             };
             received += data.len() as u64;
             if received > size {
-                return Err(Status::invalid_argument(format!("more than the declared {size} bytes")));
+                return Err(Status::invalid_argument(format!(
+                    "more than the declared {size} bytes"
+                )));
             }
             hasher.update(&data);
             writer.write(&data).await.map_err(store_status)?;
         }
         if received != size {
-            return Err(Status::invalid_argument(format!("received {received} of {size} bytes")));
+            return Err(Status::invalid_argument(format!(
+                "received {received} of {size} bytes"
+            )));
         }
         if ChunkId(*hasher.finalize().as_bytes()) != id {
             return Err(Status::data_loss("chunk data does not match its hash"));
@@ -272,7 +292,10 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
 
     /// Hand every chunk that depends on this node to the node the tracker
     /// chose, then leave. `progress(done, total)` follows the hand-over.
-    pub async fn leave(&self, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> Result<(), ClientError> {
+    pub async fn leave(
+        &self,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<(), ClientError> {
         let _only_one = self
             .inner
             .leave_lock
@@ -300,11 +323,11 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                         peer: "tracker".into(),
                         msg: s.message().to_string(),
                     })?;
-                    let data = self
-                        .read_verified(&h.chunk)
-                        .await
-                        .map_err(|s| ClientError::Leave(format!("chunk {}: {}", h.chunk, s.message())))?;
-                    crate::client::upload_chunk(&self.inner.peers, &h.target.addr, h.chunk, data).await?;
+                    let data = self.read_verified(&h.chunk).await.map_err(|s| {
+                        ClientError::Leave(format!("chunk {}: {}", h.chunk, s.message()))
+                    })?;
+                    crate::client::upload_chunk(&self.inner.peers, &h.target.addr, h.chunk, data)
+                        .await?;
                     Ok::<_, ClientError>(pb::Handed {
                         chunk: Bytes::copy_from_slice(h.chunk.as_bytes()),
                         target_id: h.target.id.to_string(),
@@ -358,7 +381,9 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
             .map_err(|_| Status::deadline_exceeded("timed out waiting for the chunk header"))??
             .ok_or_else(|| Status::invalid_argument("empty chunk upload"))?;
         let Some(pb::put_chunk_request::Msg::Header(h)) = first.msg else {
-            return Err(Status::invalid_argument("a chunk upload starts with its header"));
+            return Err(Status::invalid_argument(
+                "a chunk upload starts with its header",
+            ));
         };
         let id = convert::chunk_id(&h.chunk)?;
         if h.size == 0 || h.size > CHUNK_SIZE_MAX_BYTES {
@@ -412,7 +437,10 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
 
     type LeaveStream = LeaveStream;
 
-    async fn leave(&self, _req: Request<pb::LeaveRequest>) -> Result<Response<Self::LeaveStream>, Status> {
+    async fn leave(
+        &self,
+        _req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<Self::LeaveStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let node = self.clone();
         tokio::spawn(async move {
@@ -434,10 +462,15 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
             };
             let _ = tx.send(last).await;
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn ping(&self, _req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
+    async fn ping(
+        &self,
+        _req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
         Ok(Response::new(pb::PingResponse {
             node_id: self.inner.id.to_string(),
         }))

@@ -80,11 +80,17 @@ impl DiskStore {
     pub async fn open(data: &Path) -> Result<Self, StoreError> {
         let chunks = data.join("chunks");
         let tmp = data.join("tmp");
-        tokio::fs::create_dir_all(&chunks).await.map_err(io("create", &chunks))?;
+        tokio::fs::create_dir_all(&chunks)
+            .await
+            .map_err(io("create", &chunks))?;
         if tokio::fs::try_exists(&tmp).await.unwrap_or(false) {
-            tokio::fs::remove_dir_all(&tmp).await.map_err(io("clean", &tmp))?;
+            tokio::fs::remove_dir_all(&tmp)
+                .await
+                .map_err(io("clean", &tmp))?;
         }
-        tokio::fs::create_dir_all(&tmp).await.map_err(io("create", &tmp))?;
+        tokio::fs::create_dir_all(&tmp)
+            .await
+            .map_err(io("create", &tmp))?;
         Ok(Self {
             chunks,
             tmp,
@@ -119,16 +125,24 @@ async fn sync_dir(dir: PathBuf) -> Result<(), StoreError> {
 impl ChunkStore for DiskStore {
     async fn list(&self) -> Result<Vec<ChunkId>, StoreError> {
         let mut out = Vec::new();
-        let mut fans = tokio::fs::read_dir(&self.chunks).await.map_err(io("list", &self.chunks))?;
+        let mut fans = tokio::fs::read_dir(&self.chunks)
+            .await
+            .map_err(io("list", &self.chunks))?;
         while let Some(fan) = fans.next_entry().await.map_err(io("list", &self.chunks))? {
             let fan_path = fan.path();
             if !fan.file_type().await.map(|t| t.is_dir()).unwrap_or(false) {
                 continue;
             }
-            let mut files = tokio::fs::read_dir(&fan_path).await.map_err(io("list", &fan_path))?;
+            let mut files = tokio::fs::read_dir(&fan_path)
+                .await
+                .map_err(io("list", &fan_path))?;
             while let Some(f) = files.next_entry().await.map_err(io("list", &fan_path))? {
                 // Names that are not chunk ids are not ours: ignore them.
-                if let Some(id) = f.file_name().to_str().and_then(|n| ChunkId::from_hex(n).ok()) {
+                if let Some(id) = f
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| ChunkId::from_hex(n).ok())
+                {
                     out.push(id);
                 }
             }
@@ -140,7 +154,9 @@ impl ChunkStore for DiskStore {
     async fn create(&self, id: &ChunkId) -> Result<Box<dyn ChunkWriter>, StoreError> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!("{}.{n}.tmp", id.to_hex()));
-        let file = tokio::fs::File::create(&tmp).await.map_err(io("create", &tmp))?;
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(io("create", &tmp))?;
         Ok(Box::new(DiskWriter {
             file,
             tmp,
@@ -152,7 +168,9 @@ impl ChunkStore for DiskStore {
         let path = self.path_of(id);
         let meta = match tokio::fs::metadata(&path).await {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(*id));
+            }
             Err(e) => return Err(io("stat", &path)(e)),
         };
         if meta.len() > CHUNK_SIZE_MAX_BYTES {
@@ -181,15 +199,26 @@ struct DiskWriter {
 #[async_trait]
 impl ChunkWriter for DiskWriter {
     async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(data).await.map_err(io("write", &self.tmp))
+        self.file
+            .write_all(data)
+            .await
+            .map_err(io("write", &self.tmp))
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         self.file.flush().await.map_err(io("write", &self.tmp))?;
         self.file.sync_all().await.map_err(io("sync", &self.tmp))?;
-        let dir = self.dest.parent().expect("chunk paths have a parent").to_path_buf();
-        tokio::fs::create_dir_all(&dir).await.map_err(io("create", &dir))?;
-        tokio::fs::rename(&self.tmp, &self.dest).await.map_err(io("rename", &self.tmp))?;
+        let dir = self
+            .dest
+            .parent()
+            .expect("chunk paths have a parent")
+            .to_path_buf();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io("create", &dir))?;
+        tokio::fs::rename(&self.tmp, &self.dest)
+            .await
+            .map_err(io("rename", &self.tmp))?;
         sync_dir(dir).await
     }
 
@@ -213,15 +242,24 @@ mod tests {
         w.write(b"hello ").await.unwrap();
         w.write(b"world").await.unwrap();
         w.commit().await.unwrap();
-        assert_eq!(store.read(&id).await.unwrap(), Bytes::from_static(b"hello world"));
+        assert_eq!(
+            store.read(&id).await.unwrap(),
+            Bytes::from_static(b"hello world")
+        );
         assert_eq!(store.list().await.unwrap(), vec![id]);
 
         let other = ChunkId::of(b"x");
         let mut w = store.create(&other).await.unwrap();
         w.write(b"x").await.unwrap();
         w.abort().await;
-        assert!(matches!(store.read(&other).await, Err(StoreError::NotFound(_))));
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(matches!(
+            store.read(&other).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
         store.remove(&id).await.unwrap();
         store.remove(&id).await.unwrap();
         assert!(store.list().await.unwrap().is_empty());
@@ -237,6 +275,9 @@ mod tests {
         std::fs::write(dir.path().join("chunks/zz/not-a-chunk"), b"?").unwrap();
         let store = DiskStore::open(dir.path()).await.unwrap();
         assert!(store.list().await.unwrap().is_empty());
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use p2p_core::tracker::{HeartbeatReply, Tracker, TrackerConfig, TrackerError};
 use p2p_core::limits::TRACKER_MESSAGE_SIZE_MAX_BYTES;
+use p2p_core::tracker::{HeartbeatReply, Tracker, TrackerConfig, TrackerError};
 use p2p_proto as pb;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -92,7 +92,9 @@ impl<M: MetaStore> TrackerService<M> {
         f: impl FnOnce(&mut Tracker, u64) -> Result<T, TrackerError>,
     ) -> Result<T, Status> {
         if self.poisoned.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("tracker database failed; restart the tracker"));
+            return Err(Status::unavailable(
+                "tracker database failed; restart the tracker",
+            ));
         }
         let mut state = self.state.lock().await;
         let now = self.now_ms();
@@ -136,7 +138,9 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let id = convert::node_id(&req.node_id)?;
         let added = convert::chunk_ids(&req.added)?;
         let removed = convert::chunk_ids(&req.removed)?;
-        let reply = self.mutate(|t, now| t.heartbeat(&id, added, removed, now)).await?;
+        let reply = self
+            .mutate(|t, now| t.heartbeat(&id, added, removed, now))
+            .await?;
         Ok(Response::new(match reply {
             HeartbeatReply::Reregister => pb::HeartbeatResponse {
                 reregister: true,
@@ -213,7 +217,8 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
     ) -> Result<Response<pb::LocateResponse>, Status> {
         let name = req.into_inner().name;
         let located = self.state.lock().await.locate(&name).map_err(to_status)?;
-        let refs = |v: &[p2p_core::tracker::NodeRef]| v.iter().map(convert::node_ref_to_pb).collect();
+        let refs =
+            |v: &[p2p_core::tracker::NodeRef]| v.iter().map(convert::node_ref_to_pb).collect();
         Ok(Response::new(pb::LocateResponse {
             manifest: Some(convert::manifest_to_pb(&located.manifest)),
             manifest_hash: located.hash.0.to_vec().into(),
@@ -228,7 +233,10 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         }))
     }
 
-    async fn list(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let files = self.state.lock().await.files();
         Ok(Response::new(pb::ListResponse {
             files: files
@@ -291,7 +299,12 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let handed = req
             .handed
             .iter()
-            .map(|h| Ok((convert::chunk_id(&h.chunk)?, convert::node_id(&h.target_id)?)))
+            .map(|h| {
+                Ok((
+                    convert::chunk_id(&h.chunk)?,
+                    convert::node_id(&h.target_id)?,
+                ))
+            })
             .collect::<Result<Vec<_>, Status>>()?;
         let still = self.mutate(|t, _| t.finish_leave(&id, handed)).await?;
         if still.is_empty() {

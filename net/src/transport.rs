@@ -137,13 +137,18 @@ impl<D: Dialer> Peers<D> {
         addr: &str,
     ) -> Result<p2p_proto::tracker_client::TrackerClient<Channel>, ClientError> {
         let limit = p2p_core::limits::TRACKER_MESSAGE_SIZE_MAX_BYTES;
-        Ok(p2p_proto::tracker_client::TrackerClient::new(self.channel(addr)?)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit))
+        Ok(
+            p2p_proto::tracker_client::TrackerClient::new(self.channel(addr)?)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
     }
 
     /// A node client with bounded message sizes.
-    pub fn node(&self, addr: &str) -> Result<p2p_proto::node_client::NodeClient<Channel>, ClientError> {
+    pub fn node(
+        &self,
+        addr: &str,
+    ) -> Result<p2p_proto::node_client::NodeClient<Channel>, ClientError> {
         let limit = p2p_core::limits::MESSAGE_SIZE_MAX_BYTES;
         Ok(p2p_proto::node_client::NodeClient::new(self.channel(addr)?)
             .max_decoding_message_size(limit)

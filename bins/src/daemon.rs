@@ -1,0 +1,163 @@
+//! Running a tracker or a node on real TCP.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use p2p_core::NodeId;
+use p2p_core::tracker::TrackerConfig;
+use p2p_net::meta::RedbMeta;
+use p2p_net::node::{NodeConfig, NodeService};
+use p2p_net::store::DiskStore;
+use p2p_net::tracker::TrackerService;
+use p2p_net::transport::{TcpDialer, Timeouts, server_builder};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Bind `listen` (`host:port`, port 0 for any).
+pub async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = l.local_addr().context("listener has no address")?;
+    Ok((l, addr))
+}
+
+/// Settings of a tracker process.
+#[derive(Debug, Clone)]
+pub struct TrackerOptions {
+    pub data: PathBuf,
+    pub dead_after: Duration,
+    pub heartbeat: Duration,
+}
+
+/// Serve a tracker on `listener` until `shutdown` completes.
+pub async fn run_tracker(
+    listener: TcpListener,
+    opts: TrackerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let meta = RedbMeta::open(&opts.data)?;
+    let config = TrackerConfig {
+        dead_after_ms: opts.dead_after.as_millis() as u64,
+        heartbeat_interval_ms: opts.heartbeat.as_millis() as u64,
+    };
+    let service = TrackerService::open(config, meta).await?;
+    let ticker = tokio::spawn(
+        service
+            .clone()
+            .run_ticker((opts.heartbeat / 2).max(Duration::from_millis(10))),
+    );
+    Ok(tokio::spawn(async move {
+        let r = server_builder(&Timeouts::default())
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        ticker.abort();
+        r.context("tracker server failed")
+    }))
+}
+
+/// Settings of a node process.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub data: PathBuf,
+    pub tracker: String,
+    /// Address peers use to reach this node (default: the bound address).
+    pub advertise: Option<String>,
+    pub heartbeat: Duration,
+}
+
+/// The node's stable id, created on first start in `<data>/node-id`.
+pub fn node_id(data: &Path) -> anyhow::Result<NodeId> {
+    let path = data.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            NodeId::new(s.trim()).with_context(|| format!("bad node id in {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id =
+                NodeId::new(format!("{:016x}", rand::random::<u64>())).expect("hex is a valid id");
+            std::fs::create_dir_all(data)
+                .with_context(|| format!("cannot create {}", data.display()))?;
+            let tmp = data.join("node-id.tmp");
+            std::fs::write(&tmp, id.as_str())
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// A running node: its service, its server task and its heartbeat task.
+pub struct RunningNode {
+    pub service: NodeService<DiskStore, TcpDialer>,
+    pub server: JoinHandle<anyhow::Result<()>>,
+    pub heartbeats: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl RunningNode {
+    /// Stop serving and heartbeating at once, handing nothing over: to the
+    /// cluster this looks like a crash.
+    pub async fn stop(mut self) {
+        self.heartbeats.abort();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.server.await;
+    }
+}
+
+/// Start a node serving on `listener`. It stops when it has left the
+/// network or [`RunningNode::stop`] is called.
+pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Result<RunningNode> {
+    let bound = listener.local_addr().context("listener has no address")?;
+    let addr = opts.advertise.clone().unwrap_or_else(|| bound.to_string());
+    let id = node_id(&opts.data)?;
+    let store = DiskStore::open(&opts.data)
+        .await
+        .with_context(|| format!("cannot open chunk store in {}", opts.data.display()))?;
+    let config = NodeConfig {
+        heartbeat_interval: opts.heartbeat,
+        ..NodeConfig::default()
+    };
+    let service = NodeService::open(
+        id,
+        addr,
+        opts.tracker.clone(),
+        store,
+        TcpDialer::default(),
+        config,
+    )
+    .await?;
+    let heartbeats = tokio::spawn(service.clone().run_heartbeats());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut left = service.shutdown_signal();
+    let shutdown = async move {
+        tokio::select! {
+            biased;
+            _ = stop_rx => {}
+            _ = left.wait_for(|v| *v) => {}
+        }
+    };
+    let svc = service.clone();
+    let server = tokio::spawn(async move {
+        server_builder(&Timeouts::default())
+            .add_service(svc.into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+            .context("node server failed")
+    });
+    Ok(RunningNode {
+        service,
+        server,
+        heartbeats,
+        stop: Some(stop_tx),
+    })
+}

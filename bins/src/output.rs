@@ -1,0 +1,186 @@
+//! What the commands print: human tables, `--json`, progress bars.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use p2p_net::client::{GetReport, Progress, PutReport};
+use p2p_proto as pb;
+use serde_json::json;
+
+/// A byte progress bar on a terminal; nothing when standard error is piped.
+pub struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    pub fn new(label: &str) -> Self {
+        let bar = if std::io::stderr().is_terminal() {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            b.set_message(label.to_string());
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Self { bar }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        self.bar.set_length(total);
+    }
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn put_text(r: &PutReport) -> String {
+    let m = &r.manifest;
+    format!(
+        "stored {}: {} in {} chunks, {} replicas each (manifest {})",
+        m.name,
+        human_bytes(m.size_bytes),
+        m.chunks.len(),
+        m.replicas,
+        &r.manifest_hash[..16.min(r.manifest_hash.len())]
+    )
+}
+
+pub fn put_json(r: &PutReport) -> serde_json::Value {
+    let m = &r.manifest;
+    json!({
+        "name": m.name,
+        "size": m.size_bytes,
+        "replicas": m.replicas,
+        "chunks": m.chunks.len(),
+        "manifest": r.manifest_hash,
+    })
+}
+
+pub fn get_text(r: &GetReport, out: &std::path::Path) -> String {
+    format!(
+        "wrote {} to {} ({}, {} chunks{})",
+        r.manifest.name,
+        out.display(),
+        human_bytes(r.manifest.size_bytes),
+        r.manifest.chunks.len(),
+        if r.retries > 0 {
+            format!(", {} fetches retried elsewhere", r.retries)
+        } else {
+            String::new()
+        }
+    )
+}
+
+pub fn ls_json(files: &[pb::FileInfo]) -> serde_json::Value {
+    files
+        .iter()
+        .map(|f| {
+            json!({
+                "name": f.name,
+                "size": f.size,
+                "replicas": f.replicas,
+                "chunks": f.chunks,
+                "manifest": hex::encode(&f.manifest_hash),
+                "under_replicated": f.under_replicated,
+            })
+        })
+        .collect()
+}
+
+pub fn ls_text(files: &[pb::FileInfo]) -> String {
+    if files.is_empty() {
+        return "no files".into();
+    }
+    let mut out = format!(
+        "{:<32} {:>12} {:>8} {:>8}  {}\n",
+        "NAME", "SIZE", "REPLICAS", "CHUNKS", "HEALTH"
+    );
+    for f in files {
+        let health = if f.under_replicated == 0 {
+            "ok".to_string()
+        } else {
+            format!("{} chunks under-replicated", f.under_replicated)
+        };
+        out += &format!(
+            "{:<32} {:>12} {:>8} {:>8}  {}\n",
+            f.name,
+            human_bytes(f.size),
+            f.replicas,
+            f.chunks,
+            health
+        );
+    }
+    out.trim_end().to_string()
+}
+
+pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
+    json!({
+        "nodes": s.nodes.iter().map(|n| json!({
+            "id": n.id,
+            "addr": n.addr,
+            "alive": n.alive,
+            "leaving": n.leaving,
+            "chunks": n.chunks,
+            "last_seen_ms_ago": n.last_seen_ms_ago,
+        })).collect::<Vec<_>>(),
+        "files": s.files,
+        "chunks": s.chunks,
+        "under_replicated": s.under_replicated,
+        "lost": s.lost,
+    })
+}
+
+pub fn status_text(s: &pb::StatusResponse) -> String {
+    let alive = s.nodes.iter().filter(|n| n.alive).count();
+    let mut out = format!(
+        "{} nodes ({} alive), {} files, {} chunks, {} under-replicated, {} with no live copy\n",
+        s.nodes.len(),
+        alive,
+        s.files,
+        s.chunks,
+        s.under_replicated,
+        s.lost
+    );
+    out += &format!(
+        "{:<18} {:<22} {:<8} {:>8}  {}\n",
+        "NODE", "ADDR", "STATE", "CHUNKS", "LAST SEEN"
+    );
+    for n in &s.nodes {
+        let state = match (n.alive, n.leaving) {
+            (_, true) => "leaving",
+            (true, false) => "alive",
+            (false, false) => "dead",
+        };
+        out += &format!(
+            "{:<18} {:<22} {:<8} {:>8}  {} ms ago\n",
+            n.id, n.addr, state, n.chunks, n.last_seen_ms_ago
+        );
+    }
+    out.trim_end().to_string()
+}
