@@ -10,7 +10,7 @@ use p2p_cli::daemon::{self, NodeOptions, TrackerOptions};
 use p2p_cli::{demo, output, shell};
 use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, REPLICAS_DEFAULT};
 use p2p_net::client::{Client, ClientConfig};
-use p2p_net::transport::TcpDialer;
+use p2p_net::transport::{TcpDialer, Timeouts};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,9 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     tracker: String,
+    /// Give up on a peer that does not answer within this time.
+    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     /// Log more (repeat for more detail); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -142,9 +145,16 @@ fn print_json(v: &serde_json::Value) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dialer = TcpDialer {
+        timeouts: Timeouts {
+            request: cli.timeout,
+            piece: cli.timeout,
+            ..Timeouts::default()
+        },
+    };
     let client = |chunk_size: u64| {
         Client::new(
-            TcpDialer::default(),
+            dialer.clone(),
             &cli.tracker,
             ClientConfig {
                 chunk_size_bytes: chunk_size,

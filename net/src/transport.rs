@@ -34,7 +34,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Self {
             connect: Duration::from_secs(3),
-            request: Duration::from_secs(60),
+            request: Duration::from_secs(30),
             piece: Duration::from_secs(20),
             keepalive: Duration::from_secs(10),
         }

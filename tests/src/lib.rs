@@ -1,1 +1,303 @@
+//! Harness for end-to-end tests and benchmarks: real `p2p` processes on
+//! 127.0.0.1, each with its own data directory, killed with SIGKILL,
+//! restarted and corrupted on disk.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The `p2p` binary: next to the test executable when `cargo test
+/// --workspace` built it, otherwise built now. `P2P_BIN` overrides.
+pub fn p2p_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("P2P_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>/p2p
+        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+            let candidate = profile_dir.join("p2p");
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+        let built = escargot::CargoBuild::new()
+            .package("p2p")
+            .bin("p2p")
+            .current_release()
+            .current_target()
+            .run()
+            .expect("cargo build of the p2p binary");
+        built.path().to_path_buf()
+    })
+}
+
+/// A free port on 127.0.0.1 (bound then released).
+pub fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").to_string()
+}
+
+/// Heartbeat and failure-detection timing used by test clusters.
+pub const HEARTBEAT: &str = "200ms";
+pub const DEAD_AFTER: &str = "2s";
+
+/// A node process.
+pub struct NodeProc {
+    pub addr: String,
+    pub data: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    /// Chunk files on this node's disk.
+    pub fn chunk_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let root = self.data.join("chunks");
+        for fan in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(fan.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push(f.path());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Wait for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let start = Instant::now();
+        let child = self.child.as_mut().context("node not running")?;
+        while start.elapsed() < limit {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("node at {} did not exit within {limit:?}", self.addr)
+    }
+}
+
+/// A tracker and nodes, all real processes, torn down on drop.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub tracker_addr: String,
+    tracker: Option<Child>,
+    pub nodes: Vec<NodeProc>,
+}
+
+fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    let log_file = std::fs::File::create(log)?;
+    Command::new(p2p_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("cannot start p2p {args:?}"))
+}
+
+impl Cluster {
+    /// Start a tracker and `n` nodes and wait until every node is alive.
+    pub fn start(n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let tracker_addr = free_addr();
+        let mut c = Self {
+            dir,
+            tracker_addr,
+            tracker: None,
+            nodes: Vec::new(),
+        };
+        c.start_tracker()?;
+        for _ in 0..n {
+            c.add_node()?;
+        }
+        c.wait_alive(n)?;
+        Ok(c)
+    }
+
+    pub fn tracker_url(&self) -> String {
+        format!("http://{}", self.tracker_addr)
+    }
+
+    pub fn start_tracker(&mut self) -> anyhow::Result<()> {
+        let data = self.dir.path().join("tracker");
+        let log = self.dir.path().join("tracker.log");
+        let child = spawn(
+            &[
+                "tracker",
+                "--listen",
+                &self.tracker_addr,
+                "--data",
+                data.to_str().context("utf-8 path")?,
+                "--dead-after",
+                DEAD_AFTER,
+                "--heartbeat",
+                HEARTBEAT,
+            ],
+            &log,
+        )?;
+        self.tracker = Some(child);
+        self.wait_until("the tracker to answer", Duration::from_secs(20), |c| {
+            Ok(c.p2p(&["status", "--json"])?.status.success())
+        })
+    }
+
+    /// SIGKILL the tracker.
+    pub fn kill_tracker(&mut self) {
+        if let Some(mut t) = self.tracker.take() {
+            let _ = t.kill();
+            let _ = t.wait();
+        }
+    }
+
+    pub fn add_node(&mut self) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let addr = free_addr();
+        let data = self.dir.path().join(format!("node{i}"));
+        let log = self.dir.path().join(format!("node{i}.log"));
+        let child = spawn(
+            &[
+                "node",
+                "--listen",
+                &addr,
+                "--data",
+                data.to_str().context("utf-8 path")?,
+                "--tracker",
+                &self.tracker_url(),
+                "--heartbeat",
+                HEARTBEAT,
+                "--no-shell",
+            ],
+            &log,
+        )?;
+        self.nodes.push(NodeProc {
+            addr,
+            data,
+            child: Some(child),
+        });
+        Ok(i)
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Run `p2p ARGS` against this cluster's tracker.
+    pub fn p2p(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let out = Command::new(p2p_bin())
+            .args(args)
+            .env("P2P_TRACKER", self.tracker_url())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run p2p {args:?}"))?;
+        Ok(out)
+    }
+
+    /// Run `p2p ARGS` and require success.
+    pub fn p2p_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.p2p(args)?;
+        if !out.status.success() {
+            bail!(
+                "p2p {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.p2p_ok(&["status", "--json"])?)?)
+    }
+
+    pub fn alive_count(&self) -> anyhow::Result<usize> {
+        let s = self.status()?;
+        Ok(s["nodes"]
+            .as_array()
+            .context("nodes array")?
+            .iter()
+            .filter(|n| n["alive"] == serde_json::Value::Bool(true))
+            .count())
+    }
+
+    pub fn wait_alive(&self, n: usize) -> anyhow::Result<()> {
+        self.wait_until(&format!("{n} live nodes"), Duration::from_secs(30), |c| {
+            Ok(c.alive_count().unwrap_or(0) == n)
+        })
+    }
+
+    pub fn wait_until(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut f: impl FnMut(&Self) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if f(self)? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "timed out after {limit:?} waiting for {what}; logs in {}",
+            self.dir.path().display()
+        )
+    }
+
+    /// A path inside the cluster's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+        self.kill_tracker();
+        if std::thread::panicking() {
+            // Keep the logs of a failed test.
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("cluster logs kept in {}", kept.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("tempdir"),
+            ));
+        }
+    }
+}
+
+/// Write `size` seeded random bytes to `path`.
+pub fn random_file(path: &Path, size: usize, seed: u64) -> anyhow::Result<()> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut data = vec![0u8; size];
+    rng.fill_bytes(&mut data);
+    std::fs::write(path, data)?;
+    Ok(())
+}
+
+/// Whether two files have identical bytes.
+pub fn same_bytes(a: &Path, b: &Path) -> anyhow::Result<bool> {
+    Ok(std::fs::read(a)? == std::fs::read(b)?)
+}

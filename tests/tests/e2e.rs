@@ -1,0 +1,328 @@
+//! End-to-end: real `p2p` processes on 127.0.0.1, killed with SIGKILL,
+//! restarted, and corrupted on disk. Every test checks the bytes that come
+//! back, not only exit codes.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use p2p_tests::{Cluster, free_addr, p2p_bin, random_file, same_bytes};
+
+const MIB: usize = 1024 * 1024;
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// Chunk file name -> number of nodes holding it, over the given nodes.
+fn copies(cluster: &Cluster, nodes: &[usize]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for &i in nodes {
+        for f in cluster.nodes[i].chunk_files() {
+            *out.entry(f.file_name().unwrap().to_string_lossy().into_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+// A 40 MiB file (not a multiple of the chunk size) and a 0-byte file
+// round-trip byte for byte, with 3 copies of every chunk on distinct nodes.
+#[test]
+fn put_get_round_trip() {
+    let c = Cluster::start(4).unwrap();
+    let input = c.path("big.bin");
+    random_file(&input, 40 * MIB + 12_345, 1).unwrap();
+    let put = json(
+        &c.p2p_ok(&["put", input.to_str().unwrap(), "--replicas", "3", "--json"])
+            .unwrap(),
+    );
+    assert_eq!(put["chunks"], 11);
+    assert_eq!(put["replicas"], 3);
+    let out = c.path("big.out");
+    c.p2p_ok(&["get", "big.bin", "-o", out.to_str().unwrap()])
+        .unwrap();
+    assert!(same_bytes(&input, &out).unwrap());
+
+    // Count on disk: 11 distinct chunks, each on exactly 3 nodes.
+    let on_disk = copies(&c, &[0, 1, 2, 3]);
+    assert_eq!(on_disk.len(), 11);
+    assert!(on_disk.values().all(|&n| n == 3), "{on_disk:?}");
+
+    let empty = c.path("empty");
+    std::fs::write(&empty, b"").unwrap();
+    c.p2p_ok(&["put", empty.to_str().unwrap()]).unwrap();
+    let empty_out = c.path("empty.out");
+    c.p2p_ok(&["get", "empty", "-o", empty_out.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(std::fs::read(&empty_out).unwrap(), b"");
+
+    let ls = json(&c.p2p_ok(&["ls", "--json"]).unwrap());
+    let names: Vec<_> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["big.bin", "empty"]);
+    assert_eq!(ls[1]["size"], 0);
+    assert_eq!(ls[1]["chunks"], 0);
+    assert_eq!(ls[0]["size"], 40 * MIB + 12_345);
+}
+
+// One byte flipped in every chunk file of one node: get still returns the
+// exact bytes, served by the other holders.
+#[test]
+fn corrupt_chunks_on_one_node_are_not_served() {
+    let c = Cluster::start(4).unwrap();
+    let input = c.path("f.bin");
+    random_file(&input, 12 * MIB + 7, 2).unwrap();
+    c.p2p_ok(&["put", input.to_str().unwrap()]).unwrap();
+    let victim = (0..4)
+        .max_by_key(|&i| c.nodes[i].chunk_files().len())
+        .unwrap();
+    let files = c.nodes[victim].chunk_files();
+    assert!(!files.is_empty());
+    for f in &files {
+        let mut data = std::fs::read(f).unwrap();
+        let mid = data.len() / 2;
+        data[mid] ^= 0x55;
+        std::fs::write(f, data).unwrap();
+    }
+    for round in 0..2 {
+        let out = c.path(&format!("f.out{round}"));
+        c.p2p_ok(&["get", "f.bin", "-o", out.to_str().unwrap()])
+            .unwrap();
+        assert!(same_bytes(&input, &out).unwrap(), "round {round}");
+    }
+}
+
+// SIGKILL two of four nodes (at most R-1 holders of any chunk): the file
+// still comes back, both before and after the tracker notices.
+#[test]
+fn survives_two_killed_nodes() {
+    let mut c = Cluster::start(4).unwrap();
+    let input = c.path("f.bin");
+    random_file(&input, 20 * MIB + 3, 3).unwrap();
+    c.p2p_ok(&["put", input.to_str().unwrap(), "--replicas", "3"])
+        .unwrap();
+    c.kill_node(0);
+    c.kill_node(1);
+    let out = c.path("f.out");
+    c.p2p_ok(&["get", "f.bin", "-o", out.to_str().unwrap()])
+        .unwrap();
+    assert!(same_bytes(&input, &out).unwrap());
+    c.wait_alive(2).unwrap();
+    let status = c.status().unwrap();
+    assert!(status["under_replicated"].as_u64().unwrap() > 0);
+    std::fs::remove_file(&out).unwrap();
+    c.p2p_ok(&["get", "f.bin", "-o", out.to_str().unwrap()])
+        .unwrap();
+    assert!(same_bytes(&input, &out).unwrap());
+}
+
+// SIGKILL the tracker and restart it on the same data directory: the file
+// is still listed and still readable.
+#[test]
+fn tracker_restart_keeps_files() {
+    let mut c = Cluster::start(3).unwrap();
+    let input = c.path("keep.bin");
+    random_file(&input, 9 * MIB + 1, 4).unwrap();
+    c.p2p_ok(&["put", input.to_str().unwrap()]).unwrap();
+    c.kill_tracker();
+    c.start_tracker().unwrap();
+    let ls = json(&c.p2p_ok(&["ls", "--json"]).unwrap());
+    assert_eq!(ls[0]["name"], "keep.bin");
+    assert_eq!(ls[0]["size"], 9 * MIB + 1);
+    // Readable at once, before the nodes have re-registered...
+    let out = c.path("keep.out");
+    c.p2p_ok(&["get", "keep.bin", "-o", out.to_str().unwrap()])
+        .unwrap();
+    assert!(same_bytes(&input, &out).unwrap());
+    // ...and the nodes come back with their inventories.
+    c.wait_alive(3).unwrap();
+    let status = c.status().unwrap();
+    assert_eq!(status["under_replicated"], 0);
+    let out2 = c.path("keep.out2");
+    c.p2p_ok(&["get", "keep.bin", "-o", out2.to_str().unwrap()])
+        .unwrap();
+    assert!(same_bytes(&input, &out2).unwrap());
+}
+
+// A graceful leave hands every chunk over first: afterwards the remaining
+// nodes hold 3 copies of every chunk on their disks.
+#[test]
+fn leave_hands_chunks_over() {
+    let mut c = Cluster::start(4).unwrap();
+    let input = c.path("f.bin");
+    random_file(&input, 16 * MIB + 5, 5).unwrap();
+    c.p2p_ok(&["put", input.to_str().unwrap()]).unwrap();
+    let addr = c.nodes[0].addr.clone();
+    c.p2p_ok(&["leave", "--node", &addr]).unwrap();
+    c.nodes[0].wait_exit(Duration::from_secs(10)).unwrap();
+    let on_disk = copies(&c, &[1, 2, 3]);
+    assert_eq!(on_disk.len(), 5);
+    assert!(on_disk.values().all(|&n| n == 3), "{on_disk:?}");
+    let status = c.status().unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(status["under_replicated"], 0);
+    let out = c.path("f.out");
+    c.p2p_ok(&["get", "f.bin", "-o", out.to_str().unwrap()])
+        .unwrap();
+    assert!(same_bytes(&input, &out).unwrap());
+}
+
+fn assert_one_line_error(out: &std::process::Output, contains: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.contains(contains),
+        "expected {contains:?} in: {stderr}"
+    );
+}
+
+// Every bad input gets one readable line on stderr and a non-zero exit.
+#[test]
+fn bad_input_gets_one_line_errors() {
+    let c = Cluster::start(3).unwrap();
+    let ok = c.path("ok.bin");
+    random_file(&ok, 1000, 6).unwrap();
+    let okp = ok.to_str().unwrap();
+    let nobody = free_addr();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["put", "/nonexistent/file"],
+            "cannot read /nonexistent/file",
+        ),
+        (
+            vec!["put", c.dir.path().to_str().unwrap()],
+            "not a regular file",
+        ),
+        (vec!["get", "no-such-file"], "no such file"),
+        (vec!["put", okp, "--replicas", "0"], "replication factor 0"),
+        (
+            vec!["put", okp, "--replicas", "4"],
+            "need 4 distinct live nodes, only 3 available",
+        ),
+        (vec!["put", okp, "--name", "a/b"], "path separator"),
+        (vec!["put", okp, "--name", "a\\b"], "path separator"),
+        (vec!["put", okp, "--name", ".."], "'..'"),
+        (vec!["put", okp, "--name", ""], "empty"),
+        (vec!["get", "../etc/passwd"], "path separator"),
+        (vec!["get", "..", "-o", "/tmp/x"], "'..'"),
+        (vec!["leave", "--node", &nobody], "node at"),
+    ];
+    for (args, expect) in cases {
+        let out = c.p2p(&args).unwrap();
+        assert_one_line_error(&out, expect);
+    }
+    // Nothing was stored by the refused puts, and a duplicate name is refused.
+    c.p2p_ok(&["put", okp]).unwrap();
+    let mut other = std::fs::read(&ok).unwrap();
+    other[0] ^= 1;
+    let other_path = c.path("other");
+    std::fs::write(&other_path, other).unwrap();
+    let out = c
+        .p2p(&["put", other_path.to_str().unwrap(), "--name", "ok.bin"])
+        .unwrap();
+    assert_one_line_error(&out, "already exists");
+    let ls = json(&c.p2p_ok(&["ls", "--json"]).unwrap());
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+}
+
+// A tracker that is down, or that accepts connections but never answers,
+// is a prompt error, never a hang.
+#[test]
+fn tracker_down_is_a_timely_error() {
+    let start = Instant::now();
+    let out = Command::new(p2p_bin())
+        .args(["ls", "--tracker", &format!("http://{}", free_addr())])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "unreachable");
+    assert!(start.elapsed() < Duration::from_secs(10));
+
+    // A listener that never accepts: TCP connects, nothing ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let start = Instant::now();
+    let out = Command::new(p2p_bin())
+        .args([
+            "status",
+            "--timeout",
+            "2s",
+            "--tracker",
+            &format!("http://{addr}"),
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "unreachable");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+// A person at a node works at its prompt: put, ls, get, status, leave.
+#[test]
+fn node_shell_commands() {
+    let c = Cluster::start(3).unwrap();
+    let input = c.path("shell.bin");
+    random_file(&input, 5 * MIB + 11, 7).unwrap();
+    let out = c.path("shell.out");
+    let data = c.path("shellnode");
+    let mut node = Command::new(p2p_bin())
+        .args([
+            "node",
+            "--listen",
+            &free_addr(),
+            "--data",
+            data.to_str().unwrap(),
+            "--tracker",
+            &c.tracker_url(),
+            "--heartbeat",
+            "200ms",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.wait_alive(4).unwrap();
+    let script = format!(
+        "help\nput {} 2\nls\nget shell.bin {}\nstatus\nbogus\nleave\n",
+        input.display(),
+        out.display()
+    );
+    node.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let output = node.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("stored shell.bin"), "{stdout}");
+    assert!(stdout.contains("2 replicas each"), "{stdout}");
+    assert!(stdout.contains("wrote shell.bin"), "{stdout}");
+    assert!(stdout.contains("unknown command"), "{stdout}");
+    assert!(stdout.contains("left the network"), "{stdout}");
+    assert!(same_bytes(&input, &out).unwrap());
+    assert!(Path::new(&out).exists());
+    // The node left: the tracker no longer lists it, and the file is still whole.
+    assert_eq!(c.status().unwrap()["nodes"].as_array().unwrap().len(), 3);
+    let again = c.path("shell.again");
+    c.p2p_ok(&["get", "shell.bin", "-o", again.to_str().unwrap()])
+        .unwrap();
+    assert!(same_bytes(&input, &again).unwrap());
+}
