@@ -133,34 +133,30 @@ impl<H: Ord + Clone> GetPlan<H> {
         if self.outcome.is_some() {
             return None;
         }
-        while self.in_flight < self.in_flight_max {
-            let chunk = *self.waiting.first()?;
-            match self.pick_holder(chunk) {
-                Some(cand) => {
-                    self.waiting.remove(&chunk);
-                    let c = &mut self.chunks[chunk];
-                    c.state = State::InFlight;
-                    c.in_flight_from = Some(cand);
-                    c.tried_this_round.insert(cand);
-                    let holder = c.candidates[cand].holder.clone();
-                    *self.load.entry(holder.clone()).or_default() += 1;
-                    self.in_flight += 1;
-                    return Some(Fetch {
-                        chunk,
-                        from: holder,
-                    });
-                }
-                None => {
-                    let c = &self.chunks[chunk];
-                    self.outcome = Some(GetOutcome::Failed {
-                        chunk,
-                        attempts: c.attempts.clone(),
-                    });
-                    return None;
-                }
-            }
+        if self.in_flight >= self.in_flight_max {
+            return None;
         }
-        None
+        let chunk = *self.waiting.first()?;
+        let Some(cand) = self.pick_holder(chunk) else {
+            let c = &self.chunks[chunk];
+            self.outcome = Some(GetOutcome::Failed {
+                chunk,
+                attempts: c.attempts.clone(),
+            });
+            return None;
+        };
+        self.waiting.remove(&chunk);
+        let c = &mut self.chunks[chunk];
+        c.state = State::InFlight;
+        c.in_flight_from = Some(cand);
+        c.tried_this_round.insert(cand);
+        let holder = c.candidates[cand].holder.clone();
+        *self.load.entry(holder.clone()).or_default() += 1;
+        self.in_flight += 1;
+        Some(Fetch {
+            chunk,
+            from: holder,
+        })
     }
 
     fn pick_holder(&mut self, chunk: usize) -> Option<usize> {

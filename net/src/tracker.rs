@@ -100,12 +100,12 @@ impl<M: MetaStore> TrackerService<M> {
         let now = self.now_ms();
         let out = f(&mut state, now).map_err(to_status);
         let records: Vec<_> = std::iter::from_fn(|| state.poll_record()).collect();
-        if !records.is_empty() {
-            if let Err(e) = self.meta.persist(records).await {
-                self.poisoned.store(true, Ordering::SeqCst);
-                tracing::error!(error = %e, "cannot persist tracker state; refusing further requests");
-                return Err(Status::unavailable(format!("tracker database failed: {e}")));
-            }
+        if !records.is_empty()
+            && let Err(e) = self.meta.persist(records).await
+        {
+            self.poisoned.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, "cannot persist tracker state; refusing further requests");
+            return Err(Status::unavailable(format!("tracker database failed: {e}")));
         }
         out
     }

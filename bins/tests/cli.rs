@@ -1,0 +1,79 @@
+//! Snapshots of what people read: the CLI's help and the human and JSON
+//! forms of `ls` and `status`.
+
+use std::process::Command;
+
+use p2p_cli::output;
+use p2p_proto as pb;
+
+fn p2p(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_p2p"))
+        .args(args)
+        .env_remove("P2P_TRACKER")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// The top-level help lists every subcommand of the contract.
+#[test]
+fn help_lists_commands() {
+    insta::assert_snapshot!(p2p(&["--help"]));
+}
+
+// The node's flags, including the shell/daemon switch.
+#[test]
+fn node_help() {
+    insta::assert_snapshot!(p2p(&["node", "--help"]));
+}
+
+fn sample_status() -> pb::StatusResponse {
+    pb::StatusResponse {
+        nodes: vec![
+            pb::NodeStatus {
+                id: "a1b2c3d4e5f60718".into(),
+                addr: "127.0.0.1:7001".into(),
+                alive: true,
+                leaving: false,
+                chunks: 11,
+                last_seen_ms_ago: 120,
+            },
+            pb::NodeStatus {
+                id: "ffeeddccbbaa9988".into(),
+                addr: "127.0.0.1:7002".into(),
+                alive: false,
+                leaving: false,
+                chunks: 7,
+                last_seen_ms_ago: 15_000,
+            },
+        ],
+        files: 1,
+        chunks: 11,
+        under_replicated: 7,
+        lost: 0,
+    }
+}
+
+// `status` for a person and for a machine (the JSON keys are a contract).
+#[test]
+fn status_formats() {
+    let s = sample_status();
+    insta::assert_snapshot!(output::status_text(&s));
+    insta::assert_snapshot!(serde_json::to_string_pretty(&output::status_json(&s)).unwrap());
+}
+
+// `ls` for a person and for a machine.
+#[test]
+fn ls_formats() {
+    let files = vec![pb::FileInfo {
+        name: "big.bin".into(),
+        size: 41_955_785,
+        replicas: 3,
+        chunks: 11,
+        manifest_hash: vec![0xab; 32].into(),
+        under_replicated: 2,
+    }];
+    insta::assert_snapshot!(output::ls_text(&files));
+    insta::assert_snapshot!(serde_json::to_string_pretty(&output::ls_json(&files)).unwrap());
+    insta::assert_snapshot!(output::ls_text(&[]));
+}

@@ -1,0 +1,199 @@
+//! What a peer sends cannot corrupt, overflow or escape a node's store:
+//! an in-process node on loopback, fed malformed and malicious uploads, and
+//! a chunk corrupted on its disk.
+
+use bytes::Bytes;
+use p2p_core::{ChunkId, NodeId};
+use p2p_net::node::{NodeConfig, NodeService};
+use p2p_net::store::{ChunkStore, DiskStore};
+use p2p_net::transport::{Peers, TcpDialer, Timeouts, server_builder};
+use p2p_proto as pb;
+use pb::put_chunk_request::Msg;
+use tokio_stream::wrappers::TcpListenerStream;
+
+struct TestNode {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    addr: String,
+    peers: Peers<TcpDialer>,
+}
+
+async fn start() -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let store = DiskStore::open(&data).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let node = NodeService::open(
+        NodeId::new("guard").unwrap(),
+        addr.clone(),
+        "127.0.0.1:1".into(),
+        store,
+        TcpDialer::default(),
+        NodeConfig::default(),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(
+        server_builder(&Timeouts::default())
+            .add_service(node.into_server())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    TestNode {
+        _dir: dir,
+        data,
+        addr,
+        peers: Peers::new(TcpDialer::default()),
+    }
+}
+
+fn header(chunk: &[u8], size: u64) -> pb::PutChunkRequest {
+    pb::PutChunkRequest {
+        msg: Some(Msg::Header(pb::PutChunkHeader {
+            chunk: Bytes::copy_from_slice(chunk),
+            size,
+        })),
+    }
+}
+
+fn data(b: &'static [u8]) -> pb::PutChunkRequest {
+    pb::PutChunkRequest {
+        msg: Some(Msg::Data(Bytes::from_static(b))),
+    }
+}
+
+async fn put(n: &TestNode, msgs: Vec<pb::PutChunkRequest>) -> Result<bool, tonic::Status> {
+    let mut c = n.peers.node(&n.addr).unwrap();
+    c.put_chunk(tokio_stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner().stored)
+}
+
+/// Every file under the data directory, relative.
+fn files(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// Malformed uploads are refused and leave no file behind.
+#[tokio::test]
+async fn malformed_uploads_are_refused() {
+    let n = start().await;
+    let good = ChunkId::of(b"hello");
+    let cases: Vec<(&str, Vec<pb::PutChunkRequest>, tonic::Code)> = vec![
+        (
+            "no header",
+            vec![data(b"hello")],
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "short id",
+            vec![header(b"../../etc", 5), data(b"hello")],
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "zero size",
+            vec![header(good.as_bytes(), 0)],
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "huge size",
+            vec![header(good.as_bytes(), 1 << 40), data(b"hello")],
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "too much data",
+            vec![header(good.as_bytes(), 5), data(b"hello"), data(b"!")],
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "too little data",
+            vec![header(good.as_bytes(), 5), data(b"hell")],
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "wrong hash",
+            vec![header(good.as_bytes(), 5), data(b"jello")],
+            tonic::Code::DataLoss,
+        ),
+        (
+            "two headers",
+            vec![header(good.as_bytes(), 5), header(good.as_bytes(), 5)],
+            tonic::Code::InvalidArgument,
+        ),
+    ];
+    for (what, msgs, code) in cases {
+        let r = put(&n, msgs).await;
+        assert_eq!(r.as_ref().map_err(|s| s.code()), Err(code), "{what}: {r:?}");
+    }
+    assert_eq!(
+        files(&n.data),
+        Vec::<String>::new(),
+        "a refused upload left a file"
+    );
+    // The well-formed upload is stored under its hash, inside chunks/.
+    assert!(
+        put(&n, vec![header(good.as_bytes(), 5), data(b"hello")])
+            .await
+            .unwrap()
+    );
+    let hex = good.to_hex();
+    assert_eq!(files(&n.data), vec![format!("chunks/{}/{hex}", &hex[..2])]);
+}
+
+// A chunk corrupted on disk is never served: the read fails with DataLoss
+// and the bad copy is removed.
+#[tokio::test]
+async fn corrupt_chunk_is_not_served_and_is_removed() {
+    let n = start().await;
+    let payload: &'static [u8] = b"some chunk bytes";
+    let id = ChunkId::of(payload);
+    assert!(
+        put(
+            &n,
+            vec![header(id.as_bytes(), payload.len() as u64), data(payload)]
+        )
+        .await
+        .unwrap()
+    );
+    let mut c = n.peers.node(&n.addr).unwrap();
+    let get = |c: &mut pb::node_client::NodeClient<_>| {
+        let mut c = c.clone();
+        async move {
+            let mut s = c
+                .get_chunk(pb::GetChunkRequest {
+                    chunk: Bytes::copy_from_slice(id.as_bytes()),
+                })
+                .await?
+                .into_inner();
+            let mut got = Vec::new();
+            while let Some(p) = s.message().await? {
+                got.extend_from_slice(&p.data);
+            }
+            Ok::<_, tonic::Status>(got)
+        }
+    };
+    assert_eq!(get(&mut c).await.unwrap(), payload);
+
+    let store = DiskStore::open(&n.data).await.unwrap();
+    let path = store.path_of(&id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[3] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(get(&mut c).await.unwrap_err().code(), tonic::Code::DataLoss);
+    assert!(!path.exists(), "corrupt copy still on disk");
+    assert_eq!(get(&mut c).await.unwrap_err().code(), tonic::Code::NotFound);
+    assert!(store.list().await.unwrap().is_empty());
+}
