@@ -30,6 +30,9 @@ struct Cli {
     /// Give up on a peer that does not answer within this time.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Chunks a put or get transfers at once (each put chunk is held in memory).
+    #[arg(long, global = true, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    parallel: u16,
     /// Log more (repeat for more detail); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -41,8 +44,10 @@ struct Cli {
 enum Cmd {
     /// Run the tracker.
     Tracker {
+        /// Address to serve on (host:port).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: String,
+        /// Data directory (the tracker's redb database).
         #[arg(long, default_value = "p2p-data/tracker")]
         data: PathBuf,
         /// A node silent this long is dead.
@@ -54,6 +59,7 @@ enum Cmd {
     },
     /// Run a node: serve chunks and read shell commands on standard input.
     Node {
+        /// Address to serve chunks on (host:port).
         #[arg(long)]
         listen: String,
         /// Data directory (default: p2p-data/node-PORT).
@@ -62,6 +68,7 @@ enum Cmd {
         /// Address peers use to reach this node, if not the listen address.
         #[arg(long)]
         advertise: Option<String>,
+        /// How often to report to the tracker.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         heartbeat: Duration,
         /// Run as a daemon, without the shell.
@@ -158,7 +165,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             &cli.tracker,
             ClientConfig {
                 chunk_size_bytes: chunk_size,
-                ..ClientConfig::default()
+                chunks_in_flight: cli.parallel as usize,
+                fetches_in_flight: cli.parallel as usize,
             },
         )
     };

@@ -47,7 +47,7 @@ impl Default for ClientConfig {
         Self {
             chunk_size_bytes: CHUNK_SIZE_DEFAULT_BYTES,
             chunks_in_flight: 4,
-            fetches_in_flight: 6,
+            fetches_in_flight: 4,
         }
     }
 }
@@ -97,13 +97,21 @@ pub struct FileSink {
 
 impl FileSink {
     pub fn create(dest: &Path, size_bytes: u64) -> Result<Self, ClientError> {
-        let werr = |source| ClientError::WriteOutput {
+        let werr = |err| ClientError::WriteOutput {
             path: dest.to_path_buf(),
-            source,
+            err,
         };
         let file_name = dest
             .file_name()
             .ok_or_else(|| werr(std::io::Error::other("not a file path")))?;
+        // Renaming over a device or a directory would replace it: refuse.
+        if let Ok(meta) = std::fs::metadata(dest)
+            && !meta.is_file()
+        {
+            return Err(werr(std::io::Error::other(
+                "exists and is not a regular file (get writes a file, then renames it into place)",
+            )));
+        }
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -131,9 +139,9 @@ impl FileSink {
 
     /// Sync the data and rename the file into place.
     pub async fn finish(mut self) -> Result<(), ClientError> {
-        let werr = |source| ClientError::WriteOutput {
+        let werr = |err| ClientError::WriteOutput {
             path: self.dest.clone(),
-            source,
+            err,
         };
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || file.sync_all())
@@ -355,9 +363,9 @@ impl<D: Dialer> Client<D> {
         replicas: u32,
         progress: &dyn Progress,
     ) -> Result<PutReport, ClientError> {
-        let rerr = |source| ClientError::ReadInput {
+        let rerr = |err| ClientError::ReadInput {
             path: path.to_path_buf(),
-            source,
+            err,
         };
         let name = match name {
             Some(n) => n.to_string(),
@@ -405,9 +413,9 @@ impl<D: Dialer> Client<D> {
         let mut ids = Vec::with_capacity(n as usize);
         let mut holders: Vec<Vec<NodeId>> = vec![Vec::new(); n as usize];
         let mut tasks = FuturesUnordered::new();
-        let rerr = |e| ClientError::ReadInput {
+        let rerr = |err| ClientError::ReadInput {
             path: source.to_path_buf(),
-            source: e,
+            err,
         };
         let mut settle =
             |done: (usize, u64, Result<Vec<NodeId>, ClientError>)| -> Result<(), ClientError> {

@@ -9,17 +9,11 @@ use p2p_core::{ManifestError, NameError};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// A local file could not be read.
-    #[error("cannot read {path}: {source}")]
-    ReadInput {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {err}")]
+    ReadInput { path: PathBuf, err: std::io::Error },
     /// The output could not be written.
-    #[error("cannot write {path}: {source}")]
-    WriteOutput {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot write {path}: {err}")]
+    WriteOutput { path: PathBuf, err: std::io::Error },
     /// The input changed size while it was being stored.
     #[error("{0} changed while it was being read")]
     InputChanged(PathBuf),

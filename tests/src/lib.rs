@@ -37,6 +37,21 @@ pub fn p2p_bin() -> &'static Path {
     })
 }
 
+/// Build the `p2p` binary in this profile now (a no-op when it is fresh)
+/// and use it from then on: benchmarks must not measure a stale binary.
+pub fn build_p2p() -> anyhow::Result<&'static Path> {
+    let built = escargot::CargoBuild::new()
+        .package("p2p")
+        .bin("p2p")
+        .current_release()
+        .current_target()
+        .run()
+        .context("cargo build of the p2p binary")?;
+    // SAFETY: called before any other thread of this process starts.
+    unsafe { std::env::set_var("P2P_BIN", built.path()) };
+    Ok(p2p_bin())
+}
+
 /// A free port on 127.0.0.1 (bound then released).
 pub fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -287,13 +302,22 @@ impl Drop for Cluster {
     }
 }
 
-/// Write `size` seeded random bytes to `path`.
+/// Write `size` seeded random bytes to `path`, 1 MiB at a time (so a
+/// benchmark's own memory stays small: children inherit its peak RSS).
 pub fn random_file(path: &Path, size: usize, seed: u64) -> anyhow::Result<()> {
     use rand::{RngCore, SeedableRng};
+    use std::io::Write;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut data = vec![0u8; size];
-    rng.fill_bytes(&mut data);
-    std::fs::write(path, data)?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut block = vec![0u8; 1024 * 1024];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len());
+        rng.fill_bytes(&mut block[..n]);
+        out.write_all(&block[..n])?;
+        left -= n;
+    }
+    out.flush()?;
     Ok(())
 }
 
