@@ -79,6 +79,7 @@ pub fn put_json(r: &PutReport) -> serde_json::Value {
         "replicas": m.replicas,
         "chunks": m.chunks.len(),
         "manifest": r.manifest_hash,
+        "retries": r.retries,
     })
 }
 

@@ -70,6 +70,8 @@ pub struct PutReport {
     pub manifest_hash: String,
     /// Node ids holding each chunk.
     pub holders: Vec<Vec<NodeId>>,
+    /// Uploads that failed and were sent to a replacement node.
+    pub retries: usize,
 }
 
 /// What a get did.
@@ -78,6 +80,14 @@ pub struct GetReport {
     pub manifest: Manifest,
     /// Fetches that failed and were retried elsewhere.
     pub retries: usize,
+}
+
+/// One chunk's replication result.
+struct ChunkDone {
+    index: usize,
+    len: u64,
+    holders: Result<Vec<NodeId>, ClientError>,
+    retries: usize,
 }
 
 /// Where a get writes verified chunk bytes.
@@ -168,10 +178,9 @@ impl Drop for FileSink {
 #[async_trait::async_trait]
 impl Sink for FileSink {
     async fn write_at(&self, offset: u64, data: Bytes) -> std::io::Result<()> {
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
-            .await
-            .map_err(std::io::Error::other)?
+        // A positioned write of one piece into the page cache is short; a
+        // thread hand-off per piece cost more than it saved.
+        self.file.write_all_at(&data, offset)
     }
 }
 
@@ -417,13 +426,13 @@ impl<D: Dialer> Client<D> {
             path: source.to_path_buf(),
             err,
         };
-        let mut settle =
-            |done: (usize, u64, Result<Vec<NodeId>, ClientError>)| -> Result<(), ClientError> {
-                let (i, len, res) = done;
-                holders[i] = res?;
-                progress.advance(len);
-                Ok(())
-            };
+        let mut retries = 0;
+        let mut settle = |done: ChunkDone| -> Result<(), ClientError> {
+            holders[done.index] = done.holders?;
+            retries += done.retries;
+            progress.advance(done.len);
+            Ok(())
+        };
         for (i, targets) in placements.into_iter().enumerate() {
             while tasks.len() >= self.config.chunks_in_flight.max(1) {
                 settle(tasks.next().await.expect("tasks is not empty"))?;
@@ -460,6 +469,7 @@ impl<D: Dialer> Client<D> {
             manifest,
             manifest_hash: hex::encode(&resp.manifest_hash),
             holders,
+            retries,
         })
     }
 
@@ -471,8 +481,15 @@ impl<D: Dialer> Client<D> {
         data: Bytes,
         targets: Vec<NodeRef>,
         replicas: u32,
-    ) -> (usize, u64, Result<Vec<NodeId>, ClientError>) {
+    ) -> ChunkDone {
         let len = data.len() as u64;
+        let mut retries = 0;
+        let done = |holders, retries| ChunkDone {
+            index,
+            len,
+            holders,
+            retries,
+        };
         let mut plan = ReplicaPut::new(targets, replicas as usize, replicas as usize + 2);
         let mut uploads = FuturesUnordered::new();
         let mut last_error = String::from("no node accepted it");
@@ -500,7 +517,7 @@ impl<D: Dialer> Client<D> {
             }
             match plan.outcome() {
                 Some(PutOutcome::Stored(h)) => {
-                    return (index, len, Ok(h.into_iter().map(|n| n.id).collect()));
+                    return done(Ok(h.into_iter().map(|n| n.id).collect()), retries);
                 }
                 Some(PutOutcome::Failed { .. }) => {
                     let e = ClientError::PutFailed {
@@ -508,7 +525,7 @@ impl<D: Dialer> Client<D> {
                         replicas,
                         detail: last_error,
                     };
-                    return (index, len, Err(e));
+                    return done(Err(e), retries);
                 }
                 None => {}
             }
@@ -517,6 +534,7 @@ impl<D: Dialer> Client<D> {
                 Some((target, Err(e))) => {
                     tracing::warn!(chunk = index, node = %target.id, error = %e, "upload failed; replacing target");
                     last_error = e.to_string();
+                    retries += 1;
                     plan.handle_failed(&target);
                 }
                 None => {
@@ -525,7 +543,7 @@ impl<D: Dialer> Client<D> {
                         replicas,
                         detail: "replication stalled".into(),
                     };
-                    return (index, len, Err(e));
+                    return done(Err(e), retries);
                 }
             }
         }

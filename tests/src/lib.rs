@@ -26,29 +26,26 @@ pub fn p2p_bin() -> &'static Path {
                 return candidate;
             }
         }
-        let built = escargot::CargoBuild::new()
-            .package("p2p")
-            .bin("p2p")
-            .current_release()
-            .current_target()
-            .run()
-            .expect("cargo build of the p2p binary");
-        built.path().to_path_buf()
+        cargo_build_p2p().expect("cargo build of the p2p binary")
     })
+}
+
+fn cargo_build_p2p() -> anyhow::Result<PathBuf> {
+    let built = escargot::CargoBuild::new()
+        .package("p2p")
+        .bin("p2p")
+        .current_release()
+        .run()
+        .context("cargo build of the p2p binary")?;
+    Ok(built.path().to_path_buf())
 }
 
 /// Build the `p2p` binary in this profile now (a no-op when it is fresh)
 /// and use it from then on: benchmarks must not measure a stale binary.
 pub fn build_p2p() -> anyhow::Result<&'static Path> {
-    let built = escargot::CargoBuild::new()
-        .package("p2p")
-        .bin("p2p")
-        .current_release()
-        .current_target()
-        .run()
-        .context("cargo build of the p2p binary")?;
+    let built = cargo_build_p2p()?;
     // SAFETY: called before any other thread of this process starts.
-    unsafe { std::env::set_var("P2P_BIN", built.path()) };
+    unsafe { std::env::set_var("P2P_BIN", built) };
     Ok(p2p_bin())
 }
 
@@ -204,6 +201,29 @@ impl Cluster {
             child: Some(child),
         });
         Ok(i)
+    }
+
+    /// Start node `i` again on its address and data directory.
+    pub fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let (addr, data) = (self.nodes[i].addr.clone(), self.nodes[i].data.clone());
+        let log = self.dir.path().join(format!("node{i}.restart.log"));
+        let child = spawn(
+            &[
+                "node",
+                "--listen",
+                &addr,
+                "--data",
+                data.to_str().context("utf-8 path")?,
+                "--tracker",
+                &self.tracker_url(),
+                "--heartbeat",
+                HEARTBEAT,
+                "--no-shell",
+            ],
+            &log,
+        )?;
+        self.nodes[i].child = Some(child);
+        Ok(())
     }
 
     /// SIGKILL node `i`.

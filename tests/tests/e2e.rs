@@ -121,6 +121,73 @@ fn survives_two_killed_nodes() {
     c.p2p_ok(&["get", "f.bin", "-o", out.to_str().unwrap()])
         .unwrap();
     assert!(same_bytes(&input, &out).unwrap());
+    // A killed node restarted on its data directory reports its chunks again.
+    c.restart_node(0).unwrap();
+    c.wait_alive(3).unwrap();
+    let held = c.nodes[0].chunk_files().len() as u64;
+    assert!(held > 0);
+    let status = c.status().unwrap();
+    let node0 = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["addr"] == c.nodes[0].addr.as_str())
+        .unwrap();
+    assert_eq!(node0["chunks"], held);
+}
+
+// SIGKILL a node in the middle of a put: its uploads fail and go to
+// replacement nodes, and the put still ends with 3 synced copies of every
+// chunk (2 live ones for the chunks the dead node had already stored).
+#[test]
+fn put_survives_a_node_killed_mid_transfer() {
+    let mut c = Cluster::start(4).unwrap();
+    let input = c.path("f.bin");
+    random_file(&input, 64 * MIB + 9, 8).unwrap();
+    let put = Command::new(p2p_bin())
+        .args(["put", input.to_str().unwrap(), "--json", "--parallel", "1"])
+        .env("P2P_TRACKER", c.tracker_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill node 0 as soon as it has stored its first chunk.
+    let start = Instant::now();
+    while c.nodes[0].chunk_files().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node 0 never got a chunk"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    c.kill_node(0);
+    let out = put.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        report["retries"].as_u64().unwrap() > 0,
+        "no upload was replaced: {report}"
+    );
+    // Every chunk has 3 synced copies; only chunks node 0 acknowledged
+    // before it died have one of them on the dead node.
+    let on_live = copies(&c, &[1, 2, 3]);
+    let on_dead = copies(&c, &[0]);
+    assert_eq!(on_live.len(), 17);
+    for (chunk, &live) in &on_live {
+        let dead = on_dead.get(chunk).copied().unwrap_or(0);
+        assert!(
+            live == 3 || (live == 2 && dead == 1),
+            "{chunk}: {live} live, {dead} dead"
+        );
+    }
+    let got = c.path("f.out");
+    c.p2p_ok(&["get", "f.bin", "-o", got.to_str().unwrap()])
+        .unwrap();
+    assert!(same_bytes(&input, &got).unwrap());
 }
 
 // SIGKILL the tracker and restart it on the same data directory: the file
