@@ -30,9 +30,10 @@ struct Cli {
     /// Give up on a peer that does not answer within this time.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Chunks a put or get transfers at once (each put chunk is held in memory).
-    #[arg(long, global = true, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    parallel: u16,
+    /// Chunks a put or get transfers at once [default: 4 for put (each is
+    /// held in memory), 8 for get].
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=64))]
+    parallel: Option<u16>,
     /// Log more (repeat for more detail); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -140,6 +141,7 @@ fn init_logs(verbose: u8, daemon: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -159,14 +161,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ..Timeouts::default()
         },
     };
+    let defaults = ClientConfig::default();
     let client = |chunk_size: u64| {
         Client::new(
             dialer.clone(),
             &cli.tracker,
             ClientConfig {
                 chunk_size_bytes: chunk_size,
-                chunks_in_flight: cli.parallel as usize,
-                fetches_in_flight: cli.parallel as usize,
+                chunks_in_flight: cli.parallel.map_or(defaults.chunks_in_flight, usize::from),
+                fetches_in_flight: cli.parallel.map_or(defaults.fetches_in_flight, usize::from),
             },
         )
     };

@@ -47,7 +47,7 @@ impl Default for ClientConfig {
         Self {
             chunk_size_bytes: CHUNK_SIZE_DEFAULT_BYTES,
             chunks_in_flight: 4,
-            fetches_in_flight: 4,
+            fetches_in_flight: 8,
         }
     }
 }

@@ -310,7 +310,13 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                     node_id: self.inner.id.to_string(),
                 })
                 .await
-                .map_err(tracker_err)?
+                .map_err(|s| match s.code() {
+                    tonic::Code::FailedPrecondition => ClientError::Leave(format!(
+                        "the other nodes cannot take this node's chunks ({}); it stays",
+                        s.message()
+                    )),
+                    _ => tracker_err(s),
+                })?
                 .into_inner()
                 .handoffs;
             let total = handoffs.len() as u64;

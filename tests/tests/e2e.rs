@@ -304,6 +304,13 @@ fn bad_input_gets_one_line_errors() {
     assert_one_line_error(&out, "already exists");
     let ls = json(&c.p2p_ok(&["ls", "--json"]).unwrap());
     assert_eq!(ls.as_array().unwrap().len(), 1);
+
+    // Three nodes, a file with 3 replicas: no node may leave, and it stays.
+    let out = c.p2p(&["leave", "--node", &c.nodes[0].addr]).unwrap();
+    assert_one_line_error(&out, "cannot take this node's chunks");
+    let mut c = c;
+    assert!(c.nodes[0].is_running());
+    c.wait_alive(3).unwrap();
 }
 
 // A tracker that is down, or that accepts connections but never answers,
