@@ -89,7 +89,10 @@ impl<H: Ord + Clone> ReplicaPut<H> {
             self.in_flight.insert(h.clone());
             return Some(PutAction::Upload(h));
         }
-        if self.awaiting_targets {
+        // Once the tracker had no target to offer, asking again at once
+        // would spin: the chunk now completes with the uploads in flight, or
+        // fails.
+        if self.awaiting_targets || self.no_targets {
             return None;
         }
         self.awaiting_targets = true;
@@ -211,6 +214,32 @@ mod tests {
             p.outcome(),
             Some(PutOutcome::Failed {
                 acked: 1,
+                failed: vec![1]
+            })
+        );
+    }
+
+    // After the tracker had nothing to offer, the plan does not ask again
+    // while an upload is still in flight (the simulator found that spin).
+    #[test]
+    fn no_targets_is_not_asked_again() {
+        let mut p = ReplicaPut::new(vec![1, 2, 3], 3, 5);
+        while p.poll_action().is_some() {}
+        p.handle_failed(&1);
+        assert!(matches!(
+            p.poll_action(),
+            Some(PutAction::NeedTargets { .. })
+        ));
+        p.handle_no_targets();
+        assert_eq!(p.poll_action(), None);
+        assert_eq!(p.outcome(), None);
+        p.handle_acked(&2);
+        assert_eq!(p.poll_action(), None);
+        p.handle_acked(&3);
+        assert_eq!(
+            p.outcome(),
+            Some(PutOutcome::Failed {
+                acked: 2,
                 failed: vec![1]
             })
         );

@@ -102,7 +102,7 @@ pub struct FileSink {
     file: Arc<std::fs::File>,
     tmp: PathBuf,
     dest: PathBuf,
-    finished: bool,
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl FileSink {
@@ -141,14 +141,14 @@ impl FileSink {
             file: Arc::new(file),
             tmp,
             dest: dest.to_path_buf(),
-            finished: false,
+            finished: Default::default(),
         };
         sink.file.set_len(size_bytes).map_err(werr)?;
         Ok(sink)
     }
 
     /// Sync the data and rename the file into place.
-    pub async fn finish(mut self) -> Result<(), ClientError> {
+    pub async fn finish(&self) -> Result<(), ClientError> {
         let werr = |err| ClientError::WriteOutput {
             path: self.dest.clone(),
             err,
@@ -162,14 +162,15 @@ impl FileSink {
         if let Some(dir) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
-        self.finished = true;
+        self.finished
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 }
 
 impl Drop for FileSink {
     fn drop(&mut self) {
-        if !self.finished {
+        if !self.finished.load(std::sync::atomic::Ordering::SeqCst) {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -222,14 +223,15 @@ pub async fn upload_chunk<D: Dialer>(
     Ok(())
 }
 
-/// Fetch one chunk, verifying length and hash as pieces arrive, and hand
-/// each piece to `write(offset_within_chunk, piece)`.
+/// Fetch one chunk, verifying length and hash as pieces arrive, and write
+/// each piece to `sink` at `base` plus its offset in the chunk.
 async fn fetch_chunk<D: Dialer>(
     peers: &Peers<D>,
     addr: &str,
     id: ChunkId,
     len: u64,
-    mut write: impl AsyncFnMut(u64, Bytes) -> std::io::Result<()>,
+    sink: &dyn Sink,
+    base: u64,
 ) -> Result<(), (FetchFailure, String)> {
     let unreachable = |m: String| (FetchFailure::Unreachable, m);
     let mut node = peers.node(addr).map_err(|e| unreachable(e.to_string()))?;
@@ -265,7 +267,7 @@ async fn fetch_chunk<D: Dialer>(
             ));
         }
         hasher.update(&piece.data);
-        write(received - piece.data.len() as u64, piece.data)
+        sink.write_at(base + received - piece.data.len() as u64, piece.data)
             .await
             .map_err(|e| {
                 (
@@ -309,9 +311,7 @@ impl<D: Dialer> Client<D> {
         }
     }
 
-    fn tracker(
-        &self,
-    ) -> Result<pb::tracker_client::TrackerClient<tonic::transport::Channel>, ClientError> {
+    fn tracker(&self) -> Result<crate::transport::TrackerRpc, ClientError> {
         self.peers.tracker(&self.tracker_addr)
     }
 
@@ -497,6 +497,7 @@ impl<D: Dialer> Client<D> {
             while let Some(action) = plan.poll_action() {
                 match action {
                     PutAction::Upload(target) => {
+                        tracing::debug!(chunk = index, node = %target.id, "uploading");
                         let data = data.clone();
                         let peers = self.peers.clone();
                         uploads.push(async move {
@@ -505,6 +506,11 @@ impl<D: Dialer> Client<D> {
                         });
                     }
                     PutAction::NeedTargets { count, exclude } => {
+                        tracing::debug!(
+                            chunk = index,
+                            count,
+                            "asking the tracker for replacement targets"
+                        );
                         match self.allocate(1, count as u32, &exclude).await {
                             Ok(mut p) => plan.add_targets(p.remove(0)),
                             Err(e) => {
@@ -605,7 +611,7 @@ impl<D: Dialer> Client<D> {
     pub async fn fetch_into(
         &self,
         located: &Located,
-        sink: &dyn Sink,
+        sink: Arc<dyn Sink>,
         progress: &dyn Progress,
     ) -> Result<GetReport, ClientError> {
         let m = &located.manifest;
@@ -614,7 +620,9 @@ impl<D: Dialer> Client<D> {
             self.config.fetches_in_flight.max(1),
             8,
         );
-        let mut fetches = FuturesUnordered::new();
+        // Each fetch is its own task, so hashing and writing pieces of
+        // several chunks run on every core rather than in this one future.
+        let mut fetches = tokio::task::JoinSet::new();
         let mut retries = 0;
         progress.start(m.size_bytes);
         loop {
@@ -623,11 +631,9 @@ impl<D: Dialer> Client<D> {
                 let len = m.chunk_len(f.chunk);
                 let base = chunk_offset(m.chunk_size_bytes, f.chunk as u64);
                 let peers = self.peers.clone();
-                fetches.push(async move {
-                    let r = fetch_chunk(&peers, &f.from, id, len, async |off, data| {
-                        sink.write_at(base + off, data).await
-                    })
-                    .await;
+                let sink = sink.clone();
+                fetches.spawn(async move {
+                    let r = fetch_chunk(&peers, &f.from, id, len, sink.as_ref(), base).await;
                     (f, len, r)
                 });
             }
@@ -647,13 +653,18 @@ impl<D: Dialer> Client<D> {
                 }
                 None => {}
             }
-            let Some((f, len, r)) = fetches.next().await else {
+            let Some(joined) = fetches.join_next().await else {
                 return Err(ClientError::GetFailed {
                     name: m.name.clone(),
                     index: 0,
                     detail: "download stalled".into(),
                 });
             };
+            let (f, len, r) = joined.map_err(|e| ClientError::GetFailed {
+                name: m.name.clone(),
+                index: 0,
+                detail: format!("a fetch task failed: {e}"),
+            })?;
             match r {
                 Ok(()) => {
                     plan.handle_done(f.chunk, &f.from);
@@ -682,8 +693,8 @@ impl<D: Dialer> Client<D> {
         progress: &dyn Progress,
     ) -> Result<GetReport, ClientError> {
         let located = self.locate(name).await?;
-        let sink = FileSink::create(out, located.manifest.size_bytes)?;
-        let report = self.fetch_into(&located, &sink, progress).await?;
+        let sink = Arc::new(FileSink::create(out, located.manifest.size_bytes)?);
+        let report = self.fetch_into(&located, sink.clone(), progress).await?;
         sink.finish().await?;
         Ok(report)
     }

@@ -135,9 +135,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .max_encoding_message_size(MESSAGE_SIZE_MAX_BYTES)
     }
 
-    fn tracker_client(
-        &self,
-    ) -> Result<pb::tracker_client::TrackerClient<tonic::transport::Channel>, ClientError> {
+    fn tracker_client(&self) -> Result<crate::transport::TrackerRpc, ClientError> {
         self.inner.peers.tracker(&self.inner.tracker_addr)
     }
 

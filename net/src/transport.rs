@@ -131,27 +131,73 @@ impl<D: Dialer> Peers<D> {
         Ok(c)
     }
 
-    /// A tracker client with bounded message sizes.
-    pub fn tracker(
-        &self,
-        addr: &str,
-    ) -> Result<p2p_proto::tracker_client::TrackerClient<Channel>, ClientError> {
-        let limit = p2p_core::limits::TRACKER_MESSAGE_SIZE_MAX_BYTES;
-        Ok(
-            p2p_proto::tracker_client::TrackerClient::new(self.channel(addr)?)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
-        )
+    fn deadline_channel(&self, addr: &str) -> Result<DeadlineChannel, ClientError> {
+        Ok(DeadlineChannel {
+            inner: self.channel(addr)?,
+            limit: self.timeouts().request,
+        })
     }
 
-    /// A node client with bounded message sizes.
-    pub fn node(
-        &self,
-        addr: &str,
-    ) -> Result<p2p_proto::node_client::NodeClient<Channel>, ClientError> {
-        let limit = p2p_core::limits::MESSAGE_SIZE_MAX_BYTES;
-        Ok(p2p_proto::node_client::NodeClient::new(self.channel(addr)?)
+    /// A tracker client with bounded message sizes and a deadline on every call.
+    pub fn tracker(&self, addr: &str) -> Result<TrackerRpc, ClientError> {
+        let limit = p2p_core::limits::TRACKER_MESSAGE_SIZE_MAX_BYTES;
+        Ok(TrackerRpc::new(self.deadline_channel(addr)?)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit))
+    }
+
+    /// A node client with bounded message sizes and a deadline on every call.
+    pub fn node(&self, addr: &str) -> Result<NodeRpc, ClientError> {
+        let limit = p2p_core::limits::MESSAGE_SIZE_MAX_BYTES;
+        Ok(NodeRpc::new(self.deadline_channel(addr)?)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit))
+    }
+}
+
+/// A tracker client as every part of the system uses it.
+pub type TrackerRpc = p2p_proto::tracker_client::TrackerClient<DeadlineChannel>;
+/// A node client as every part of the system uses it.
+pub type NodeRpc = p2p_proto::node_client::NodeClient<DeadlineChannel>;
+
+/// A channel whose every call gets an answer (its response headers) within
+/// `limit` or fails with `DeadlineExceeded`.
+///
+/// tonic's own `Endpoint::timeout` starts counting only once the connection
+/// is ready to take the call, so a call queued behind a stalled connection
+/// (a lost segment, a black-holed peer) could wait forever. The simulator
+/// found that hang; this deadline covers the whole wait.
+#[derive(Debug, Clone)]
+pub struct DeadlineChannel {
+    inner: Channel,
+    limit: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for DeadlineChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let fut = self.inner.call(req);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(Box::new(tonic::Status::deadline_exceeded(format!(
+                    "no answer within {limit:?}"
+                ))) as BoxError),
+            }
+        })
     }
 }

@@ -1,0 +1,130 @@
+//! `p2p-sim`: replay one scenario, or run many and summarize.
+//!
+//! - `--seed S`: run the scenario generated from seed S and print its trace.
+//! - `--plan 'TEXT'`: run exactly this scenario (as printed by a failing test).
+//! - `--seeds N [--first K]`: run seeds K..K+N, print a summary with the
+//!   failing seeds; exit non-zero if any failed.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use p2p_sim::plan::Scenario;
+use p2p_sim::run::{Report, SimConfig, run};
+
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let t = turmoil::sim_elapsed().unwrap_or_default();
+        write!(w, "{:>6}ms", t.as_millis())
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: p2p-sim --seed S | --plan 'TEXT' | --seeds N [--first K]");
+    ExitCode::from(2)
+}
+
+fn print_report(s: &Scenario, r: &Report) {
+    println!("scenario: {s}");
+    for line in &r.trace {
+        println!("{line}");
+    }
+    for v in &r.violations {
+        println!("VIOLATION: {v}");
+    }
+    println!(
+        "result: {} ({} simulated ms, {} violations, {} expected losses)",
+        if r.passed() { "pass" } else { "FAIL" },
+        r.sim_ms,
+        r.violations.len(),
+        r.expected_losses.len()
+    );
+}
+
+fn main() -> ExitCode {
+    // RUST_LOG=debug shows what every host does, stamped with simulated time.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_timer(SimTime)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let cfg = SimConfig::default();
+    if let Some(seed) = get("--seed") {
+        let Ok(seed) = seed.parse::<u64>() else {
+            return usage();
+        };
+        let s = Scenario::from_seed(seed);
+        let r = run(&s, &cfg);
+        print_report(&s, &r);
+        return if r.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    if let Some(text) = get("--plan") {
+        let s: Scenario = match text.parse() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot parse the plan: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let r = run(&s, &cfg);
+        print_report(&s, &r);
+        return if r.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    if let Some(n) = get("--seeds") {
+        let Ok(n) = n.parse::<u64>() else {
+            return usage();
+        };
+        let first = match get("--first").map(|k| k.parse::<u64>()) {
+            None => 0,
+            Some(Ok(k)) => k,
+            Some(Err(_)) => return usage(),
+        };
+        let started = Instant::now();
+        let mut failed = Vec::new();
+        let (mut losses, mut sim_ms) = (0, 0);
+        for seed in first..first + n {
+            let s = Scenario::from_seed(seed);
+            let r = run(&s, &cfg);
+            sim_ms += r.sim_ms;
+            losses += r.expected_losses.len();
+            if !r.passed() {
+                println!("FAIL seed {seed}: {}", r.violations.join("; "));
+                println!("  replay: cargo run -p p2p-sim --release -- --seed {seed}");
+                failed.push(seed);
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{n} scenarios (seeds {first}..{}), {} passed, {} failed; {:.1} scenarios/s, {:.0} simulated s in {:.1} s; {losses} expected losses",
+            first + n,
+            n as usize - failed.len(),
+            failed.len(),
+            n as f64 / secs,
+            sim_ms as f64 / 1000.0,
+            secs
+        );
+        if !failed.is_empty() {
+            println!("failing seeds: {failed:?}");
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
+    usage()
+}

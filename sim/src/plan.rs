@@ -1,0 +1,253 @@
+//! A scenario: a typed fault plan interleaved with client operations,
+//! generated and shrunk by proptest.
+
+use std::fmt;
+
+use proptest::prelude::*;
+
+/// A host that faults can hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Tracker,
+    Node(u8),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tracker => f.write_str("tracker"),
+            Target::Node(i) => write!(f, "node{i}"),
+        }
+    }
+}
+
+/// One thing that happens at a scheduled time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The client stores file `f{file}` of `size` bytes with `replicas` copies.
+    Put { file: u8, size: u32, replicas: u8 },
+    /// The client reads file `f{file}` back.
+    Get { file: u8 },
+    /// The host stops at once (its disk survives).
+    Crash(Target),
+    /// A crashed host starts again on its disk.
+    Restart(Target),
+    /// Messages between the two hosts are dropped.
+    Partition(Target, Target),
+    /// Every partition heals.
+    Heal,
+    /// A fraction of messages (per mille) is lost, until the heal.
+    Loss { per_mille: u16 },
+    /// Messages take up to this long, until the heal.
+    Latency { max_ms: u16 },
+    /// Every holder of the first chunk of `f{file}` crashes and loses its
+    /// disk for good: the file is expected to be lost.
+    DestroyHolders { file: u8 },
+}
+
+impl Action {
+    /// Whether the client performs it (the others are faults).
+    pub fn is_client_op(&self) -> bool {
+        matches!(self, Action::Put { .. } | Action::Get { .. })
+    }
+}
+
+/// An action at a time (milliseconds of simulated time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub at_ms: u32,
+    pub action: Action,
+}
+
+/// A whole run: the seed of every random choice, the cluster size and the steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    pub seed: u64,
+    pub nodes: u8,
+    pub steps: Vec<Step>,
+}
+
+/// Faults stop and heal by this time; then the checker runs.
+pub const FAULT_WINDOW_MS: u32 = 3_000;
+
+fn target(nodes: u8) -> impl Strategy<Value = Target> {
+    prop_oneof![
+        1 => Just(Target::Tracker),
+        6 => (0..nodes).prop_map(Target::Node),
+    ]
+}
+
+fn action(nodes: u8) -> impl Strategy<Value = Action> {
+    prop_oneof![
+        4 => (0u8..4, prop_oneof![Just(0u32), 1u32..20_000], 1u8..=3)
+            .prop_map(|(file, size, replicas)| Action::Put { file, size, replicas }),
+        3 => (0u8..4).prop_map(|file| Action::Get { file }),
+        2 => target(nodes).prop_map(Action::Crash),
+        2 => target(nodes).prop_map(Action::Restart),
+        1 => (target(nodes), target(nodes)).prop_map(|(a, b)| Action::Partition(a, b)),
+        1 => Just(Action::Heal),
+        1 => (1u16..50).prop_map(|per_mille| Action::Loss { per_mille }),
+        1 => (1u16..80).prop_map(|max_ms| Action::Latency { max_ms }),
+    ]
+}
+
+impl Scenario {
+    /// Random scenarios: 4 to 6 nodes, up to 12 steps in the fault window.
+    pub fn strategy() -> impl Strategy<Value = Scenario> {
+        (any::<u64>(), 4u8..=6)
+            .prop_flat_map(|(seed, nodes)| {
+                let steps = proptest::collection::vec(
+                    (0..FAULT_WINDOW_MS, action(nodes))
+                        .prop_map(|(at_ms, action)| Step { at_ms, action }),
+                    1..12,
+                );
+                (Just(seed), Just(nodes), steps)
+            })
+            .prop_map(|(seed, nodes, mut steps)| {
+                steps.sort_by_key(|s| s.at_ms);
+                Scenario { seed, nodes, steps }
+            })
+    }
+
+    /// The scenario `--seed S` runs: generated from the seed alone.
+    pub fn from_seed(seed: u64) -> Scenario {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
+        let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+        let mut s = Self::strategy()
+            .new_tree(&mut runner)
+            .expect("the scenario strategy never rejects")
+            .current();
+        s.seed = seed;
+        s
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Put {
+                file,
+                size,
+                replicas,
+            } => write!(f, "put(f{file},{size},{replicas})"),
+            Action::Get { file } => write!(f, "get(f{file})"),
+            Action::Crash(t) => write!(f, "crash({t})"),
+            Action::Restart(t) => write!(f, "restart({t})"),
+            Action::Partition(a, b) => write!(f, "partition({a},{b})"),
+            Action::Heal => write!(f, "heal()"),
+            Action::Loss { per_mille } => write!(f, "loss({per_mille})"),
+            Action::Latency { max_ms } => write!(f, "latency({max_ms})"),
+            Action::DestroyHolders { file } => write!(f, "destroy(f{file})"),
+        }
+    }
+}
+
+/// The one-line form printed by failing tests and read by `--plan`:
+/// `seed=S nodes=N 120:put(f0,9000,3) 300:crash(node1) ...`.
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "seed={} nodes={}", self.seed, self.nodes)?;
+        for s in &self.steps {
+            write!(f, " {}:{}", s.at_ms, s.action)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    if s == "tracker" {
+        return Ok(Target::Tracker);
+    }
+    s.strip_prefix("node")
+        .and_then(|n| n.parse().ok())
+        .map(Target::Node)
+        .ok_or_else(|| format!("bad host {s:?}"))
+}
+
+fn parse_file(s: &str) -> Result<u8, String> {
+    s.strip_prefix('f')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("bad file {s:?}"))
+}
+
+fn parse_num<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("bad number {s:?}"))
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = s
+            .split_once('(')
+            .ok_or_else(|| format!("bad action {s:?}"))?;
+        let args: Vec<&str> = rest
+            .strip_suffix(')')
+            .ok_or_else(|| format!("bad action {s:?}"))?
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .collect();
+        match (name, args.as_slice()) {
+            ("put", [f, size, r]) => Ok(Action::Put {
+                file: parse_file(f)?,
+                size: parse_num(size)?,
+                replicas: parse_num(r)?,
+            }),
+            ("get", [f]) => Ok(Action::Get {
+                file: parse_file(f)?,
+            }),
+            ("crash", [t]) => Ok(Action::Crash(parse_target(t)?)),
+            ("restart", [t]) => Ok(Action::Restart(parse_target(t)?)),
+            ("partition", [a, b]) => Ok(Action::Partition(parse_target(a)?, parse_target(b)?)),
+            ("heal", []) => Ok(Action::Heal),
+            ("loss", [p]) => Ok(Action::Loss {
+                per_mille: parse_num(p)?,
+            }),
+            ("latency", [m]) => Ok(Action::Latency {
+                max_ms: parse_num(m)?,
+            }),
+            ("destroy", [f]) => Ok(Action::DestroyHolders {
+                file: parse_file(f)?,
+            }),
+            _ => Err(format!("bad action {s:?}")),
+        }
+    }
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut words = s.split_whitespace();
+        let seed = words
+            .next()
+            .and_then(|w| w.strip_prefix("seed="))
+            .ok_or("the plan starts with seed=S")?;
+        let nodes = words
+            .next()
+            .and_then(|w| w.strip_prefix("nodes="))
+            .ok_or("then nodes=N")?;
+        let nodes: u8 = parse_num(nodes)?;
+        if !(1..=16).contains(&nodes) {
+            return Err("nodes must be 1..=16".into());
+        }
+        let steps = words
+            .map(|w| {
+                let (at, action) = w.split_once(':').ok_or_else(|| format!("bad step {w:?}"))?;
+                Ok(Step {
+                    at_ms: parse_num(at)?,
+                    action: action.parse()?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Scenario {
+            seed: parse_num(seed)?,
+            nodes,
+            steps,
+        })
+    }
+}

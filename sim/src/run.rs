@@ -1,0 +1,592 @@
+//! Running one scenario: a tracker, nodes and a client on turmoil hosts,
+//! running the real `p2p-net` services; faults applied between simulation
+//! steps; invariants checked as the client goes and at the end.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use p2p_core::NodeId;
+use p2p_core::tracker::TrackerConfig;
+use p2p_net::client::{Client, ClientConfig, NoProgress};
+use p2p_net::meta::MemoryMeta;
+use p2p_net::node::{NodeConfig, NodeService};
+use p2p_net::tracker::TrackerService;
+use p2p_net::transport::{Timeouts, server_builder};
+use rand::{RngCore, SeedableRng};
+
+use crate::plan::{Action, FAULT_WINDOW_MS, Scenario, Target};
+use crate::store::{MemSink, MemStore};
+use crate::transport::{SimDialer, incoming};
+
+const PORT: u16 = 7000;
+
+/// Timing of a simulated cluster. Small values keep runs short.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub tick: Duration,
+    pub heartbeat_ms: u64,
+    pub dead_after_ms: u64,
+    pub chunk_size_bytes: u64,
+    /// After the heal, how long the cluster settles before the final check.
+    pub settle_ms: u64,
+    /// A run that has not finished by then is a hang.
+    pub limit: Duration,
+    pub timeouts: Timeouts,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(5),
+            heartbeat_ms: 100,
+            dead_after_ms: 1_000,
+            chunk_size_bytes: 4_096,
+            settle_ms: 1_500,
+            limit: Duration::from_secs(60),
+            timeouts: Timeouts {
+                connect: Duration::from_millis(300),
+                request: Duration::from_secs(2),
+                piece: Duration::from_secs(1),
+                keepalive: Duration::from_millis(500),
+            },
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Every event, in order, with its simulated time.
+    pub trace: Vec<String>,
+    /// Broken invariants: each is a bug unless the checker is wrong.
+    pub violations: Vec<String>,
+    /// Files lost because the scenario destroyed every holder of a chunk.
+    pub expected_losses: Vec<String>,
+    /// Simulated time the run took.
+    pub sim_ms: u64,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FileRecord {
+    data: Arc<Vec<u8>>,
+    replicas: u8,
+    acked: bool,
+    /// Host names that acknowledged each chunk.
+    holders: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// The client asks for this many nodes to be crashed.
+    WantDegraded(usize),
+    Degraded,
+}
+
+struct Shared {
+    trace: Vec<String>,
+    files: BTreeMap<u8, FileRecord>,
+    destroyed: BTreeSet<String>,
+    violations: Vec<String>,
+    expected_losses: Vec<String>,
+    phase: Phase,
+}
+
+type SharedRef = Arc<Mutex<Shared>>;
+
+fn log(shared: &SharedRef, ms: u64, line: String) {
+    shared
+        .lock()
+        .expect("shared lock")
+        .trace
+        .push(format!("{ms:>6}ms {line}"));
+}
+
+fn sim_ms() -> u64 {
+    turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
+}
+
+fn file_data(seed: u64, file: u8, size: u32) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (u64::from(file) << 56) ^ 0x5eed);
+    let mut data = vec![0u8; size as usize];
+    rng.fill_bytes(&mut data);
+    data
+}
+
+/// Short, stable form of an error for the trace.
+fn short(e: &p2p_net::ClientError) -> String {
+    let s = e.to_string();
+    s.chars().take(120).collect()
+}
+
+/// Read `name` back in full into memory.
+async fn get_bytes(
+    client: &Client<SimDialer>,
+    name: &str,
+) -> Result<Vec<u8>, p2p_net::ClientError> {
+    let located = client.locate(name).await?;
+    let sink = Arc::new(MemSink::new(located.manifest.size_bytes as usize));
+    client
+        .fetch_into(&located, sink.clone(), &NoProgress)
+        .await?;
+    let sink = Arc::try_unwrap(sink).map_err(|_| p2p_net::ClientError::Protocol {
+        peer: "client".into(),
+        msg: "a fetch still holds the output".into(),
+    })?;
+    Ok(sink.into_bytes())
+}
+
+async fn client_script(scenario: Scenario, cfg: SimConfig, shared: SharedRef) -> turmoil::Result {
+    let client = Client::new(
+        SimDialer {
+            timeouts: cfg.timeouts.clone(),
+        },
+        &format!("tracker:{PORT}"),
+        ClientConfig {
+            chunk_size_bytes: cfg.chunk_size_bytes,
+            chunks_in_flight: 2,
+            fetches_in_flight: 4,
+        },
+    );
+    let start = tokio::time::Instant::now();
+    for step in scenario.steps.iter().filter(|s| s.action.is_client_op()) {
+        tokio::time::sleep_until(start + Duration::from_millis(step.at_ms.into())).await;
+        match step.action {
+            Action::Put {
+                file,
+                size,
+                replicas,
+            } => {
+                let data = {
+                    let mut s = shared.lock().expect("shared lock");
+                    s.files
+                        .entry(file)
+                        .or_insert_with(|| FileRecord {
+                            data: Arc::new(file_data(scenario.seed, file, size)),
+                            replicas,
+                            acked: false,
+                            holders: vec![],
+                        })
+                        .clone()
+                };
+                let name = format!("f{file}");
+                let r = client
+                    .put_reader(
+                        &data.data[..],
+                        data.data.len() as u64,
+                        &name,
+                        data.replicas.into(),
+                        &NoProgress,
+                        std::path::Path::new(&name),
+                    )
+                    .await;
+                let line = match r {
+                    Ok(report) => {
+                        let mut s = shared.lock().expect("shared lock");
+                        let rec = s.files.get_mut(&file).expect("recorded above");
+                        rec.acked = true;
+                        rec.holders = report
+                            .holders
+                            .iter()
+                            .map(|h| h.iter().map(|n| n.to_string()).collect())
+                            .collect();
+                        format!(
+                            "put {name} {}B R={} -> ok, {} chunks",
+                            data.data.len(),
+                            data.replicas,
+                            report.manifest.chunks.len()
+                        )
+                    }
+                    Err(e) => format!(
+                        "put {name} {}B R={} -> error: {}",
+                        data.data.len(),
+                        data.replicas,
+                        short(&e)
+                    ),
+                };
+                log(&shared, sim_ms(), line);
+            }
+            Action::Get { file } => {
+                let name = format!("f{file}");
+                let expected = shared
+                    .lock()
+                    .expect("shared lock")
+                    .files
+                    .get(&file)
+                    .cloned();
+                let line = match (get_bytes(&client, &name).await, expected) {
+                    (Ok(bytes), Some(rec)) if bytes == *rec.data => {
+                        format!("get {name} -> ok, {}B verified", bytes.len())
+                    }
+                    (Ok(bytes), _) => {
+                        let v = format!(
+                            "get {name} returned {} bytes that were never put under that name",
+                            bytes.len()
+                        );
+                        shared
+                            .lock()
+                            .expect("shared lock")
+                            .violations
+                            .push(v.clone());
+                        format!("get {name} -> WRONG BYTES")
+                    }
+                    (Err(e), _) => format!("get {name} -> error: {}", short(&e)),
+                };
+                log(&shared, sim_ms(), line);
+            }
+            _ => unreachable!("filtered to client operations"),
+        }
+    }
+
+    // Final check: every fault has healed; every acknowledged file must read
+    // back byte-identical, unless every holder of one of its chunks was destroyed.
+    let final_at = u64::from(FAULT_WINDOW_MS) + cfg.settle_ms;
+    tokio::time::sleep_until(start + Duration::from_millis(final_at)).await;
+    check_all(&client, &shared, "final").await;
+
+    // Degraded check: with R-1 nodes down, every file still reads back.
+    let (acked_min_r, destroyed) = {
+        let s = shared.lock().expect("shared lock");
+        let min_r = s
+            .files
+            .values()
+            .filter(|f| f.acked)
+            .map(|f| f.replicas)
+            .min();
+        (min_r, !s.destroyed.is_empty())
+    };
+    if let (Some(r), false) = (acked_min_r, destroyed)
+        && r > 1
+    {
+        shared.lock().expect("shared lock").phase = Phase::WantDegraded(usize::from(r) - 1);
+        while shared.lock().expect("shared lock").phase != Phase::Degraded {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        check_all(&client, &shared, "degraded").await;
+    }
+    Ok(())
+}
+
+async fn check_all(client: &Client<SimDialer>, shared: &SharedRef, label: &str) {
+    let files: Vec<(u8, FileRecord)> = {
+        let s = shared.lock().expect("shared lock");
+        s.files
+            .iter()
+            .filter(|(_, f)| f.acked)
+            .map(|(k, f)| (*k, f.clone()))
+            .collect()
+    };
+    for (file, rec) in files {
+        let name = format!("f{file}");
+        let destroyed = shared.lock().expect("shared lock").destroyed.clone();
+        let doomed = rec
+            .holders
+            .iter()
+            .any(|h| h.iter().all(|n| destroyed.contains(n)));
+        let result = get_bytes(client, &name).await;
+        let mut s = shared.lock().expect("shared lock");
+        let line = match result {
+            Ok(bytes) if bytes == *rec.data => {
+                format!("{label} get {name} -> ok, {}B verified", bytes.len())
+            }
+            Ok(_) => {
+                s.violations
+                    .push(format!("{label} get {name} returned wrong bytes"));
+                format!("{label} get {name} -> WRONG BYTES")
+            }
+            Err(e) if doomed => {
+                s.expected_losses.push(name.clone());
+                format!(
+                    "{label} get {name} -> lost as expected (every holder of a chunk destroyed): {}",
+                    short(&e)
+                )
+            }
+            Err(e) => {
+                s.violations.push(format!(
+                    "{label} get {name}: acknowledged file unreadable: {e}"
+                ));
+                format!("{label} get {name} -> LOST: {}", short(&e))
+            }
+        };
+        s.trace.push(format!("{:>6}ms {line}", sim_ms()));
+    }
+}
+
+fn host_name(t: Target) -> String {
+    t.to_string()
+}
+
+/// Run one scenario to completion and check it.
+pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
+    let shared: SharedRef = Arc::new(Mutex::new(Shared {
+        trace: vec![],
+        files: BTreeMap::new(),
+        destroyed: BTreeSet::new(),
+        violations: vec![],
+        expected_losses: vec![],
+        phase: Phase::Running,
+    }));
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(scenario.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .tick_duration(cfg.tick)
+        .simulation_duration(cfg.limit)
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(3))
+        .build();
+
+    let tracker_meta = MemoryMeta::default();
+    let tcfg = TrackerConfig {
+        dead_after_ms: cfg.dead_after_ms,
+        heartbeat_interval_ms: cfg.heartbeat_ms,
+    };
+    {
+        let timeouts = cfg.timeouts.clone();
+        let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
+        sim.host("tracker", move || {
+            let (meta, tcfg, timeouts) = (tracker_meta.clone(), tcfg.clone(), timeouts.clone());
+            async move {
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+                let service = TrackerService::open(tcfg, meta).await?;
+                tokio::spawn(service.clone().run_ticker(heartbeat / 2));
+                server_builder(&timeouts)
+                    .add_service(service.into_server())
+                    .serve_with_incoming(incoming(listener))
+                    .await?;
+                Ok(())
+            }
+        });
+    }
+    let mut stores = BTreeMap::new();
+    for i in 0..scenario.nodes {
+        let name = host_name(Target::Node(i));
+        let store = MemStore::default();
+        stores.insert(name.clone(), store.clone());
+        let timeouts = cfg.timeouts.clone();
+        let ncfg = NodeConfig {
+            heartbeat_interval: Duration::from_millis(cfg.heartbeat_ms),
+            ..NodeConfig::default()
+        };
+        let host = name.clone();
+        sim.host(host.as_str(), move || {
+            let (store, timeouts, ncfg, name) =
+                (store.clone(), timeouts.clone(), ncfg.clone(), name.clone());
+            async move {
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+                let id = NodeId::new(name.clone())?;
+                let node = NodeService::open(
+                    id,
+                    format!("{name}:{PORT}"),
+                    format!("tracker:{PORT}"),
+                    store,
+                    SimDialer {
+                        timeouts: timeouts.clone(),
+                    },
+                    ncfg,
+                )
+                .await?;
+                tokio::spawn(node.clone().run_heartbeats());
+                server_builder(&timeouts)
+                    .add_service(node.into_server())
+                    .serve_with_incoming(incoming(listener))
+                    .await?;
+                Ok(())
+            }
+        });
+    }
+    sim.client(
+        "client",
+        client_script(scenario.clone(), cfg.clone(), shared.clone()),
+    );
+
+    let mut faults = scenario
+        .steps
+        .iter()
+        .filter(|s| !s.action.is_client_op())
+        .peekable();
+    let mut down: BTreeSet<String> = BTreeSet::new();
+    let mut partitions: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut healed = false;
+    let mut sim_error = None;
+    loop {
+        let now = sim.elapsed().as_millis() as u64;
+        while let Some(step) = faults.next_if(|s| u64::from(s.at_ms) <= now) {
+            let line = apply_fault(
+                &mut sim,
+                &step.action,
+                &shared,
+                &stores,
+                &mut down,
+                &mut partitions,
+            );
+            log(&shared, now, line);
+        }
+        if !healed && now >= u64::from(FAULT_WINDOW_MS) {
+            healed = true;
+            for (a, b) in std::mem::take(&mut partitions) {
+                sim.repair(a.as_str(), b.as_str());
+            }
+            sim.set_fail_rate(0.0);
+            sim.set_max_message_latency(Duration::from_millis(3));
+            let destroyed = shared.lock().expect("shared lock").destroyed.clone();
+            let restart: Vec<String> = down
+                .iter()
+                .filter(|h| !destroyed.contains(*h))
+                .cloned()
+                .collect();
+            for h in &restart {
+                sim.bounce(h.as_str());
+                down.remove(h);
+            }
+            log(
+                &shared,
+                now,
+                format!(
+                    "heal: partitions repaired, loss and latency cleared, restarted [{}]",
+                    restart.join(",")
+                ),
+            );
+        }
+        let want = shared.lock().expect("shared lock").phase;
+        if let Phase::WantDegraded(k) = want {
+            let victims: Vec<String> = stores
+                .keys()
+                .filter(|h| !down.contains(*h))
+                .take(k)
+                .cloned()
+                .collect();
+            for v in &victims {
+                sim.crash(v.as_str());
+                down.insert(v.clone());
+            }
+            log(
+                &shared,
+                now,
+                format!(
+                    "degrade: crashed [{}] (R-1 of the smallest factor)",
+                    victims.join(",")
+                ),
+            );
+            shared.lock().expect("shared lock").phase = Phase::Degraded;
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                sim_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let sim_ms = sim.elapsed().as_millis() as u64;
+    let mut s = shared.lock().expect("shared lock");
+    if let Some(e) = sim_error {
+        s.violations.push(format!(
+            "simulation error (panic, host failure or hang): {e}"
+        ));
+        s.trace.push(format!("{sim_ms:>6}ms SIMULATION ERROR: {e}"));
+    }
+    Report {
+        trace: std::mem::take(&mut s.trace),
+        violations: std::mem::take(&mut s.violations),
+        expected_losses: std::mem::take(&mut s.expected_losses),
+        sim_ms,
+    }
+}
+
+fn apply_fault(
+    sim: &mut turmoil::Sim<'_>,
+    action: &Action,
+    shared: &SharedRef,
+    stores: &BTreeMap<String, MemStore>,
+    down: &mut BTreeSet<String>,
+    partitions: &mut BTreeSet<(String, String)>,
+) -> String {
+    match action {
+        Action::Crash(t) => {
+            let h = host_name(*t);
+            if down.insert(h.clone()) {
+                sim.crash(h.as_str());
+                format!("crash {h}")
+            } else {
+                format!("crash {h} (already down)")
+            }
+        }
+        Action::Restart(t) => {
+            let h = host_name(*t);
+            if shared.lock().expect("shared lock").destroyed.contains(&h) {
+                format!("restart {h} (destroyed, stays down)")
+            } else if down.remove(&h) {
+                sim.bounce(h.as_str());
+                format!("restart {h}")
+            } else {
+                format!("restart {h} (already up)")
+            }
+        }
+        Action::Partition(a, b) => {
+            let (a, b) = (host_name(*a), host_name(*b));
+            if a == b {
+                return format!("partition {a} from itself (no-op)");
+            }
+            let pair = if a < b { (a, b) } else { (b, a) };
+            sim.partition(pair.0.as_str(), pair.1.as_str());
+            let line = format!("partition {} | {}", pair.0, pair.1);
+            partitions.insert(pair);
+            line
+        }
+        Action::Heal => {
+            for (a, b) in std::mem::take(partitions) {
+                sim.repair(a.as_str(), b.as_str());
+            }
+            "heal partitions".into()
+        }
+        Action::Loss { per_mille } => {
+            sim.set_fail_rate(f64::from(*per_mille) / 1000.0);
+            format!("message loss {per_mille}/1000")
+        }
+        Action::Latency { max_ms } => {
+            sim.set_max_message_latency(Duration::from_millis((*max_ms).into()));
+            format!("latency up to {max_ms}ms")
+        }
+        Action::DestroyHolders { file } => {
+            let holders: BTreeSet<String> = {
+                let s = shared.lock().expect("shared lock");
+                match s.files.get(file) {
+                    Some(f) if f.acked && !f.holders.is_empty() => {
+                        f.holders[0].iter().cloned().collect()
+                    }
+                    _ => {
+                        return format!(
+                            "destroy holders of f{file} (no acknowledged put with chunks)"
+                        );
+                    }
+                }
+            };
+            for h in &holders {
+                if let Some(store) = stores.get(h) {
+                    store.wipe();
+                }
+                if down.insert(h.clone()) {
+                    sim.crash(h.as_str());
+                }
+            }
+            shared
+                .lock()
+                .expect("shared lock")
+                .destroyed
+                .extend(holders.iter().cloned());
+            format!(
+                "destroy {} (crashed, disks lost)",
+                holders.into_iter().collect::<Vec<_>>().join(",")
+            )
+        }
+        Action::Put { .. } | Action::Get { .. } => unreachable!("client operations are not faults"),
+    }
+}
