@@ -38,7 +38,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
-            tick: Duration::from_millis(5),
+            tick: Duration::from_millis(10),
             heartbeat_ms: 100,
             dead_after_ms: 1_000,
             chunk_size_bytes: 4_096,
