@@ -98,11 +98,13 @@ fn main() -> ExitCode {
         };
         let started = Instant::now();
         let mut failed = Vec::new();
-        let (mut losses, mut sim_ms) = (0, 0);
+        let (mut losses, mut sim_ms, mut puts, mut reads) = (0, 0, 0, 0);
         for seed in first..first + n {
             let s = Scenario::from_seed(seed);
             let r = run(&s, &cfg);
             sim_ms += r.sim_ms;
+            puts += r.acked_puts();
+            reads += r.verified_reads();
             losses += r.expected_losses.len();
             if !r.passed() {
                 println!("FAIL seed {seed}: {}", r.violations.join("; "));
@@ -112,7 +114,7 @@ fn main() -> ExitCode {
         }
         let secs = started.elapsed().as_secs_f64();
         println!(
-            "{n} scenarios (seeds {first}..{}), {} passed, {} failed; {:.1} scenarios/s, {:.0} simulated s in {:.1} s; {losses} expected losses",
+            "{n} scenarios (seeds {first}..{}), {} passed, {} failed; {:.1} scenarios/s, {:.0} simulated s in {:.1} s; {puts} acknowledged puts, {reads} verified reads, {losses} expected losses",
             first + n,
             n as usize - failed.len(),
             failed.len(),

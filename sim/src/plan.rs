@@ -10,13 +10,19 @@ use proptest::prelude::*;
 pub enum Target {
     Tracker,
     Node(u8),
+    /// A client host (only partitions reach clients).
+    Client(u8),
 }
+
+/// Client hosts in every scenario: operations are spread over them.
+pub const CLIENTS: u8 = 2;
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Tracker => f.write_str("tracker"),
             Target::Node(i) => write!(f, "node{i}"),
+            Target::Client(i) => write!(f, "client{i}"),
         }
     }
 }
@@ -24,10 +30,15 @@ impl fmt::Display for Target {
 /// One thing that happens at a scheduled time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// The client stores file `f{file}` of `size` bytes with `replicas` copies.
-    Put { file: u8, size: u32, replicas: u8 },
-    /// The client reads file `f{file}` back.
-    Get { file: u8 },
+    /// Client `client` stores file `f{file}` of `size` bytes with `replicas` copies.
+    Put {
+        file: u8,
+        size: u32,
+        replicas: u8,
+        client: u8,
+    },
+    /// Client `client` reads file `f{file}` back.
+    Get { file: u8, client: u8 },
     /// The host stops at once (its disk survives).
     Crash(Target),
     /// A crashed host starts again on its disk.
@@ -46,9 +57,17 @@ pub enum Action {
 }
 
 impl Action {
-    /// Whether the client performs it (the others are faults).
+    /// Whether a client performs it (the others are faults).
     pub fn is_client_op(&self) -> bool {
-        matches!(self, Action::Put { .. } | Action::Get { .. })
+        self.client().is_some()
+    }
+
+    /// The client that performs it, if it is a client operation.
+    pub fn client(&self) -> Option<u8> {
+        match self {
+            Action::Put { client, .. } | Action::Get { client, .. } => Some(*client),
+            _ => None,
+        }
     }
 }
 
@@ -77,14 +96,22 @@ fn target(nodes: u8) -> impl Strategy<Value = Target> {
     ]
 }
 
+/// Any host, clients included: what a partition can separate.
+fn party(nodes: u8) -> impl Strategy<Value = Target> {
+    prop_oneof![
+        6 => target(nodes),
+        1 => (0..CLIENTS).prop_map(Target::Client),
+    ]
+}
+
 fn action(nodes: u8) -> impl Strategy<Value = Action> {
     prop_oneof![
-        4 => (0u8..4, prop_oneof![Just(0u32), 1u32..20_000], 1u8..=3)
-            .prop_map(|(file, size, replicas)| Action::Put { file, size, replicas }),
-        3 => (0u8..4).prop_map(|file| Action::Get { file }),
+        4 => (0u8..4, prop_oneof![Just(0u32), 1u32..20_000], 1u8..=3, 0..CLIENTS)
+            .prop_map(|(file, size, replicas, client)| Action::Put { file, size, replicas, client }),
+        3 => (0u8..4, 0..CLIENTS).prop_map(|(file, client)| Action::Get { file, client }),
         2 => target(nodes).prop_map(Action::Crash),
         2 => target(nodes).prop_map(Action::Restart),
-        1 => (target(nodes), target(nodes)).prop_map(|(a, b)| Action::Partition(a, b)),
+        1 => (party(nodes), party(nodes)).prop_map(|(a, b)| Action::Partition(a, b)),
         1 => Just(Action::Heal),
         1 => (1u16..50).prop_map(|per_mille| Action::Loss { per_mille }),
         1 => (1u16..80).prop_map(|max_ms| Action::Latency { max_ms }),
@@ -133,8 +160,9 @@ impl fmt::Display for Action {
                 file,
                 size,
                 replicas,
-            } => write!(f, "put(f{file},{size},{replicas})"),
-            Action::Get { file } => write!(f, "get(f{file})"),
+                client,
+            } => write!(f, "put(f{file},{size},{replicas},client{client})"),
+            Action::Get { file, client } => write!(f, "get(f{file},client{client})"),
             Action::Crash(t) => write!(f, "crash({t})"),
             Action::Restart(t) => write!(f, "restart({t})"),
             Action::Partition(a, b) => write!(f, "partition({a},{b})"),
@@ -162,10 +190,23 @@ fn parse_target(s: &str) -> Result<Target, String> {
     if s == "tracker" {
         return Ok(Target::Tracker);
     }
+    if let Some(n) = s.strip_prefix("client") {
+        return n
+            .parse()
+            .map(Target::Client)
+            .map_err(|_| format!("bad host {s:?}"));
+    }
     s.strip_prefix("node")
         .and_then(|n| n.parse().ok())
         .map(Target::Node)
         .ok_or_else(|| format!("bad host {s:?}"))
+}
+
+fn parse_client(s: &str) -> Result<u8, String> {
+    match parse_target(s)? {
+        Target::Client(c) if c < CLIENTS => Ok(c),
+        _ => Err(format!("bad client {s:?}")),
+    }
 }
 
 fn parse_file(s: &str) -> Result<u8, String> {
@@ -192,13 +233,15 @@ impl std::str::FromStr for Action {
             .filter(|a| !a.is_empty())
             .collect();
         match (name, args.as_slice()) {
-            ("put", [f, size, r]) => Ok(Action::Put {
+            ("put", [f, size, r, c]) => Ok(Action::Put {
                 file: parse_file(f)?,
                 size: parse_num(size)?,
                 replicas: parse_num(r)?,
+                client: parse_client(c)?,
             }),
-            ("get", [f]) => Ok(Action::Get {
+            ("get", [f, c]) => Ok(Action::Get {
                 file: parse_file(f)?,
+                client: parse_client(c)?,
             }),
             ("crash", [t]) => Ok(Action::Crash(parse_target(t)?)),
             ("restart", [t]) => Ok(Action::Restart(parse_target(t)?)),

@@ -67,6 +67,7 @@ fn destroying_every_holder_is_reported_as_expected_loss() {
                     file: 0,
                     size: 9_000,
                     replicas: 2,
+                    client: 0,
                 },
             ),
             at(
@@ -75,6 +76,7 @@ fn destroying_every_holder_is_reported_as_expected_loss() {
                     file: 1,
                     size: 5_000,
                     replicas: 3,
+                    client: 1,
                 },
             ),
             at(1_500, Action::DestroyHolders { file: 0 }),
@@ -117,6 +119,7 @@ fn without_destruction_nothing_is_lost() {
                     file: 0,
                     size: 9_000,
                     replicas: 2,
+                    client: 0,
                 },
             ),
             at(
@@ -125,6 +128,7 @@ fn without_destruction_nothing_is_lost() {
                     file: 1,
                     size: 5_000,
                     replicas: 3,
+                    client: 1,
                 },
             ),
             at(1_500, Action::Crash(Target::Node(0))),
