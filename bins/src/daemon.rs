@@ -32,6 +32,7 @@ pub struct TrackerOptions {
     pub data: PathBuf,
     pub dead_after: Duration,
     pub heartbeat: Duration,
+    pub repair_grace: Duration,
 }
 
 /// Serve a tracker on `listener` until `shutdown` completes.
@@ -44,6 +45,8 @@ pub async fn run_tracker(
     let config = TrackerConfig {
         dead_after_ms: opts.dead_after.as_millis() as u64,
         heartbeat_interval_ms: opts.heartbeat.as_millis() as u64,
+        repair_grace_ms: opts.repair_grace.as_millis() as u64,
+        ..TrackerConfig::default()
     };
     let service = TrackerService::open(config, meta).await?;
     let ticker = tokio::spawn(
@@ -69,6 +72,10 @@ pub struct NodeOptions {
     /// Address peers use to reach this node (default: the bound address).
     pub advertise: Option<String>,
     pub heartbeat: Duration,
+    /// Bytes per second the scrubber reads (0: no scrubbing).
+    pub scrub_bytes_per_sec: u64,
+    /// A scrub pass starts at most this often.
+    pub scrub_every: Duration,
 }
 
 /// The node's stable id, created on first start in `<data>/node-id`.
@@ -99,6 +106,7 @@ pub struct RunningNode {
     pub service: NodeService<DiskStore, TcpDialer>,
     pub server: JoinHandle<anyhow::Result<()>>,
     pub heartbeats: JoinHandle<()>,
+    pub scrubber: JoinHandle<()>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -107,6 +115,7 @@ impl RunningNode {
     /// cluster this looks like a crash.
     pub async fn stop(mut self) {
         self.heartbeats.abort();
+        self.scrubber.abort();
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -125,6 +134,8 @@ pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Resul
         .with_context(|| format!("cannot open chunk store in {}", opts.data.display()))?;
     let config = NodeConfig {
         heartbeat_interval: opts.heartbeat,
+        scrub_bytes_per_sec: opts.scrub_bytes_per_sec,
+        scrub_every: opts.scrub_every,
         ..NodeConfig::default()
     };
     let service = NodeService::open(
@@ -137,6 +148,7 @@ pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Resul
     )
     .await?;
     let heartbeats = tokio::spawn(service.clone().run_heartbeats());
+    let scrubber = tokio::spawn(service.clone().run_scrubber());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut left = service.shutdown_signal();
     let shutdown = async move {
@@ -158,6 +170,7 @@ pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Resul
         service,
         server,
         heartbeats,
+        scrubber,
         stop: Some(stop_tx),
     })
 }

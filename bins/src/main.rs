@@ -57,6 +57,10 @@ enum Cmd {
         /// Heartbeat interval the tracker asks nodes for.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         heartbeat: Duration,
+        /// How long a chunk that still has two or more live copies waits
+        /// before it is re-replicated (one copy left: repaired at once).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        repair_grace: Duration,
     },
     /// Run a node: serve chunks and read shell commands on standard input.
     Node {
@@ -72,6 +76,12 @@ enum Cmd {
         /// How often to report to the tracker.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         heartbeat: Duration,
+        /// MiB per second the scrubber reads to find bit rot (0: off).
+        #[arg(long, default_value_t = 16)]
+        scrub_rate: u64,
+        /// A scrub pass over every chunk starts at most this often.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        scrub_interval: Duration,
         /// Run as a daemon, without the shell.
         #[arg(long)]
         no_shell: bool,
@@ -104,7 +114,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Nodes and durability.
+    /// Remove a file; chunks no other file uses are deleted from the nodes.
+    Rm { name: String },
+    /// Nodes, durability, the repair queue and files at risk.
     Status {
         #[arg(long)]
         json: bool,
@@ -114,6 +126,10 @@ enum Cmd {
         /// The node's address (host:port).
         #[arg(long)]
         node: String,
+        /// Leave even if the others cannot take every chunk (they drop
+        /// below their factor).
+        #[arg(long)]
+        force: bool,
     },
     /// Run a whole cluster in this process and show it survive node loss.
     Demo {
@@ -179,12 +195,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ref data,
             dead_after,
             heartbeat,
+            repair_grace,
         } => {
             let (l, addr) = daemon::bind(listen).await?;
             let opts = TrackerOptions {
                 data: data.clone(),
                 dead_after,
                 heartbeat,
+                repair_grace,
             };
             let server = daemon::run_tracker(l, opts, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -198,6 +216,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ref data,
             ref advertise,
             heartbeat,
+            scrub_rate,
+            scrub_interval,
             no_shell,
         } => {
             let (l, addr) = daemon::bind(listen).await?;
@@ -209,6 +229,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracker: cli.tracker.clone(),
                 advertise: advertise.clone(),
                 heartbeat,
+                scrub_bytes_per_sec: scrub_rate.saturating_mul(1 << 20),
+                scrub_every: scrub_interval,
             };
             let node = daemon::run_node(l, opts).await?;
             eprintln!(
@@ -278,6 +300,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", output::ls_text(&files));
             }
         }
+        Cmd::Rm { ref name } => {
+            client(CHUNK_SIZE_DEFAULT_BYTES).remove(name).await?;
+            println!("removed {name}");
+        }
         Cmd::Status { json } => {
             let s = client(CHUNK_SIZE_DEFAULT_BYTES).status().await?;
             if json {
@@ -286,14 +312,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", output::status_text(&s));
             }
         }
-        Cmd::Leave { ref node } => {
+        Cmd::Leave { ref node, force } => {
             let progress = |done: u64, total: u64| {
                 if total > 0 {
                     eprintln!("handed over {done}/{total} chunks");
                 }
             };
             client(CHUNK_SIZE_DEFAULT_BYTES)
-                .leave_node(node, &progress)
+                .leave_node(node, force, &progress)
                 .await?;
             println!("node {node} left the network");
         }

@@ -109,9 +109,25 @@ pub fn ls_json(files: &[pb::FileInfo]) -> serde_json::Value {
                 "chunks": f.chunks,
                 "manifest": hex::encode(&f.manifest_hash),
                 "under_replicated": f.under_replicated,
+                "min_copies": f.min_copies,
+                "lost": f.lost,
             })
         })
         .collect()
+}
+
+/// How safe a file is, in a few words.
+pub fn health(f: &pb::FileInfo) -> String {
+    if f.lost > 0 {
+        format!("UNREADABLE: {} chunks have no live copy", f.lost)
+    } else if f.under_replicated > 0 {
+        format!(
+            "at risk: {}/{} copies, {} chunks under-replicated",
+            f.min_copies, f.replicas, f.under_replicated
+        )
+    } else {
+        "ok".to_string()
+    }
 }
 
 pub fn ls_text(files: &[pb::FileInfo]) -> String {
@@ -123,11 +139,7 @@ pub fn ls_text(files: &[pb::FileInfo]) -> String {
         "NAME", "SIZE", "REPLICAS", "CHUNKS", "HEALTH"
     );
     for f in files {
-        let health = if f.under_replicated == 0 {
-            "ok".to_string()
-        } else {
-            format!("{} chunks under-replicated", f.under_replicated)
-        };
+        let health = health(f);
         out += &format!(
             "{:<32} {:>12} {:>8} {:>8}  {}\n",
             f.name,
@@ -154,6 +166,10 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "chunks": s.chunks,
         "under_replicated": s.under_replicated,
         "lost": s.lost,
+        "repair_queue": s.repair_queue,
+        "repairs_in_flight": s.repairs_in_flight,
+        "deletes_pending": s.deletes_pending,
+        "at_risk": ls_json(&s.at_risk),
     })
 }
 
@@ -168,6 +184,13 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
         s.under_replicated,
         s.lost
     );
+    out += &format!(
+        "repair: {} chunks queued, {} copies in flight, {} deletions pending\n",
+        s.repair_queue, s.repairs_in_flight, s.deletes_pending
+    );
+    for f in &s.at_risk {
+        out += &format!("file {}: {}\n", f.name, health(f));
+    }
     out += &format!(
         "{:<18} {:<22} {:<8} {:>8}  {}\n",
         "NODE", "ADDR", "STATE", "CHUNKS", "LAST SEEN"

@@ -16,8 +16,10 @@ commands:
   put PATH [REPLICAS]   store a local file (default 3 replicas)
   get NAME [OUT]        fetch a file (default: ./NAME)
   ls                    list files
-  status                nodes and durability
-  leave                 hand this node's chunks over, then stop it
+  rm NAME               remove a file (its chunks are deleted from the nodes)
+  status                nodes, durability, repairs, files at risk
+  leave [--force]       hand this node's chunks over, then stop it
+                        (--force: leave even if they cannot all move)
   help                  this text
   quit                  stop reading commands (the node keeps serving)";
 
@@ -94,13 +96,17 @@ async fn run_command(
             );
             println!("{}", output::status_text(&client.status().await?));
         }
-        ("leave", []) => {
+        ("rm", [name]) => {
+            client.remove(name).await?;
+            println!("removed {name}");
+        }
+        ("leave", []) | ("leave", ["--force"]) => {
             let progress = |done: u64, total: u64| {
                 if total > 0 {
                     println!("handed over {done}/{total} chunks");
                 }
             };
-            node.service.leave(&progress).await?;
+            node.service.leave(!args.is_empty(), &progress).await?;
             println!("left the network; every chunk this node held has its copies elsewhere");
             return Ok(Some(ShellEnd::Left));
         }

@@ -51,6 +51,23 @@ fn sample_status() -> pb::StatusResponse {
         chunks: 11,
         under_replicated: 7,
         lost: 0,
+        repair_queue: 3,
+        repairs_in_flight: 4,
+        deletes_pending: 0,
+        at_risk: vec![sample_file(2)],
+    }
+}
+
+fn sample_file(min_copies: u32) -> pb::FileInfo {
+    pb::FileInfo {
+        name: "big.bin".into(),
+        size: 41_955_785,
+        replicas: 3,
+        chunks: 11,
+        manifest_hash: vec![0xab; 32].into(),
+        under_replicated: 7,
+        min_copies,
+        lost: 0,
     }
 }
 
@@ -65,14 +82,13 @@ fn status_formats() {
 // `ls` for a person and for a machine.
 #[test]
 fn ls_formats() {
-    let files = vec![pb::FileInfo {
-        name: "big.bin".into(),
-        size: 41_955_785,
-        replicas: 3,
-        chunks: 11,
-        manifest_hash: vec![0xab; 32].into(),
-        under_replicated: 2,
-    }];
+    let mut gone = sample_file(0);
+    gone.name = "gone.bin".into();
+    gone.lost = 1;
+    let mut fine = sample_file(3);
+    fine.name = "fine.bin".into();
+    fine.under_replicated = 0;
+    let files = vec![sample_file(2), fine, gone];
     insta::assert_snapshot!(output::ls_text(&files));
     insta::assert_snapshot!(serde_json::to_string_pretty(&output::ls_json(&files)).unwrap());
     insta::assert_snapshot!(output::ls_text(&[]));

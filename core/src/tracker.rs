@@ -1,10 +1,11 @@
-//! The tracker state machine: membership, placement, commit, locate, leave.
+//! The tracker state machine: membership, placement, commit, locate, leave,
+//! and self-healing (repair, trimming, deletion; see [`repair`]).
 //!
 //! # Drive contract
 //! - Inputs (`&mut self`, each takes `now_ms` where time matters):
 //!   [`Tracker::register`], [`Tracker::heartbeat`], [`Tracker::allocate`],
-//!   [`Tracker::commit`], [`Tracker::begin_leave`], [`Tracker::finish_leave`],
-//!   [`Tracker::tick`].
+//!   [`Tracker::commit`], [`Tracker::remove`], [`Tracker::begin_leave`],
+//!   [`Tracker::finish_leave`], [`Tracker::tick`].
 //! - Getters (`&self`): [`Tracker::locate`], [`Tracker::files`],
 //!   [`Tracker::status`].
 //! - Output: after every input, the driver drains [`Tracker::poll_record`]
@@ -13,7 +14,9 @@
 //!   [`Tracker::restore`] rebuilds the state after a restart, so the same
 //!   state machine can later sit behind a replicated log.
 //! - The driver calls `tick` periodically (every heartbeat interval is enough)
-//!   so silent nodes are declared dead.
+//!   so silent nodes are declared dead and repairs are planned. Work for a
+//!   node (copy a chunk to another node, delete a chunk) rides on the reply
+//!   to that node's next heartbeat, so the tracker never dials a node.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -21,13 +24,21 @@ use crate::id::{ChunkId, ManifestHash, NodeId};
 use crate::limits::{ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS};
 use crate::manifest::{Manifest, ManifestError, validate_replicas};
 
-/// Timing of failure detection.
+/// Timing of failure detection and repair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackerConfig {
     /// A node silent for this long is declared dead.
     pub dead_after_ms: u64,
     /// How often nodes should heartbeat.
     pub heartbeat_interval_ms: u64,
+    /// How long a chunk that still has two or more live copies waits before
+    /// it is re-replicated (a chunk with one copy left never waits).
+    pub repair_grace_ms: u64,
+    /// Repairs one node takes part in at once, as source or as target.
+    pub repairs_per_node: usize,
+    /// A repair not confirmed by the target's inventory after this long is
+    /// planned again.
+    pub repair_timeout_ms: u64,
 }
 
 impl Default for TrackerConfig {
@@ -35,6 +46,9 @@ impl Default for TrackerConfig {
         Self {
             dead_after_ms: 10_000,
             heartbeat_interval_ms: 1_000,
+            repair_grace_ms: 0,
+            repairs_per_node: 4,
+            repair_timeout_ms: 60_000,
         }
     }
 }
@@ -58,6 +72,8 @@ pub enum Record {
         manifest: Manifest,
         holders: Vec<Vec<NodeId>>,
     },
+    /// A file was removed; chunks no other file uses are deleted from nodes.
+    FileRemoved { name: String },
 }
 
 /// Why the tracker refused a request.
@@ -117,7 +133,15 @@ struct FileEntry {
 #[derive(Debug, Clone)]
 struct ChunkRef {
     size_bytes: u64,
-    replicas: u32,
+    /// How many references ask for each replication factor; the chunk's
+    /// factor is the largest.
+    uses: BTreeMap<u32, u32>,
+}
+
+impl ChunkRef {
+    fn replicas(&self) -> u32 {
+        self.uses.keys().next_back().copied().unwrap_or(0)
+    }
 }
 
 /// Where to fetch one chunk: live holders first, then holders believed dead.
@@ -143,7 +167,14 @@ pub struct FileSummary {
     pub replicas: u32,
     pub chunks: u64,
     pub hash: ManifestHash,
+    /// Chunks with fewer live copies than the factor.
     pub under_replicated: u64,
+    /// The fewest live copies any chunk of the file has (the factor for an
+    /// empty file).
+    pub min_copies: u32,
+    /// Chunks with no live copy: the file cannot be read until a holder
+    /// comes back.
+    pub lost: u64,
 }
 
 /// One node in `status`.
@@ -165,6 +196,15 @@ pub struct Status {
     pub chunks: u64,
     pub under_replicated: u64,
     pub lost: u64,
+    /// Under-replicated chunks waiting for a repair to be planned (for the
+    /// grace period, or for a free source or target).
+    pub repair_queue: u64,
+    /// Repairs planned or under way.
+    pub repairs_in_flight: u64,
+    /// Copies above their factor or of removed files, still to delete.
+    pub deletes_pending: u64,
+    /// Files with at least one under-replicated chunk, fewest copies first.
+    pub at_risk: Vec<FileSummary>,
 }
 
 /// A chunk a leaving node must copy to `target` before it may go.
@@ -178,16 +218,17 @@ pub struct Handoff {
 /// What the tracker tells a node in a heartbeat reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeartbeatReply {
-    /// Carry on; `commands` is for self-healing (empty until repair lands).
+    /// Carry on, and do `commands`.
     Ok { commands: Vec<NodeCommand> },
     /// Register again with a full inventory.
     Reregister,
 }
 
-/// Work the tracker asks a node to do (self-healing; see issue 4).
+/// Work the tracker asks a node to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeCommand {
-    /// Copy `chunk` to `target`.
+    /// Copy `chunk` to `target`, which verifies and syncs it; the copy
+    /// counts when the target reports it.
     Replicate {
         chunk: ChunkId,
         size_bytes: u64,
@@ -206,6 +247,7 @@ pub struct Tracker {
     refs: BTreeMap<ChunkId, ChunkRef>,
     holders: BTreeMap<ChunkId, BTreeSet<NodeId>>,
     outbox: VecDeque<Record>,
+    heal: repair::HealState,
 }
 
 impl Tracker {
@@ -264,9 +306,9 @@ impl Tracker {
                 for (i, chunk) in manifest.chunks.iter().enumerate() {
                     let r = self.refs.entry(*chunk).or_insert(ChunkRef {
                         size_bytes: manifest.chunk_len(i),
-                        replicas: 0,
+                        uses: BTreeMap::new(),
                     });
-                    r.replicas = r.replicas.max(manifest.replicas);
+                    *r.uses.entry(manifest.replicas).or_default() += 1;
                     for n in holders.get(i).into_iter().flatten() {
                         self.link(n, *chunk);
                     }
@@ -278,6 +320,26 @@ impl Tracker {
                         manifest: manifest.clone(),
                     },
                 );
+            }
+            Record::FileRemoved { name } => {
+                if let Some(f) = self.files.remove(name) {
+                    let replicas = f.manifest.replicas;
+                    for chunk in &f.manifest.chunks {
+                        let Some(r) = self.refs.get_mut(chunk) else {
+                            continue;
+                        };
+                        if let Some(n) = r.uses.get_mut(&replicas) {
+                            *n -= 1;
+                            if *n == 0 {
+                                r.uses.remove(&replicas);
+                            }
+                        }
+                        if r.uses.is_empty() {
+                            self.refs.remove(chunk);
+                            self.heal.garbage.insert(*chunk);
+                        }
+                    }
+                }
             }
         }
         self.outbox.push_back(record);
@@ -370,12 +432,13 @@ impl Tracker {
             self.link(id, c);
         }
         Ok(HeartbeatReply::Ok {
-            commands: Vec::new(),
+            commands: self.take_commands(id, now_ms),
         })
     }
 
-    /// Declare nodes dead that have been silent longer than `dead_after_ms`.
-    /// Returns the nodes newly declared dead.
+    /// Declare nodes dead that have been silent longer than `dead_after_ms`,
+    /// then plan repairs, trims and deletions (see [`repair`]). Returns the
+    /// nodes newly declared dead.
     pub fn tick(&mut self, now_ms: u64) -> Vec<NodeId> {
         let mut dead = Vec::new();
         for (id, n) in &mut self.nodes {
@@ -384,6 +447,7 @@ impl Tracker {
                 dead.push(id.clone());
             }
         }
+        self.plan(now_ms);
         dead
     }
 
@@ -463,10 +527,24 @@ impl Tracker {
         }
         let mut clean = Vec::with_capacity(holders.len());
         for (i, h) in holders.into_iter().enumerate() {
-            let set: BTreeSet<NodeId> = h
+            let chunk = &manifest.chunks[i];
+            // A holder told to delete this chunk since may no longer have
+            // it (an `rm` or a trim raced with this put): it does not count,
+            // but live holders that reported the chunk themselves do.
+            let mut set: BTreeSet<NodeId> = h
                 .into_iter()
-                .filter(|n| self.nodes.contains_key(n))
+                .filter(|n| self.nodes.contains_key(n) && !self.heal.deleted(chunk, n))
                 .collect();
+            if set.len() < manifest.replicas as usize {
+                set.extend(
+                    self.holders
+                        .get(chunk)
+                        .into_iter()
+                        .flatten()
+                        .filter(|n| self.nodes[*n].alive)
+                        .cloned(),
+                );
+            }
             if set.len() < manifest.replicas as usize {
                 return Err(TrackerError::NotEnoughHolders {
                     chunk: i,
@@ -479,6 +557,20 @@ impl Tracker {
         self.apply(Record::FileCommitted {
             manifest,
             holders: clean,
+        });
+        Ok(hash)
+    }
+
+    /// Remove the file `name`. Chunks no other file uses are deleted from
+    /// their holders over the next heartbeats.
+    pub fn remove(&mut self, name: &str) -> Result<ManifestHash, TrackerError> {
+        let hash = self
+            .files
+            .get(name)
+            .ok_or_else(|| TrackerError::UnknownFile(name.to_string()))?
+            .hash;
+        self.apply(Record::FileRemoved {
+            name: name.to_string(),
         });
         Ok(hash)
     }
@@ -522,27 +614,32 @@ impl Tracker {
         })
     }
 
+    fn summary(&self, f: &FileEntry) -> FileSummary {
+        let m = &f.manifest;
+        let mut under = 0;
+        let mut lost = 0;
+        let mut min_copies = m.replicas;
+        for c in &m.chunks {
+            let live = self.live_holders(c);
+            min_copies = min_copies.min(live as u32);
+            under += u64::from(live < m.replicas as usize);
+            lost += u64::from(live == 0);
+        }
+        FileSummary {
+            name: m.name.clone(),
+            size_bytes: m.size_bytes,
+            replicas: m.replicas,
+            chunks: m.chunks.len() as u64,
+            hash: f.hash,
+            under_replicated: under,
+            min_copies,
+            lost,
+        }
+    }
+
     /// Every file, by name.
     pub fn files(&self) -> Vec<FileSummary> {
-        self.files
-            .values()
-            .map(|f| {
-                let m = &f.manifest;
-                let under = m
-                    .chunks
-                    .iter()
-                    .filter(|c| self.live_holders(c) < m.replicas as usize)
-                    .count() as u64;
-                FileSummary {
-                    name: m.name.clone(),
-                    size_bytes: m.size_bytes,
-                    replicas: m.replicas,
-                    chunks: m.chunks.len() as u64,
-                    hash: f.hash,
-                    under_replicated: under,
-                }
-            })
-            .collect()
+        self.files.values().map(|f| self.summary(f)).collect()
     }
 
     /// Nodes and durability counters.
@@ -563,19 +660,30 @@ impl Tracker {
         let mut lost = 0;
         for (c, r) in &self.refs {
             let live = self.live_holders(c);
-            if live < r.replicas as usize {
+            if live < r.replicas() as usize {
                 under += 1;
             }
             if live == 0 {
                 lost += 1;
             }
         }
+        let mut at_risk: Vec<FileSummary> = self
+            .files
+            .values()
+            .map(|f| self.summary(f))
+            .filter(|f| f.under_replicated > 0)
+            .collect();
+        at_risk.sort_by(|a, b| (a.min_copies, &a.name).cmp(&(b.min_copies, &b.name)));
         Status {
             nodes,
             files: self.files.len() as u64,
             chunks: self.refs.len() as u64,
             under_replicated: under,
             lost,
+            repair_queue: self.heal.queued as u64,
+            repairs_in_flight: self.heal.in_flight() as u64,
+            deletes_pending: self.heal.deletes_pending() as u64,
+            at_risk,
         }
     }
 
@@ -592,7 +700,7 @@ impl Tracker {
                     .iter()
                     .filter(|h| *h != node && self.nodes[*h].alive && !self.nodes[*h].leaving)
                     .count();
-                (others < r.replicas as usize).then_some((*c, others, r.replicas, r.size_bytes))
+                (others < r.replicas() as usize).then_some((*c, others, r.replicas(), r.size_bytes))
             })
             .collect()
     }
@@ -600,10 +708,12 @@ impl Tracker {
     /// A node asks to leave: it stops receiving new chunks, and the reply
     /// lists where to copy each chunk that would otherwise drop below its
     /// factor. Refused, and the node stays a full member, if the rest of the
-    /// cluster cannot take them.
+    /// cluster cannot take them, unless `force`: then it lists what the
+    /// others can take.
     pub fn begin_leave(
         &mut self,
         node: &NodeId,
+        force: bool,
         now_ms: u64,
     ) -> Result<Vec<Handoff>, TrackerError> {
         let n = self
@@ -623,7 +733,7 @@ impl Tracker {
                 .map(|(l, id)| (l + extra_load.get(&id).copied().unwrap_or(0), id))
                 .collect();
             let missing = replicas as usize - others;
-            if candidates.len() < missing {
+            if candidates.len() < missing && !force {
                 self.nodes.get_mut(node).expect("checked above").leaving = false;
                 return Err(TrackerError::NotEnoughNodes {
                     wanted: replicas,
@@ -644,12 +754,14 @@ impl Tracker {
     }
 
     /// A leaving node reports the copies it made. If no chunk depends on it
-    /// any more it is removed and the result is empty; otherwise the result
-    /// lists the chunks that still do, and the node stays.
+    /// any more (or `force`) it is removed and the result is empty;
+    /// otherwise the result lists the chunks that still do, and the node
+    /// stays.
     pub fn finish_leave(
         &mut self,
         node: &NodeId,
         handed: Vec<(ChunkId, NodeId)>,
+        force: bool,
     ) -> Result<Vec<ChunkId>, TrackerError> {
         if !self.nodes.contains_key(node) {
             return Err(TrackerError::UnknownNode(node.clone()));
@@ -662,12 +774,16 @@ impl Tracker {
             .into_iter()
             .map(|d| d.0)
             .collect();
-        if still.is_empty() {
+        if still.is_empty() || force {
             self.apply(Record::NodeLeft { id: node.clone() });
+            return Ok(Vec::new());
         }
         Ok(still)
     }
 }
 
+pub mod repair;
+#[cfg(test)]
+mod repair_tests;
 #[cfg(test)]
 mod tests;

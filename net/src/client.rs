@@ -718,16 +718,33 @@ impl<D: Dialer> Client<D> {
             .into_inner())
     }
 
+    /// Remove the file `name`; the tracker deletes chunks no other file
+    /// uses from the nodes over their next heartbeats.
+    pub async fn remove(&self, name: &str) -> Result<(), ClientError> {
+        self.tracker()?
+            .remove(pb::RemoveRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound => ClientError::UnknownFile(name.to_string()),
+                _ => self.tracker_err(s),
+            })?;
+        Ok(())
+    }
+
     /// Ask the node at `addr` to hand its chunks over and leave; returns
-    /// when it has. `progress(done, total)` follows the hand-over.
+    /// when it has. `progress(done, total)` follows the hand-over. With
+    /// `force` it leaves even if the others cannot take every chunk.
     pub async fn leave_node(
         &self,
         addr: &str,
+        force: bool,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(), ClientError> {
         let mut node = self.peers.node(addr)?;
         let mut stream = node
-            .leave(pb::LeaveRequest { force: false })
+            .leave(pb::LeaveRequest { force })
             .await
             .map_err(|s| ClientError::from_node(addr, s))?
             .into_inner();

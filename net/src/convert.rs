@@ -84,3 +84,17 @@ pub fn handoff_from_pb(r: &pb::Replicate) -> Result<Handoff, Status> {
         target: node_ref_from_pb(target)?,
     })
 }
+
+/// One file's summary on the wire.
+pub fn file_info_to_pb(f: &p2p_core::tracker::FileSummary) -> pb::FileInfo {
+    pb::FileInfo {
+        name: f.name.clone(),
+        size: f.size_bytes,
+        replicas: f.replicas,
+        chunks: f.chunks,
+        manifest_hash: f.hash.0.to_vec().into(),
+        under_replicated: f.under_replicated,
+        min_copies: f.min_copies,
+        lost: f.lost,
+    }
+}

@@ -132,6 +132,9 @@ impl RedbMeta {
                             .insert(manifest.name.as_str(), bytes.as_slice())
                             .map_err(|e| err(&e))?;
                     }
+                    Record::FileRemoved { name } => {
+                        files.remove(name.as_str()).map_err(|e| err(&e))?;
+                    }
                 }
             }
         }
@@ -219,6 +222,9 @@ impl MetaStore for MemoryMeta {
                 Record::FileCommitted { ref manifest, .. } => {
                     files.insert(manifest.name.clone(), r);
                 }
+                Record::FileRemoved { name } => {
+                    files.remove(&name);
+                }
             }
         }
         Ok(nodes.into_values().chain(files.into_values()).collect())
@@ -242,6 +248,7 @@ mod tests {
         let a = NodeId::new("a").unwrap();
         let b = NodeId::new("b").unwrap();
         let m = Manifest::new("f".into(), 5, 1024, 2, vec![ChunkId::of(b"hello")]).unwrap();
+        let gone = Manifest::new("g".into(), 5, 1024, 2, vec![ChunkId::of(b"bye")]).unwrap();
         let records = vec![
             Record::NodeJoined {
                 id: a.clone(),
@@ -256,6 +263,11 @@ mod tests {
                 holders: vec![vec![a.clone(), b.clone()]],
             },
             Record::NodeLeft { id: b.clone() },
+            Record::FileCommitted {
+                manifest: gone.clone(),
+                holders: vec![vec![a.clone(), b.clone()]],
+            },
+            Record::FileRemoved { name: "g".into() },
         ];
         {
             let meta = RedbMeta::open(dir.path()).unwrap();

@@ -1,11 +1,14 @@
 //! The node: serves and stores chunks over gRPC, heartbeats to the tracker
-//! with its inventory, and hands its chunks over when it leaves.
+//! with its inventory, carries out the tracker's repair and delete commands,
+//! scrubs its chunks, and hands its chunks over when it leaves.
 //!
 //! Every chunk is verified against its hash when it is received (before it
 //! is synced and counted) and every time it is read (before a byte is
-//! served). A chunk that fails on read is removed and reported in the next
-//! heartbeat, so the tracker stops sending readers to it.
+//! served, copied or scrubbed). A chunk that fails on read is removed and
+//! reported in the next heartbeat, so the tracker stops sending readers to
+//! it and has another copy made.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +37,12 @@ pub struct NodeConfig {
     pub serve_concurrency: usize,
     /// Chunks handed over at once during a leave.
     pub handoff_concurrency: usize,
+    /// Repair copies this node sends at once (the tracker bounds it too).
+    pub repair_concurrency: usize,
+    /// Bytes per second the scrubber reads; 0 turns scrubbing off.
+    pub scrub_bytes_per_sec: u64,
+    /// A scrub pass starts at most this often.
+    pub scrub_every: Duration,
 }
 
 impl Default for NodeConfig {
@@ -42,6 +51,9 @@ impl Default for NodeConfig {
             heartbeat_interval: Duration::from_secs(1),
             serve_concurrency: 16,
             handoff_concurrency: 4,
+            repair_concurrency: 4,
+            scrub_bytes_per_sec: 16 << 20,
+            scrub_every: Duration::from_secs(60),
         }
     }
 }
@@ -54,6 +66,9 @@ struct Inner<S: ChunkStore, D: Dialer> {
     peers: Peers<D>,
     inventory: std::sync::Mutex<Inventory>,
     reads: Arc<Semaphore>,
+    repairs: Arc<Semaphore>,
+    /// Chunks being copied for a repair, so a resent command is not run twice.
+    copying: std::sync::Mutex<BTreeSet<ChunkId>>,
     config: NodeConfig,
     leave_lock: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
@@ -100,6 +115,8 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 peers: Peers::new(dialer),
                 inventory: std::sync::Mutex::new(Inventory::new(held)),
                 reads: Arc::new(Semaphore::new(config.serve_concurrency.max(1))),
+                repairs: Arc::new(Semaphore::new(config.repair_concurrency.max(1))),
+                copying: std::sync::Mutex::new(BTreeSet::new()),
                 config,
                 leave_lock: tokio::sync::Mutex::new(()),
                 shutdown,
@@ -117,6 +134,11 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
 
     pub fn chunk_count(&self) -> usize {
         self.inventory().len()
+    }
+
+    /// Whether this node holds `id` (stored, synced and verified on receipt).
+    pub fn holds(&self, id: &ChunkId) -> bool {
+        self.inventory().contains(id)
     }
 
     /// Becomes `true` when the node has left and should stop serving.
@@ -216,17 +238,126 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         match self.tracker_client()?.heartbeat(req).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
-                if !resp.commands.is_empty() {
-                    tracing::debug!(
-                        commands = resp.commands.len(),
-                        "tracker commands are not handled yet"
-                    );
+                for c in resp.commands {
+                    self.command(c).await;
                 }
                 Ok(resp.reregister)
             }
             Err(s) => {
                 self.inventory().restore_delta(delta);
                 Err(ClientError::from_tracker(&self.inner.tracker_addr, s))
+            }
+        }
+    }
+
+    /// Carry out one command from the tracker. Deletes happen at once;
+    /// copies run in the background, a bounded number at a time.
+    async fn command(&self, c: pb::Command) {
+        match c.kind {
+            Some(pb::command::Kind::Delete(d)) => {
+                let Ok(id) = convert::chunk_id(&d.chunk) else {
+                    tracing::warn!("tracker sent a delete with a malformed chunk id");
+                    return;
+                };
+                match self.inner.store.remove(&id).await {
+                    Ok(()) | Err(StoreError::NotFound(_)) => {
+                        tracing::debug!(chunk = %id, "deleted as the tracker asked");
+                        self.inventory().removed(id);
+                    }
+                    Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot delete chunk"),
+                }
+            }
+            Some(pb::command::Kind::Replicate(r)) => {
+                let h = match convert::handoff_from_pb(&r) {
+                    Ok(h) => h,
+                    Err(s) => {
+                        tracing::warn!(error = %s.message(), "tracker sent a malformed repair");
+                        return;
+                    }
+                };
+                if !self
+                    .inner
+                    .copying
+                    .lock()
+                    .expect("copying lock")
+                    .insert(h.chunk)
+                {
+                    return;
+                }
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let _permit = node.inner.repairs.clone().acquire_owned().await;
+                    let result = async {
+                        let data = node
+                            .read_verified(&h.chunk)
+                            .await
+                            .map_err(|s| ClientError::from_node(&node.inner.addr, s))?;
+                        crate::client::upload_chunk(
+                            &node.inner.peers,
+                            &h.target.addr,
+                            h.chunk,
+                            data,
+                        )
+                        .await
+                    }
+                    .await;
+                    match result {
+                        Ok(()) => {
+                            tracing::info!(chunk = %h.chunk, target = %h.target.addr, "repair copy made")
+                        }
+                        Err(e) => {
+                            tracing::warn!(chunk = %h.chunk, target = %h.target.addr, error = %e, "repair copy failed")
+                        }
+                    }
+                    node.inner
+                        .copying
+                        .lock()
+                        .expect("copying lock")
+                        .remove(&h.chunk);
+                });
+            }
+            None => tracing::warn!("tracker sent an empty command"),
+        }
+    }
+
+    /// Verify every chunk, forever, reading at most `scrub_bytes_per_sec`.
+    /// A chunk that fails is removed and reported, and the tracker has it
+    /// copied again from a good holder. Spawn this; it ends at shutdown.
+    pub async fn run_scrubber(self) {
+        let rate = self.inner.config.scrub_bytes_per_sec;
+        if rate == 0 {
+            return;
+        }
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            let started = tokio::time::Instant::now();
+            let chunks = self.inventory().all();
+            let mut bad = 0;
+            for id in &chunks {
+                if !self.inventory().contains(id) {
+                    continue;
+                }
+                let len = match self.read_verified(id).await {
+                    Ok(data) => data.len() as u64,
+                    Err(s) if s.code() == tonic::Code::DataLoss => {
+                        bad += 1;
+                        0
+                    }
+                    Err(_) => 0,
+                };
+                let pause = Duration::from_secs_f64(len as f64 / rate as f64);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+            tracing::debug!(chunks = chunks.len(), bad, "scrub pass done");
+            let next = started + self.inner.config.scrub_every;
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep_until(next.max(tokio::time::Instant::now() + Duration::from_millis(100))) => {}
             }
         }
     }
@@ -290,8 +421,11 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
 
     /// Hand every chunk that depends on this node to the node the tracker
     /// chose, then leave. `progress(done, total)` follows the hand-over.
+    /// Refused if the others cannot take every chunk, unless `force`: then
+    /// it hands over what it can and leaves anyway.
     pub async fn leave(
         &self,
+        force: bool,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(), ClientError> {
         let _only_one = self
@@ -301,11 +435,13 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .map_err(|_| ClientError::Leave("a leave is already under way".into()))?;
         let tracker_err = |s| ClientError::from_tracker(&self.inner.tracker_addr, s);
         let mut still = 0;
-        for _round in 0..3 {
+        const ROUNDS: usize = 3;
+        for round in 0..ROUNDS {
             let handoffs = self
                 .tracker_client()?
                 .begin_leave(pb::BeginLeaveRequest {
                     node_id: self.inner.id.to_string(),
+                    force,
                 })
                 .await
                 .map_err(|s| match s.code() {
@@ -351,6 +487,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 .finish_leave(pb::FinishLeaveRequest {
                     node_id: self.inner.id.to_string(),
                     handed,
+                    force: force && round + 1 == ROUNDS,
                 })
                 .await
                 .map_err(tracker_err)?
@@ -443,8 +580,9 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
 
     async fn leave(
         &self,
-        _req: Request<pb::LeaveRequest>,
+        req: Request<pb::LeaveRequest>,
     ) -> Result<Response<Self::LeaveStream>, Status> {
+        let force = req.into_inner().force;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let node = self.clone();
         tokio::spawn(async move {
@@ -456,7 +594,7 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
                     finished: false,
                 }));
             };
-            let last = match node.leave(&progress).await {
+            let last = match node.leave(force, &progress).await {
                 Ok(()) => Ok(pb::LeaveProgress {
                     done: 0,
                     total: 0,

@@ -79,9 +79,21 @@ impl<M: MetaStore> TrackerService<M> {
         loop {
             interval.tick().await;
             let now = self.now_ms();
-            let dead = self.state.lock().await.tick(now);
+            let (dead, planned) = {
+                let mut t = self.state.lock().await;
+                let dead = t.tick(now);
+                (dead, t.status(now))
+            };
             for n in dead {
                 tracing::warn!(node = %n, "node declared dead");
+            }
+            if planned.under_replicated > 0 {
+                tracing::debug!(
+                    under_replicated = planned.under_replicated,
+                    queued = planned.repair_queue,
+                    in_flight = planned.repairs_in_flight,
+                    "repairing"
+                );
             }
         }
     }
@@ -239,17 +251,19 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
     ) -> Result<Response<pb::ListResponse>, Status> {
         let files = self.state.lock().await.files();
         Ok(Response::new(pb::ListResponse {
-            files: files
-                .into_iter()
-                .map(|f| pb::FileInfo {
-                    name: f.name,
-                    size: f.size_bytes,
-                    replicas: f.replicas,
-                    chunks: f.chunks,
-                    manifest_hash: f.hash.0.to_vec().into(),
-                    under_replicated: f.under_replicated,
-                })
-                .collect(),
+            files: files.iter().map(convert::file_info_to_pb).collect(),
+        }))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        let name = req.into_inner().name;
+        let hash = self.mutate(|t, _| t.remove(&name)).await?;
+        tracing::info!(file = %name, manifest = %hash, "file removed");
+        Ok(Response::new(pb::RemoveResponse {
+            manifest_hash: hash.0.to_vec().into(),
         }))
     }
 
@@ -275,6 +289,10 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             chunks: s.chunks,
             under_replicated: s.under_replicated,
             lost: s.lost,
+            repair_queue: s.repair_queue,
+            repairs_in_flight: s.repairs_in_flight,
+            deletes_pending: s.deletes_pending,
+            at_risk: s.at_risk.iter().map(convert::file_info_to_pb).collect(),
         }))
     }
 
@@ -282,9 +300,12 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::BeginLeaveRequest>,
     ) -> Result<Response<pb::BeginLeaveResponse>, Status> {
-        let id = convert::node_id(&req.into_inner().node_id)?;
-        let handoffs = self.mutate(|t, now| t.begin_leave(&id, now)).await?;
-        tracing::info!(node = %id, handoffs = handoffs.len(), "node leaving");
+        let req = req.into_inner();
+        let id = convert::node_id(&req.node_id)?;
+        let handoffs = self
+            .mutate(|t, now| t.begin_leave(&id, req.force, now))
+            .await?;
+        tracing::info!(node = %id, handoffs = handoffs.len(), force = req.force, "node leaving");
         Ok(Response::new(pb::BeginLeaveResponse {
             handoffs: handoffs.iter().map(convert::handoff_to_pb).collect(),
         }))
@@ -306,7 +327,9 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
                 ))
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let still = self.mutate(|t, _| t.finish_leave(&id, handed)).await?;
+        let still = self
+            .mutate(|t, _| t.finish_leave(&id, handed, req.force))
+            .await?;
         if still.is_empty() {
             tracing::info!(node = %id, "node left");
         }

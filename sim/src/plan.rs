@@ -54,6 +54,10 @@ pub enum Action {
     /// Every holder of the first chunk of `f{file}` crashes and loses its
     /// disk for good: the file is expected to be lost.
     DestroyHolders { file: u8 },
+    /// One node holding the first chunk of `f{file}` (one of the holders
+    /// that acknowledged it, while any is left) crashes and loses its disk
+    /// for good. Self-healing must make the copy again elsewhere.
+    LoseHolder { file: u8 },
 }
 
 impl Action {
@@ -115,6 +119,7 @@ fn action(nodes: u8) -> impl Strategy<Value = Action> {
         1 => Just(Action::Heal),
         1 => (1u16..50).prop_map(|per_mille| Action::Loss { per_mille }),
         1 => (1u16..80).prop_map(|max_ms| Action::Latency { max_ms }),
+        1 => (0u8..4).prop_map(|file| Action::LoseHolder { file }),
     ]
 }
 
@@ -170,6 +175,7 @@ impl fmt::Display for Action {
             Action::Loss { per_mille } => write!(f, "loss({per_mille})"),
             Action::Latency { max_ms } => write!(f, "latency({max_ms})"),
             Action::DestroyHolders { file } => write!(f, "destroy(f{file})"),
+            Action::LoseHolder { file } => write!(f, "lose(f{file})"),
         }
     }
 }
@@ -254,6 +260,9 @@ impl std::str::FromStr for Action {
                 max_ms: parse_num(m)?,
             }),
             ("destroy", [f]) => Ok(Action::DestroyHolders {
+                file: parse_file(f)?,
+            }),
+            ("lose", [f]) => Ok(Action::LoseHolder {
                 file: parse_file(f)?,
             }),
             _ => Err(format!("bad action {s:?}")),

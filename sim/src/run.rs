@@ -30,6 +30,8 @@ pub struct SimConfig {
     pub chunk_size_bytes: u64,
     /// After the heal, how long the cluster settles before the final check.
     pub settle_ms: u64,
+    /// After the heal, by when every chunk must be back at its factor.
+    pub converge_ms: u64,
     /// A run that has not finished by then is a hang.
     pub limit: Duration,
     pub timeouts: Timeouts,
@@ -43,6 +45,7 @@ impl Default for SimConfig {
             dead_after_ms: 1_000,
             chunk_size_bytes: 4_096,
             settle_ms: 1_500,
+            converge_ms: 8_000,
             limit: Duration::from_secs(60),
             timeouts: Timeouts {
                 connect: Duration::from_millis(300),
@@ -103,6 +106,9 @@ struct FileRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
+    /// The final reads are done: check that repair has converged.
+    WantConverged,
+    Converged,
     /// The client asks for this many nodes to be crashed.
     WantDegraded(usize),
     Degraded,
@@ -112,12 +118,47 @@ struct Shared {
     trace: Vec<String>,
     files: BTreeMap<u8, FileRecord>,
     destroyed: BTreeSet<String>,
+    /// Files a destruction left with a chunk on no surviving disk: truly
+    /// gone, so an expected loss rather than a bug.
+    gone: BTreeSet<u8>,
+    chunk_size: u64,
     violations: Vec<String>,
     expected_losses: Vec<String>,
     phase: Phase,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
+
+impl Shared {
+    /// Whether `file` may be lost without a bug: every holder that
+    /// acknowledged one of its chunks was destroyed, or a destruction left a
+    /// chunk on no surviving disk.
+    fn doomed(&self, file: u8, rec: &FileRecord) -> bool {
+        self.gone.contains(&file)
+            || rec
+                .holders
+                .iter()
+                .any(|h| h.iter().all(|n| self.destroyed.contains(n)))
+    }
+
+    /// After a destruction: mark files with a chunk left on no surviving disk.
+    fn mark_gone(&mut self, stores: &BTreeMap<String, MemStore>) {
+        let surviving: Vec<&MemStore> = stores
+            .iter()
+            .filter(|(h, _)| !self.destroyed.contains(*h))
+            .map(|(_, st)| st)
+            .collect();
+        for (file, rec) in &self.files {
+            let lost = rec.data.chunks(self.chunk_size as usize).any(|piece| {
+                let id = p2p_core::ChunkId::of(piece);
+                !surviving.iter().any(|st| st.holds_intact(&id))
+            });
+            if lost {
+                self.gone.insert(*file);
+            }
+        }
+    }
+}
 
 fn log(shared: &SharedRef, ms: u64, line: String) {
     shared
@@ -282,6 +323,10 @@ async fn client_script(
     let final_at = u64::from(FAULT_WINDOW_MS) + cfg.settle_ms;
     tokio::time::sleep_until(start + Duration::from_millis(final_at)).await;
     check_all(&client, &shared, "final").await;
+    shared.lock().expect("shared lock").phase = Phase::WantConverged;
+    while shared.lock().expect("shared lock").phase != Phase::Converged {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Degraded check: with R-1 nodes down, every file still reads back.
     let (acked_min_r, destroyed) = {
@@ -317,11 +362,7 @@ async fn check_all(client: &Client<SimDialer>, shared: &SharedRef, label: &str) 
     };
     for (file, rec) in files {
         let name = format!("f{file}");
-        let destroyed = shared.lock().expect("shared lock").destroyed.clone();
-        let doomed = rec
-            .holders
-            .iter()
-            .any(|h| h.iter().all(|n| destroyed.contains(n)));
+        let doomed = shared.lock().expect("shared lock").doomed(file, &rec);
         let result = get_bytes(client, &name).await;
         let mut s = shared.lock().expect("shared lock");
         let line = match result {
@@ -361,6 +402,8 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         trace: vec![],
         files: BTreeMap::new(),
         destroyed: BTreeSet::new(),
+        gone: BTreeSet::new(),
+        chunk_size: cfg.chunk_size_bytes,
         violations: vec![],
         expected_losses: vec![],
         phase: Phase::Running,
@@ -378,6 +421,9 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     let tcfg = TrackerConfig {
         dead_after_ms: cfg.dead_after_ms,
         heartbeat_interval_ms: cfg.heartbeat_ms,
+        repair_grace_ms: 0,
+        repairs_per_node: 4,
+        repair_timeout_ms: 2_000,
     };
     {
         let timeouts = cfg.timeouts.clone();
@@ -404,6 +450,8 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         let timeouts = cfg.timeouts.clone();
         let ncfg = NodeConfig {
             heartbeat_interval: Duration::from_millis(cfg.heartbeat_ms),
+            // No bit rot is simulated: verify-on-read covers what scrubbing would.
+            scrub_bytes_per_sec: 0,
             ..NodeConfig::default()
         };
         let host = name.clone();
@@ -449,6 +497,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     let mut down: BTreeSet<String> = BTreeSet::new();
     let mut partitions: BTreeSet<(String, String)> = BTreeSet::new();
     let mut healed = false;
+    let mut next_convergence_check = 0;
     let mut sim_error = None;
     loop {
         let now = sim.elapsed().as_millis() as u64;
@@ -490,6 +539,28 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             );
         }
         let want = shared.lock().expect("shared lock").phase;
+        if want == Phase::WantConverged && now >= next_convergence_check {
+            next_convergence_check = now + 100;
+            let short = under_replicated(&shared, &stores, &down, cfg.chunk_size_bytes);
+            let deadline = u64::from(FAULT_WINDOW_MS) + cfg.converge_ms;
+            if short.is_empty() || now >= deadline {
+                let mut s = shared.lock().expect("shared lock");
+                let line = if short.is_empty() {
+                    "converged: every chunk of every acknowledged file has its copies on live nodes"
+                        .to_string()
+                } else {
+                    let v = format!(
+                        "repair did not converge within {}ms of the heal: {}",
+                        cfg.converge_ms,
+                        short.join("; ")
+                    );
+                    s.violations.push(v.clone());
+                    format!("NOT CONVERGED: {v}")
+                };
+                s.trace.push(format!("{now:>6}ms {line}"));
+                s.phase = Phase::Converged;
+            }
+        }
         if let Phase::WantDegraded(k) = want {
             let victims: Vec<String> = stores
                 .keys()
@@ -534,6 +605,38 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         expected_losses: std::mem::take(&mut s.expected_losses),
         sim_ms,
     }
+}
+
+/// Chunks of acknowledged files with fewer intact copies on live disks than
+/// `min(R, live nodes)`, counted on the stores themselves. Files every
+/// holder of a chunk of which was destroyed are left out (expected losses).
+fn under_replicated(
+    shared: &SharedRef,
+    stores: &BTreeMap<String, MemStore>,
+    down: &BTreeSet<String>,
+    chunk_size: u64,
+) -> Vec<String> {
+    let s = shared.lock().expect("shared lock");
+    let live: Vec<&MemStore> = stores
+        .iter()
+        .filter(|(h, _)| !down.contains(*h) && !s.destroyed.contains(*h))
+        .map(|(_, st)| st)
+        .collect();
+    let mut short = Vec::new();
+    for (file, rec) in s.files.iter().filter(|(_, f)| f.acked) {
+        if s.doomed(*file, rec) {
+            continue;
+        }
+        let want = usize::from(rec.replicas).min(live.len());
+        for (i, piece) in rec.data.chunks(chunk_size as usize).enumerate() {
+            let id = p2p_core::ChunkId::of(piece);
+            let copies = live.iter().filter(|st| st.holds_intact(&id)).count();
+            if copies < want {
+                short.push(format!("f{file} chunk {i}: {copies}/{want} copies"));
+            }
+        }
+    }
+    short
 }
 
 fn apply_fault(
@@ -615,15 +718,56 @@ fn apply_fault(
                     sim.crash(h.as_str());
                 }
             }
-            shared
-                .lock()
-                .expect("shared lock")
-                .destroyed
-                .extend(holders.iter().cloned());
+            {
+                let mut s = shared.lock().expect("shared lock");
+                s.destroyed.extend(holders.iter().cloned());
+                s.mark_gone(stores);
+            }
             format!(
                 "destroy {} (crashed, disks lost)",
                 holders.into_iter().collect::<Vec<_>>().join(",")
             )
+        }
+        Action::LoseHolder { file } => {
+            let victim = {
+                let s = shared.lock().expect("shared lock");
+                let Some(rec) = s.files.get(file) else {
+                    return format!("lose a holder of f{file} (never put)");
+                };
+                let Some(first) = rec.data.chunks(s.chunk_size as usize).next() else {
+                    return format!("lose a holder of f{file} (no chunks)");
+                };
+                let id = p2p_core::ChunkId::of(first);
+                let acked: BTreeSet<&String> = rec.holders.first().into_iter().flatten().collect();
+                let holding: Vec<&String> = stores
+                    .iter()
+                    .filter(|(h, st)| !s.destroyed.contains(*h) && st.holds_intact(&id))
+                    .map(|(h, _)| h)
+                    .collect();
+                holding
+                    .iter()
+                    .find(|h| acked.contains(**h))
+                    .or(holding.first())
+                    .map(|h| (*h).clone())
+            };
+            let Some(h) = victim else {
+                return format!("lose a holder of f{file} (no copy left)");
+            };
+            if let Some(store) = stores.get(&h) {
+                store.wipe();
+            }
+            if down.insert(h.clone()) {
+                sim.crash(h.as_str());
+            }
+            let mut s = shared.lock().expect("shared lock");
+            s.destroyed.insert(h.clone());
+            s.mark_gone(stores);
+            let gone = if s.gone.contains(file) {
+                ", no copy left"
+            } else {
+                ""
+            };
+            format!("lose {h} (holder of f{file}; crashed, disk lost{gone})")
         }
         Action::Put { .. } | Action::Get { .. } => unreachable!("client operations are not faults"),
     }

@@ -28,6 +28,11 @@ impl MemStore {
         self.map().keys().copied().collect()
     }
 
+    /// Whether this disk holds `id` with the right bytes.
+    pub fn holds_intact(&self, id: &ChunkId) -> bool {
+        self.map().get(id).is_some_and(|b| ChunkId::of(b) == *id)
+    }
+
     /// Lose the whole disk (a node that never comes back with its data).
     pub fn wipe(&self) {
         self.map().clear();

@@ -58,6 +58,8 @@ pub fn free_addr() -> String {
 /// Heartbeat and failure-detection timing used by test clusters.
 pub const HEARTBEAT: &str = "200ms";
 pub const DEAD_AFTER: &str = "2s";
+/// Nodes scrub every chunk this often in tests, so bit rot is found quickly.
+pub const SCRUB_INTERVAL: &str = "1s";
 
 /// A node process.
 pub struct NodeProc {
@@ -82,6 +84,15 @@ impl NodeProc {
         }
         out.sort();
         out
+    }
+
+    /// Whether this node's disk holds `hex` (a chunk's BLAKE3 hash) with
+    /// bytes that hash to it.
+    pub fn holds_intact(&self, hex: &str) -> bool {
+        self.chunk_files().iter().any(|f| {
+            f.file_name().is_some_and(|n| n == hex)
+                && std::fs::read(f).is_ok_and(|b| blake3::hash(&b).to_hex().as_str() == hex)
+        })
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -191,6 +202,8 @@ impl Cluster {
                 &self.tracker_url(),
                 "--heartbeat",
                 HEARTBEAT,
+                "--scrub-interval",
+                SCRUB_INTERVAL,
                 "--no-shell",
             ],
             &log,
@@ -218,6 +231,8 @@ impl Cluster {
                 &self.tracker_url(),
                 "--heartbeat",
                 HEARTBEAT,
+                "--scrub-interval",
+                SCRUB_INTERVAL,
                 "--no-shell",
             ],
             &log,

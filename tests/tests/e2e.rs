@@ -10,6 +10,36 @@ use std::time::{Duration, Instant};
 
 use p2p_tests::{Cluster, free_addr, p2p_bin, random_file, same_bytes};
 
+/// The BLAKE3 hex of each 4 MiB chunk of `path`: the ground truth for
+/// counting copies on the nodes' disks.
+fn chunk_hexes(path: &Path) -> Vec<String> {
+    let data = std::fs::read(path).unwrap();
+    data.chunks(4 * MIB)
+        .map(|c| blake3::hash(c).to_hex().to_string())
+        .collect()
+}
+
+/// Intact copies of each chunk on the given nodes' disks.
+fn intact(cluster: &Cluster, nodes: &[usize], chunks: &[String]) -> Vec<usize> {
+    chunks
+        .iter()
+        .map(|h| {
+            nodes
+                .iter()
+                .filter(|&&i| cluster.nodes[i].holds_intact(h))
+                .count()
+        })
+        .collect()
+}
+
+/// The node holding the most chunk files among `nodes`.
+fn busiest(cluster: &Cluster, nodes: &[usize]) -> usize {
+    *nodes
+        .iter()
+        .max_by_key(|&&i| cluster.nodes[i].chunk_files().len())
+        .unwrap()
+}
+
 const MIB: usize = 1024 * 1024;
 
 fn json(s: &str) -> serde_json::Value {
@@ -124,16 +154,24 @@ fn survives_two_killed_nodes() {
     // A killed node restarted on its data directory reports its chunks again.
     c.restart_node(0).unwrap();
     c.wait_alive(3).unwrap();
-    let held = c.nodes[0].chunk_files().len() as u64;
-    assert!(held > 0);
-    let status = c.status().unwrap();
-    let node0 = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["addr"] == c.nodes[0].addr.as_str())
-        .unwrap();
-    assert_eq!(node0["chunks"], held);
+    assert!(!c.nodes[0].chunk_files().is_empty());
+    // Repair may be copying chunks to it meanwhile: wait for the tracker's
+    // count and the disk to agree.
+    c.wait_until(
+        "node0's report to match its disk",
+        Duration::from_secs(20),
+        |c| {
+            let status = c.status()?;
+            let reported = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["addr"] == c.nodes[0].addr.as_str())
+                .map(|n| n["chunks"].clone());
+            Ok(reported == Some(serde_json::json!(c.nodes[0].chunk_files().len())))
+        },
+    )
+    .unwrap();
 }
 
 // SIGKILL a node in the middle of a put: its uploads fail and go to
@@ -399,4 +437,98 @@ fn node_shell_commands() {
     c.p2p_ok(&["get", "shell.bin", "-o", again.to_str().unwrap()])
         .unwrap();
     assert!(same_bytes(&input, &again).unwrap());
+}
+
+// Self-healing on real processes, counted on the nodes' disks: a graceful
+// leave returns only when every chunk has 3 intact copies on the others; a
+// SIGKILLed node's chunks are copied back to 3 within the dead-after time
+// plus a few seconds; a corrupted replica is found by the scrubber, removed
+// and replaced; `rm` deletes the chunks from every node.
+#[test]
+fn self_healing_leave_kill_bit_rot_and_rm() {
+    let mut c = Cluster::start(6).unwrap();
+    let input = c.path("f.bin");
+    random_file(&input, 24 * MIB + 5, 11).unwrap();
+    c.p2p_ok(&["put", input.to_str().unwrap(), "--replicas", "3"])
+        .unwrap();
+    let chunks = chunk_hexes(&input);
+    assert_eq!(chunks.len(), 7);
+    let mut live: Vec<usize> = (0..6).collect();
+    assert!(intact(&c, &live, &chunks).iter().all(|&n| n == 3));
+
+    // Graceful leave: when it returns, the others already hold 3 copies.
+    let leaver = busiest(&c, &live);
+    assert!(!c.nodes[leaver].chunk_files().is_empty());
+    let addr = c.nodes[leaver].addr.clone();
+    c.p2p_ok(&["leave", "--node", &addr]).unwrap();
+    live.retain(|&i| i != leaver);
+    let after_leave = intact(&c, &live, &chunks);
+    assert!(after_leave.iter().all(|&n| n >= 3), "{after_leave:?}");
+    c.nodes[leaver].wait_exit(Duration::from_secs(10)).unwrap();
+
+    // SIGKILL: repair restores 3 copies on live nodes by itself.
+    let victim = busiest(&c, &live);
+    assert!(!c.nodes[victim].chunk_files().is_empty());
+    c.kill_node(victim);
+    live.retain(|&i| i != victim);
+    let killed_at = Instant::now();
+    let limit = Duration::from_secs(2 + 8); // dead-after plus a few seconds
+    c.wait_until("repair after the kill", limit, |c| {
+        let s = c.status()?;
+        Ok(s["under_replicated"] == 0
+            && s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["addr"] == c.nodes[victim].addr.as_str() && n["alive"] == false)
+            && intact(c, &live, &chunks).iter().all(|&n| n >= 3))
+    })
+    .unwrap();
+    eprintln!("factor restored {:?} after the kill", killed_at.elapsed());
+
+    // Bit rot: flip one byte of one replica; the scrubber finds it and
+    // repair makes a good copy again.
+    let rotten = c.nodes[live[0]]
+        .chunk_files()
+        .into_iter()
+        .next()
+        .expect("a live node holds a chunk");
+    let hex = rotten.file_name().unwrap().to_string_lossy().into_owned();
+    let mut bytes = std::fs::read(&rotten).unwrap();
+    bytes[1234] ^= 0x40;
+    std::fs::write(&rotten, &bytes).unwrap();
+    let idx = chunks.iter().position(|h| *h == hex).unwrap();
+    assert_eq!(intact(&c, &live, &chunks)[idx], 2);
+    c.wait_until(
+        "the corrupt replica to be replaced",
+        Duration::from_secs(30),
+        |c| {
+            let copies = intact(c, &live, &chunks);
+            let no_rot = live.iter().all(|&i| {
+                c.nodes[i].chunk_files().iter().all(|f| {
+                    f.file_name().unwrap().to_string_lossy() != hex || c.nodes[i].holds_intact(&hex)
+                })
+            });
+            Ok(no_rot && copies[idx] >= 3 && c.status()?["under_replicated"] == 0)
+        },
+    )
+    .unwrap();
+    let out = c.path("f.out");
+    c.p2p_ok(&["get", "f.bin", "-o", out.to_str().unwrap()])
+        .unwrap();
+    assert!(same_bytes(&input, &out).unwrap());
+
+    // rm: the file is gone and so are its chunks, on every live node.
+    c.p2p_ok(&["rm", "f.bin"]).unwrap();
+    c.wait_until("the chunks to be deleted", Duration::from_secs(10), |c| {
+        Ok(intact(c, &live, &chunks).iter().all(|&n| n == 0))
+    })
+    .unwrap();
+    assert_eq!(
+        json(&c.p2p_ok(&["ls", "--json"]).unwrap()),
+        serde_json::json!([])
+    );
+    let err = c.p2p(&["rm", "f.bin"]).unwrap();
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no such file"));
 }

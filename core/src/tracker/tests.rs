@@ -184,7 +184,7 @@ fn leave_hands_off_then_removes() {
     put(&mut t, "f", 4, 3);
     while t.poll_record().is_some() {}
     let leaver = nid(0);
-    let handoffs = t.begin_leave(&leaver, 1).unwrap();
+    let handoffs = t.begin_leave(&leaver, false, 1).unwrap();
     assert_eq!(handoffs.len(), 3, "n00 holds 3 of the 4 chunks");
     for h in &handoffs {
         assert_ne!(h.target.id, leaver);
@@ -195,12 +195,12 @@ fn leave_hands_off_then_removes() {
     assert!(p[0].iter().all(|r| r.id != leaver));
     // A partial report keeps the node.
     let first = vec![(handoffs[0].chunk, handoffs[0].target.id.clone())];
-    assert_eq!(t.finish_leave(&leaver, first).unwrap().len(), 2);
+    assert_eq!(t.finish_leave(&leaver, first, false).unwrap().len(), 2);
     let rest = handoffs[1..]
         .iter()
         .map(|h| (h.chunk, h.target.id.clone()))
         .collect();
-    assert!(t.finish_leave(&leaver, rest).unwrap().is_empty());
+    assert!(t.finish_leave(&leaver, rest, false).unwrap().is_empty());
     assert_eq!(t.poll_record(), Some(Record::NodeLeft { id: leaver }));
     assert_eq!(t.status(1).under_replicated, 0);
     assert_eq!(t.status(1).nodes.len(), 3);
@@ -212,7 +212,7 @@ fn leave_refused_without_room() {
     let mut t = cluster(3);
     put(&mut t, "f", 1, 3);
     assert!(matches!(
-        t.begin_leave(&nid(0), 1),
+        t.begin_leave(&nid(0), false, 1),
         Err(TrackerError::NotEnoughNodes { .. })
     ));
     // Refusal leaves the node a full member.

@@ -1,0 +1,315 @@
+//! Self-healing: which chunks to copy where, which copies to delete.
+//!
+//! Every [`Tracker::tick`] walks the chunks that files reference and:
+//! - queues each chunk with fewer live copies than its factor by urgency,
+//!   fewest live copies first. A chunk with one copy left is planned at
+//!   once; one with two or more waits `repair_grace_ms` from the moment it
+//!   was first seen under its factor, so a short outage causes no storm.
+//! - plans a repair per missing copy: a live holder (the source) copies the
+//!   chunk to a live node that does not hold it (the target, least loaded
+//!   first). A node takes part in at most `repairs_per_node` repairs at once,
+//!   as source or target, so repair never starves users' reads and writes.
+//!   The command rides on the source's next heartbeat reply; the repair is
+//!   done when the target reports the chunk in its inventory (it verified the
+//!   hash and synced first), and planned again if that takes longer than
+//!   `repair_timeout_ms` or if the source or target dies.
+//! - trims copies above the factor (a node that was declared dead came back
+//!   after its chunks were repaired): the most loaded holders delete theirs.
+//! - deletes every copy of a chunk no file references any more (`rm`).
+//!
+//! A deletion is remembered for [`TOMBSTONE_MS`]: a put that raced with it
+//! (it stored the chunk on that node before the delete arrived) does not
+//! count that node as a holder when it commits.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{NodeCommand, Tracker};
+use crate::id::{ChunkId, NodeId};
+
+/// How long a deletion is remembered against racing commits.
+pub const TOMBSTONE_MS: u64 = 60 * 60 * 1000;
+
+/// Commands of one kind sent in one heartbeat reply, at most.
+pub const COMMANDS_PER_REPLY: usize = 1024;
+
+#[derive(Debug, Clone)]
+struct Repair {
+    source: NodeId,
+    /// When the command left in a heartbeat reply; `None` while it waits
+    /// for the source's next heartbeat.
+    sent_ms: Option<u64>,
+    planned_ms: u64,
+}
+
+/// The tracker's repair bookkeeping. None of it is durable: after a restart
+/// the nodes' full reports rebuild what matters and planning starts over.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HealState {
+    /// Planned repairs, by chunk and target.
+    repairs: BTreeMap<ChunkId, BTreeMap<NodeId, Repair>>,
+    /// When each chunk was first seen under its factor.
+    under_since: BTreeMap<ChunkId, u64>,
+    /// Chunks no file references any more: every copy is to be deleted.
+    pub(crate) garbage: BTreeSet<ChunkId>,
+    /// Deletions waiting for the holder's next heartbeat.
+    deletes: BTreeMap<NodeId, BTreeSet<ChunkId>>,
+    /// Deletions sent, by chunk and node, with when.
+    tombstones: BTreeMap<(ChunkId, NodeId), u64>,
+    /// Under-replicated chunks left unplanned by the last tick.
+    pub(crate) queued: usize,
+}
+
+impl HealState {
+    /// Whether `node` was told to delete `chunk` recently.
+    pub(crate) fn deleted(&self, chunk: &ChunkId, node: &NodeId) -> bool {
+        self.tombstones.contains_key(&(*chunk, node.clone()))
+            || self.deletes.get(node).is_some_and(|d| d.contains(chunk))
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.repairs.values().map(BTreeMap::len).sum()
+    }
+
+    pub(crate) fn deletes_pending(&self) -> usize {
+        self.deletes.values().map(BTreeSet::len).sum()
+    }
+
+    fn busy(&self) -> BTreeMap<NodeId, usize> {
+        let mut busy: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (target, r) in self.repairs.values().flatten() {
+            *busy.entry(target.clone()).or_default() += 1;
+            *busy.entry(r.source.clone()).or_default() += 1;
+        }
+        busy
+    }
+}
+
+/// A repair as the tracker sees it, for tests and traces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRepair {
+    pub chunk: ChunkId,
+    pub source: NodeId,
+    pub target: NodeId,
+    pub sent: bool,
+}
+
+impl Tracker {
+    /// Schedule deletion of `chunk` on `node`, which stops counting as a
+    /// holder at once.
+    fn schedule_delete(&mut self, node: &NodeId, chunk: ChunkId) {
+        self.unlink(node, &chunk);
+        self.heal
+            .deletes
+            .entry(node.clone())
+            .or_default()
+            .insert(chunk);
+    }
+
+    /// Plan repairs, trims and deletions. Called by `tick`.
+    pub(crate) fn plan(&mut self, now_ms: u64) {
+        let timeout = self.config.repair_timeout_ms;
+        self.heal
+            .tombstones
+            .retain(|_, at| now_ms.saturating_sub(*at) < TOMBSTONE_MS);
+
+        // Forget repairs that finished, failed or timed out.
+        let nodes = &self.nodes;
+        for (chunk, targets) in &mut self.heal.repairs {
+            targets.retain(|target, r| {
+                let alive = |n: &NodeId| nodes.get(n).is_some_and(|e| e.alive);
+                let done = nodes.get(target).is_some_and(|e| e.chunks.contains(chunk));
+                let expired = r
+                    .sent_ms
+                    .is_some_and(|at| now_ms.saturating_sub(at) > timeout)
+                    || now_ms.saturating_sub(r.planned_ms) > timeout.saturating_mul(2);
+                !done && !expired && alive(target) && alive(&r.source)
+            });
+        }
+        self.heal.repairs.retain(|_, t| !t.is_empty());
+
+        // Chunks of removed files: delete every live copy; dead holders are
+        // told when they come back.
+        let garbage: Vec<ChunkId> = self.heal.garbage.iter().copied().collect();
+        for chunk in garbage {
+            if self.refs.contains_key(&chunk) {
+                self.heal.garbage.remove(&chunk);
+                continue;
+            }
+            let holders: Vec<NodeId> = self
+                .holders
+                .get(&chunk)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            if holders.is_empty() {
+                self.heal.garbage.remove(&chunk);
+            }
+            for n in holders {
+                if self.nodes[&n].alive {
+                    self.schedule_delete(&n, chunk);
+                }
+            }
+        }
+
+        // Walk referenced chunks: queue the under-replicated, trim the over.
+        let mut queue: Vec<(usize, ChunkId, u32)> = Vec::new();
+        let mut trims: Vec<(NodeId, ChunkId)> = Vec::new();
+        for (chunk, r) in &self.refs {
+            let want = r.replicas() as usize;
+            let live: Vec<&NodeId> = self
+                .holders
+                .get(chunk)
+                .into_iter()
+                .flatten()
+                .filter(|n| self.nodes[*n].alive)
+                .collect();
+            let planned = self.heal.repairs.get(chunk).map_or(0, BTreeMap::len);
+            if live.len() >= want {
+                self.heal.under_since.remove(chunk);
+                if live.len() > want && planned == 0 {
+                    let mut victims: Vec<(usize, &NodeId)> = live
+                        .iter()
+                        .filter(|n| !self.nodes[**n].leaving)
+                        .map(|n| (self.nodes[*n].chunks.len(), *n))
+                        .collect();
+                    victims.sort_by(|a, b| b.cmp(a));
+                    let excess = live.len() - want;
+                    for (_, n) in victims.into_iter().take(excess) {
+                        trims.push((n.clone(), *chunk));
+                    }
+                }
+                continue;
+            }
+            let since = *self.heal.under_since.entry(*chunk).or_insert(now_ms);
+            if live.is_empty() || live.len() + planned >= want {
+                continue;
+            }
+            let waited = now_ms.saturating_sub(since) >= self.config.repair_grace_ms;
+            if live.len() == 1 || waited {
+                queue.push((live.len(), *chunk, r.replicas()));
+            }
+        }
+        for (n, chunk) in trims {
+            self.schedule_delete(&n, chunk);
+        }
+
+        // Plan the most urgent first, within every node's repair budget.
+        queue.sort();
+        let limit = self.config.repairs_per_node.max(1);
+        let mut busy = self.heal.busy();
+        for (_, chunk, replicas) in queue {
+            let holders = self.holders.get(&chunk).cloned().unwrap_or_default();
+            let planned: BTreeSet<NodeId> = self
+                .heal
+                .repairs
+                .get(&chunk)
+                .map(|t| t.keys().cloned().collect())
+                .unwrap_or_default();
+            let live = holders.iter().filter(|n| self.nodes[*n].alive).count();
+            let mut missing = (replicas as usize).saturating_sub(live + planned.len());
+            while missing > 0 {
+                let load = |n: &NodeId| busy.get(n).copied().unwrap_or(0);
+                let source = holders
+                    .iter()
+                    .filter(|n| self.nodes[*n].alive && load(n) < limit)
+                    .min_by_key(|n| (load(n), self.nodes[*n].leaving, (*n).clone()))
+                    .cloned();
+                let mut exclude = holders.clone();
+                exclude.extend(
+                    self.heal
+                        .repairs
+                        .get(&chunk)
+                        .into_iter()
+                        .flatten()
+                        .map(|(t, _)| t.clone()),
+                );
+                let target = self
+                    .eligible(&exclude)
+                    .into_iter()
+                    .filter(|(_, n)| load(n) < limit)
+                    .map(|(chunks, n)| (chunks + load(&n), n))
+                    .min()
+                    .map(|(_, n)| n);
+                let (Some(source), Some(target)) = (source, target) else {
+                    break;
+                };
+                *busy.entry(source.clone()).or_default() += 1;
+                *busy.entry(target.clone()).or_default() += 1;
+                self.heal.repairs.entry(chunk).or_default().insert(
+                    target,
+                    Repair {
+                        source,
+                        sent_ms: None,
+                        planned_ms: now_ms,
+                    },
+                );
+                missing -= 1;
+            }
+        }
+        // Under-replicated chunks not fully planned: waiting out their grace
+        // or for a source or target with room.
+        let queued = self
+            .refs
+            .iter()
+            .filter(|(c, r)| {
+                let live = self.live_holders(c);
+                live > 0
+                    && live + self.heal.repairs.get(*c).map_or(0, BTreeMap::len)
+                        < r.replicas() as usize
+            })
+            .count();
+        self.heal.queued = queued;
+    }
+
+    /// The commands for `node`, taken at its heartbeat.
+    pub(crate) fn take_commands(&mut self, node: &NodeId, now_ms: u64) -> Vec<NodeCommand> {
+        let mut out = Vec::new();
+        if let Some(chunks) = self.heal.deletes.get_mut(node) {
+            while out.len() < COMMANDS_PER_REPLY {
+                let Some(chunk) = chunks.pop_first() else {
+                    break;
+                };
+                self.heal.tombstones.insert((chunk, node.clone()), now_ms);
+                out.push(NodeCommand::Delete { chunk });
+            }
+            if chunks.is_empty() {
+                self.heal.deletes.remove(node);
+            }
+        }
+        let mut sends = Vec::new();
+        for (chunk, targets) in &mut self.heal.repairs {
+            for (target, r) in targets.iter_mut() {
+                if r.source == *node && r.sent_ms.is_none() && sends.len() < COMMANDS_PER_REPLY {
+                    r.sent_ms = Some(now_ms);
+                    sends.push((*chunk, target.clone()));
+                }
+            }
+        }
+        for (chunk, target) in sends {
+            let size_bytes = self.refs.get(&chunk).map_or(0, |r| r.size_bytes);
+            out.push(NodeCommand::Replicate {
+                chunk,
+                size_bytes,
+                target: self.node_ref(&target),
+            });
+        }
+        out
+    }
+
+    /// Repairs planned or under way, in chunk then target order.
+    pub fn repairs(&self) -> Vec<PlannedRepair> {
+        self.heal
+            .repairs
+            .iter()
+            .flat_map(|(chunk, targets)| {
+                targets.iter().map(|(target, r)| PlannedRepair {
+                    chunk: *chunk,
+                    source: r.source.clone(),
+                    target: target.clone(),
+                    sent: r.sent_ms.is_some(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,328 @@
+//! Repair, trimming and deletion, driven through a small model of nodes
+//! that do exactly what the tracker asks.
+
+use super::*;
+use proptest::prelude::*;
+
+fn nid(i: usize) -> NodeId {
+    NodeId::new(format!("n{i:02}")).unwrap()
+}
+
+/// Nodes that hold chunks, heartbeat and obey commands.
+struct World {
+    t: Tracker,
+    held: BTreeMap<NodeId, BTreeSet<ChunkId>>,
+    added: BTreeMap<NodeId, Vec<ChunkId>>,
+    removed: BTreeMap<NodeId, Vec<ChunkId>>,
+    down: BTreeSet<NodeId>,
+    now: u64,
+    /// Repair commands executed so far.
+    copies: usize,
+}
+
+impl World {
+    fn new(n: usize, config: TrackerConfig) -> Self {
+        let mut t = Tracker::new(config);
+        let mut held = BTreeMap::new();
+        for i in 0..n {
+            t.register(nid(i), format!("a{i}"), vec![], 0).unwrap();
+            held.insert(nid(i), BTreeSet::new());
+        }
+        Self {
+            t,
+            held,
+            added: BTreeMap::new(),
+            removed: BTreeMap::new(),
+            down: BTreeSet::new(),
+            now: 0,
+            copies: 0,
+        }
+    }
+
+    /// Put a file of `n` chunks (content named by `tag`) where the tracker says.
+    fn put(&mut self, name: &str, tag: &str, n: usize, replicas: u32) -> Manifest {
+        let chunks: Vec<ChunkId> = (0..n)
+            .map(|i| ChunkId::of(format!("{tag}{i}").as_bytes()))
+            .collect();
+        let m = Manifest::new(name.into(), n as u64 * 1024, 1024, replicas, chunks).unwrap();
+        let placement = self
+            .t
+            .allocate(n as u64, replicas, &BTreeSet::new())
+            .unwrap();
+        let mut holders = Vec::new();
+        for (c, p) in m.chunks.iter().zip(&placement) {
+            for r in p {
+                self.held.get_mut(&r.id).unwrap().insert(*c);
+            }
+            holders.push(p.iter().map(|r| r.id.clone()).collect());
+        }
+        self.t.commit(m.clone(), holders).unwrap();
+        m
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.down.insert(nid(i));
+    }
+
+    /// One heartbeat interval: tick, then every live node heartbeats and
+    /// carries out its commands.
+    fn round(&mut self) {
+        self.now += 1_000;
+        self.t.tick(self.now);
+        let ids: Vec<NodeId> = self.held.keys().cloned().collect();
+        for id in ids {
+            if self.down.contains(&id) {
+                continue;
+            }
+            let added = self.added.remove(&id).unwrap_or_default();
+            let removed = self.removed.remove(&id).unwrap_or_default();
+            let reply = self.t.heartbeat(&id, added, removed, self.now).unwrap();
+            let HeartbeatReply::Ok { commands } = reply else {
+                let all = self.held[&id].iter().copied().collect();
+                self.t
+                    .register(id.clone(), "x".into(), all, self.now)
+                    .unwrap();
+                continue;
+            };
+            for c in commands {
+                match c {
+                    NodeCommand::Replicate { chunk, target, .. } => {
+                        assert!(self.held[&id].contains(&chunk), "source must hold it");
+                        assert_ne!(target.id, id);
+                        if !self.down.contains(&target.id)
+                            && self.held.get_mut(&target.id).unwrap().insert(chunk)
+                        {
+                            self.added.entry(target.id).or_default().push(chunk);
+                            self.copies += 1;
+                        }
+                    }
+                    NodeCommand::Delete { chunk } => {
+                        if self.held.get_mut(&id).unwrap().remove(&chunk) {
+                            self.removed.entry(id.clone()).or_default().push(chunk);
+                        }
+                    }
+                }
+            }
+        }
+        while self.t.poll_record().is_some() {}
+    }
+
+    /// Live copies of `chunk`, counted on the nodes themselves.
+    fn copies_of(&self, chunk: &ChunkId) -> usize {
+        self.held
+            .iter()
+            .filter(|(n, h)| !self.down.contains(*n) && h.contains(chunk))
+            .count()
+    }
+
+    fn settle(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            self.round();
+        }
+    }
+}
+
+fn fast() -> TrackerConfig {
+    TrackerConfig {
+        dead_after_ms: 3_000,
+        ..TrackerConfig::default()
+    }
+}
+
+// A dead holder's chunks are copied back to R live nodes, and the tracker's
+// counters agree with what the nodes hold.
+#[test]
+fn repair_restores_factor_after_a_death() {
+    let mut w = World::new(5, fast());
+    let m = w.put("f", "f", 6, 3);
+    w.kill(0);
+    w.settle(10);
+    for c in &m.chunks {
+        assert_eq!(w.copies_of(c), 3, "chunk {c}");
+    }
+    let s = w.t.status(w.now);
+    assert_eq!(
+        (s.under_replicated, s.repair_queue, s.repairs_in_flight),
+        (0, 0, 0)
+    );
+    assert!(s.at_risk.is_empty());
+    assert!(w.copies > 0);
+}
+
+// Chunks with two copies left wait the grace period; one copy left is urgent.
+#[test]
+fn grace_delays_only_chunks_with_two_copies() {
+    let config = TrackerConfig {
+        repair_grace_ms: 20_000,
+        ..fast()
+    };
+    let mut w = World::new(4, config);
+    let m = w.put("f", "f", 4, 3);
+    w.kill(0);
+    w.settle(6);
+    let s = w.t.status(w.now);
+    assert_eq!(w.copies, 0, "nothing repaired inside the grace period");
+    assert_eq!(s.repair_queue, s.under_replicated);
+    assert!(s.under_replicated > 0);
+    assert_eq!(s.at_risk[0].name, "f");
+    assert_eq!(s.at_risk[0].min_copies, 2);
+    // Losing a second holder makes chunks with one copy left urgent.
+    w.kill(1);
+    w.settle(5);
+    let single: Vec<&ChunkId> = m
+        .chunks
+        .iter()
+        .filter(|c| !w.held[&nid(0)].contains(c) || !w.held[&nid(1)].contains(c))
+        .collect();
+    assert!(w.copies > 0);
+    for c in &m.chunks {
+        assert!(
+            w.copies_of(c) >= 2,
+            "chunk {c} was not repaired from one copy"
+        );
+    }
+    assert!(!single.is_empty());
+    // After the grace period everything is back at 2 = the live nodes left.
+    w.settle(25);
+    for c in &m.chunks {
+        assert_eq!(w.copies_of(c), 2);
+    }
+}
+
+// No node takes part in more repairs at once than its budget.
+#[test]
+fn repairs_respect_the_per_node_budget() {
+    let config = TrackerConfig {
+        repairs_per_node: 2,
+        ..fast()
+    };
+    let mut w = World::new(6, config);
+    w.put("f", "f", 30, 3);
+    w.kill(0);
+    for _ in 0..6 {
+        w.round();
+    }
+    // Stop executing: look at what is planned.
+    w.t.tick(w.now + 1);
+    let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for r in w.t.repairs() {
+        *load.entry(r.source).or_default() += 1;
+        *load.entry(r.target).or_default() += 1;
+    }
+    assert!(!load.is_empty());
+    assert!(load.values().all(|&l| l <= 2), "{load:?}");
+    w.settle(40);
+    assert_eq!(w.t.status(w.now).under_replicated, 0);
+}
+
+// A node that comes back after its chunks were repaired makes them
+// over-replicated: the surplus copies are deleted, down to exactly R.
+#[test]
+fn copies_above_the_factor_are_trimmed() {
+    let mut w = World::new(5, fast());
+    let m = w.put("f", "f", 5, 3);
+    w.kill(0);
+    w.settle(10);
+    w.down.clear();
+    w.settle(5);
+    for c in &m.chunks {
+        assert_eq!(w.copies_of(c), 3, "chunk {c}");
+    }
+    assert_eq!(w.t.status(w.now).deletes_pending, 0);
+}
+
+// Removing a file deletes the chunks only it used; shared chunks stay.
+#[test]
+fn remove_deletes_unshared_chunks() {
+    let mut w = World::new(4, fast());
+    let a = w.put("a", "x", 3, 3);
+    let b = w.put("b", "x", 2, 2); // shares a's first two chunks
+    w.settle(1);
+    w.t.remove("a").unwrap();
+    assert!(matches!(
+        w.t.poll_record(),
+        Some(Record::FileRemoved { name }) if name == "a"
+    ));
+    assert_eq!(w.t.remove("a"), Err(TrackerError::UnknownFile("a".into())));
+    w.settle(3);
+    assert_eq!(w.copies_of(&a.chunks[2]), 0, "a's own chunk is gone");
+    for c in &b.chunks {
+        // b needs 2; a's higher factor no longer applies, so one is trimmed.
+        assert_eq!(w.copies_of(c), 2);
+    }
+    assert_eq!(w.t.files().len(), 1);
+    assert_eq!(w.t.status(w.now).chunks, 2);
+}
+
+// A put that stored a chunk on a node just told to delete it does not count
+// that node when it commits.
+#[test]
+fn commit_ignores_holders_told_to_delete() {
+    let mut w = World::new(3, fast());
+    let a = w.put("a", "x", 1, 3);
+    w.t.remove("a").unwrap();
+    w.settle(1); // deletes sent
+    let again = Manifest::new("b".into(), 1024, 1024, 3, a.chunks.clone()).unwrap();
+    let holders = vec![vec![nid(0), nid(1), nid(2)]];
+    assert!(matches!(
+        w.t.commit(again, holders),
+        Err(TrackerError::NotEnoughHolders { acked: 0, .. })
+    ));
+}
+
+// A forced leave removes the node even when its chunks cannot all move.
+#[test]
+fn forced_leave_goes_anyway() {
+    let mut w = World::new(3, fast());
+    w.put("f", "f", 1, 3);
+    assert!(w.t.begin_leave(&nid(0), false, 1).is_err());
+    assert_eq!(w.t.begin_leave(&nid(0), true, 1).unwrap(), vec![]);
+    assert_eq!(w.t.finish_leave(&nid(0), vec![], true).unwrap(), vec![]);
+    assert_eq!(w.t.status(1).nodes.len(), 2);
+    assert_eq!(w.t.status(1).under_replicated, 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    // Repair converges: after any set of deaths that leaves every chunk a
+    // live copy, every chunk gets back to min(R, live nodes) copies on
+    // distinct live nodes, and nothing with a live copy is lost.
+    #[test]
+    fn repair_converges(
+        n_nodes in 3usize..9,
+        files in proptest::collection::vec((0usize..6, 1u32..4), 1..5),
+        kills in proptest::collection::vec(0usize..9, 0..4),
+        grace in prop_oneof![Just(0u64), Just(5_000)],
+        budget in 1usize..4,
+    ) {
+        let config = TrackerConfig { repair_grace_ms: grace, repairs_per_node: budget, ..fast() };
+        let mut w = World::new(n_nodes, config);
+        let mut manifests = Vec::new();
+        for (i, (n, r)) in files.iter().enumerate() {
+            let r = (*r).min(n_nodes as u32);
+            manifests.push(w.put(&format!("f{i}"), &format!("c{i}"), *n, r));
+        }
+        for k in kills {
+            let k = k % n_nodes;
+            // Kill only if every chunk keeps a live copy, then let repair run.
+            let mut down = w.down.clone();
+            down.insert(nid(k));
+            let safe = manifests.iter().flat_map(|m| &m.chunks).all(|c| {
+                w.held.iter().any(|(n, h)| !down.contains(n) && h.contains(c))
+            });
+            if safe {
+                w.kill(k);
+            }
+            w.round();
+        }
+        let live = n_nodes - w.down.len();
+        w.settle(60);
+        for m in &manifests {
+            let want = (m.replicas as usize).min(live);
+            for c in &m.chunks {
+                prop_assert_eq!(w.copies_of(c), want, "chunk {} of {}", c, m.name);
+            }
+        }
+        prop_assert_eq!(w.t.status(w.now).repairs_in_flight, 0);
+    }
+}
