@@ -67,8 +67,11 @@ struct Inner<S: ChunkStore, D: Dialer> {
     inventory: std::sync::Mutex<Inventory>,
     reads: Arc<Semaphore>,
     repairs: Arc<Semaphore>,
-    /// Chunks being copied for a repair, so a resent command is not run twice.
-    copying: std::sync::Mutex<BTreeSet<ChunkId>>,
+    /// Repair copies under way, by chunk and target, so a resent command is
+    /// not run twice.
+    copying: std::sync::Mutex<BTreeSet<(ChunkId, NodeId)>>,
+    /// Repair copies that failed, reported at the next heartbeat.
+    failed_repairs: std::sync::Mutex<Vec<(ChunkId, NodeId)>>,
     config: NodeConfig,
     leave_lock: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
@@ -117,6 +120,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 reads: Arc::new(Semaphore::new(config.serve_concurrency.max(1))),
                 repairs: Arc::new(Semaphore::new(config.repair_concurrency.max(1))),
                 copying: std::sync::Mutex::new(BTreeSet::new()),
+                failed_repairs: std::sync::Mutex::new(Vec::new()),
                 config,
                 leave_lock: tokio::sync::Mutex::new(()),
                 shutdown,
@@ -230,10 +234,18 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
     /// One heartbeat; `Ok(true)` if the tracker wants a full report.
     async fn heartbeat_once(&self) -> Result<bool, ClientError> {
         let delta = self.inventory().take_delta();
+        let failed = std::mem::take(&mut *self.inner.failed_repairs.lock().expect("failed lock"));
         let req = pb::HeartbeatRequest {
             node_id: self.inner.id.to_string(),
             added: convert::chunk_bytes(&delta.added),
             removed: convert::chunk_bytes(&delta.removed),
+            failed: failed
+                .iter()
+                .map(|(c, t)| pb::Handed {
+                    chunk: Bytes::copy_from_slice(c.as_bytes()),
+                    target_id: t.to_string(),
+                })
+                .collect(),
         };
         match self.tracker_client()?.heartbeat(req).await {
             Ok(resp) => {
@@ -280,7 +292,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                     .copying
                     .lock()
                     .expect("copying lock")
-                    .insert(h.chunk)
+                    .insert((h.chunk, h.target.id.clone()))
                 {
                     return;
                 }
@@ -306,14 +318,19 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                             tracing::info!(chunk = %h.chunk, target = %h.target.addr, "repair copy made")
                         }
                         Err(e) => {
-                            tracing::warn!(chunk = %h.chunk, target = %h.target.addr, error = %e, "repair copy failed")
+                            tracing::warn!(chunk = %h.chunk, target = %h.target.addr, error = %e, "repair copy failed");
+                            node.inner
+                                .failed_repairs
+                                .lock()
+                                .expect("failed lock")
+                                .push((h.chunk, h.target.id.clone()));
                         }
                     }
                     node.inner
                         .copying
                         .lock()
                         .expect("copying lock")
-                        .remove(&h.chunk);
+                        .remove(&(h.chunk, h.target.id.clone()));
                 });
             }
             None => tracing::warn!("tracker sent an empty command"),

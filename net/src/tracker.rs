@@ -150,8 +150,24 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let id = convert::node_id(&req.node_id)?;
         let added = convert::chunk_ids(&req.added)?;
         let removed = convert::chunk_ids(&req.removed)?;
+        let failed = req
+            .failed
+            .iter()
+            .take(p2p_core::limits::INVENTORY_MAX_CHUNKS)
+            .map(|h| {
+                Ok((
+                    convert::chunk_id(&h.chunk)?,
+                    convert::node_id(&h.target_id)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
         let reply = self
-            .mutate(|t, now| t.heartbeat(&id, added, removed, now))
+            .mutate(|t, now| {
+                for (chunk, target) in &failed {
+                    t.repair_failed(&id, chunk, target);
+                }
+                t.heartbeat(&id, added, removed, now)
+            })
             .await?;
         Ok(Response::new(match reply {
             HeartbeatReply::Reregister => pb::HeartbeatResponse {

@@ -2,6 +2,8 @@
 //! 127.0.0.1, each with its own data directory, killed with SIGKILL,
 //! restarted and corrupted on disk.
 
+pub mod floor;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -297,6 +297,19 @@ impl Tracker {
         out
     }
 
+    /// `source` could not copy `chunk` to `target`: forget that repair so the
+    /// next tick plans it again (with another target if one is free).
+    pub fn repair_failed(&mut self, source: &NodeId, chunk: &ChunkId, target: &NodeId) {
+        if let Some(targets) = self.heal.repairs.get_mut(chunk) {
+            if targets.get(target).is_some_and(|r| r.source == *source) {
+                targets.remove(target);
+            }
+            if targets.is_empty() {
+                self.heal.repairs.remove(chunk);
+            }
+        }
+    }
+
     /// Repairs planned or under way, in chunk then target order.
     pub fn repairs(&self) -> Vec<PlannedRepair> {
         self.heal

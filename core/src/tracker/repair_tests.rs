@@ -270,6 +270,34 @@ fn commit_ignores_holders_told_to_delete() {
     ));
 }
 
+// A copy the source reports as failed is planned again at the next tick,
+// not after the repair timeout.
+#[test]
+fn failed_copy_is_replanned_at_once() {
+    let mut w = World::new(5, fast());
+    w.put("f", "f", 1, 3);
+    w.kill(0);
+    w.now = 10_000;
+    for i in 1..5 {
+        w.t.heartbeat(&nid(i), vec![], vec![], w.now).unwrap();
+    }
+    w.t.tick(w.now);
+    let planned = w.t.repairs();
+    let Some(first) = planned.first().cloned() else {
+        // n00 held no chunk of f: nothing to repair.
+        assert_eq!(w.t.status(w.now).under_replicated, 0);
+        return;
+    };
+    w.t.repair_failed(&first.source, &first.chunk, &first.target);
+    assert!(
+        w.t.repairs()
+            .iter()
+            .all(|r| r.target != first.target || r.chunk != first.chunk)
+    );
+    w.t.tick(w.now + 1);
+    assert_eq!(w.t.repairs().len(), planned.len());
+}
+
 // A forced leave removes the node even when its chunks cannot all move.
 #[test]
 fn forced_leave_goes_anyway() {
