@@ -34,7 +34,7 @@ pub struct TrackerConfig {
     /// How long a chunk that still has two or more live copies waits before
     /// it is re-replicated (a chunk with one copy left never waits).
     pub repair_grace_ms: u64,
-    /// Repairs one node takes part in at once, as source or as target.
+    /// Repairs one node takes part in at once as source, and as target.
     pub repairs_per_node: usize,
     /// A repair not confirmed by the target's inventory after this long is
     /// planned again.

@@ -72,6 +72,10 @@ struct Inner<S: ChunkStore, D: Dialer> {
     copying: std::sync::Mutex<BTreeSet<(ChunkId, NodeId)>>,
     /// Repair copies that failed, reported at the next heartbeat.
     failed_repairs: std::sync::Mutex<Vec<(ChunkId, NodeId)>>,
+    /// Repair copies made, reported at the next heartbeat.
+    made_repairs: std::sync::Mutex<Vec<(ChunkId, NodeId)>>,
+    /// Wakes the heartbeat loop early, to report finished repairs.
+    report_soon: tokio::sync::Notify,
     config: NodeConfig,
     leave_lock: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
@@ -121,6 +125,8 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 repairs: Arc::new(Semaphore::new(config.repair_concurrency.max(1))),
                 copying: std::sync::Mutex::new(BTreeSet::new()),
                 failed_repairs: std::sync::Mutex::new(Vec::new()),
+                made_repairs: std::sync::Mutex::new(Vec::new()),
+                report_soon: tokio::sync::Notify::new(),
                 config,
                 leave_lock: tokio::sync::Mutex::new(()),
                 shutdown,
@@ -207,6 +213,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return,
+                _ = self.inner.report_soon.notified(), if registered && !failing => {}
                 _ = tokio::time::sleep(interval) => {}
             }
         }
@@ -235,17 +242,21 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
     async fn heartbeat_once(&self) -> Result<bool, ClientError> {
         let delta = self.inventory().take_delta();
         let failed = std::mem::take(&mut *self.inner.failed_repairs.lock().expect("failed lock"));
-        let req = pb::HeartbeatRequest {
-            node_id: self.inner.id.to_string(),
-            added: convert::chunk_bytes(&delta.added),
-            removed: convert::chunk_bytes(&delta.removed),
-            failed: failed
-                .iter()
+        let made = std::mem::take(&mut *self.inner.made_repairs.lock().expect("made lock"));
+        let pairs = |v: &[(ChunkId, NodeId)]| {
+            v.iter()
                 .map(|(c, t)| pb::Handed {
                     chunk: Bytes::copy_from_slice(c.as_bytes()),
                     target_id: t.to_string(),
                 })
-                .collect(),
+                .collect()
+        };
+        let req = pb::HeartbeatRequest {
+            node_id: self.inner.id.to_string(),
+            added: convert::chunk_bytes(&delta.added),
+            removed: convert::chunk_bytes(&delta.removed),
+            failed: pairs(&failed),
+            repaired: pairs(&made),
         };
         match self.tracker_client()?.heartbeat(req).await {
             Ok(resp) => {
@@ -315,7 +326,12 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                     .await;
                     match result {
                         Ok(()) => {
-                            tracing::info!(chunk = %h.chunk, target = %h.target.addr, "repair copy made")
+                            tracing::info!(chunk = %h.chunk, target = %h.target.addr, "repair copy made");
+                            node.inner
+                                .made_repairs
+                                .lock()
+                                .expect("made lock")
+                                .push((h.chunk, h.target.id.clone()));
                         }
                         Err(e) => {
                             tracing::warn!(chunk = %h.chunk, target = %h.target.addr, error = %e, "repair copy failed");
@@ -331,6 +347,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                         .lock()
                         .expect("copying lock")
                         .remove(&(h.chunk, h.target.id.clone()));
+                    node.inner.report_soon.notify_one();
                 });
             }
             None => tracing::warn!("tracker sent an empty command"),

@@ -150,21 +150,31 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let id = convert::node_id(&req.node_id)?;
         let added = convert::chunk_ids(&req.added)?;
         let removed = convert::chunk_ids(&req.removed)?;
-        let failed = req
-            .failed
-            .iter()
-            .take(p2p_core::limits::INVENTORY_MAX_CHUNKS)
-            .map(|h| {
-                Ok((
-                    convert::chunk_id(&h.chunk)?,
-                    convert::node_id(&h.target_id)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
+        let pairs = |v: &[pb::Handed]| {
+            v.iter()
+                .take(p2p_core::limits::INVENTORY_MAX_CHUNKS)
+                .map(|h| {
+                    Ok((
+                        convert::chunk_id(&h.chunk)?,
+                        convert::node_id(&h.target_id)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, Status>>()
+        };
+        let failed = pairs(&req.failed)?;
+        let repaired = pairs(&req.repaired)?;
         let reply = self
             .mutate(|t, now| {
                 for (chunk, target) in &failed {
                     t.repair_failed(&id, chunk, target);
+                }
+                let mut done = 0;
+                for (chunk, target) in &repaired {
+                    done += usize::from(t.repair_done(&id, chunk, target));
+                }
+                if done > 0 || !failed.is_empty() {
+                    // Plan the next repairs now, so this reply carries them.
+                    t.plan(now);
                 }
                 t.heartbeat(&id, added, removed, now)
             })

@@ -74,13 +74,15 @@ impl HealState {
         self.deletes.values().map(BTreeSet::len).sum()
     }
 
-    fn busy(&self) -> BTreeMap<NodeId, usize> {
-        let mut busy: BTreeMap<NodeId, usize> = BTreeMap::new();
+    /// Repairs each node sends, and receives.
+    fn busy(&self) -> (BTreeMap<NodeId, usize>, BTreeMap<NodeId, usize>) {
+        let mut sending: BTreeMap<NodeId, usize> = BTreeMap::new();
+        let mut receiving: BTreeMap<NodeId, usize> = BTreeMap::new();
         for (target, r) in self.repairs.values().flatten() {
-            *busy.entry(target.clone()).or_default() += 1;
-            *busy.entry(r.source.clone()).or_default() += 1;
+            *receiving.entry(target.clone()).or_default() += 1;
+            *sending.entry(r.source.clone()).or_default() += 1;
         }
-        busy
+        (sending, receiving)
     }
 }
 
@@ -105,8 +107,9 @@ impl Tracker {
             .insert(chunk);
     }
 
-    /// Plan repairs, trims and deletions. Called by `tick`.
-    pub(crate) fn plan(&mut self, now_ms: u64) {
+    /// Plan repairs, trims and deletions. `tick` calls it; a driver may
+    /// call it early (when repairs finished) so the next copies start sooner.
+    pub fn plan(&mut self, now_ms: u64) {
         let timeout = self.config.repair_timeout_ms;
         self.heal
             .tombstones
@@ -197,7 +200,7 @@ impl Tracker {
         // Plan the most urgent first, within every node's repair budget.
         queue.sort();
         let limit = self.config.repairs_per_node.max(1);
-        let mut busy = self.heal.busy();
+        let (mut sending, mut receiving) = self.heal.busy();
         for (_, chunk, replicas) in queue {
             let holders = self.holders.get(&chunk).cloned().unwrap_or_default();
             let planned: BTreeSet<NodeId> = self
@@ -209,11 +212,12 @@ impl Tracker {
             let live = holders.iter().filter(|n| self.nodes[*n].alive).count();
             let mut missing = (replicas as usize).saturating_sub(live + planned.len());
             while missing > 0 {
-                let load = |n: &NodeId| busy.get(n).copied().unwrap_or(0);
+                let sends = |n: &NodeId| sending.get(n).copied().unwrap_or(0);
+                let takes = |n: &NodeId| receiving.get(n).copied().unwrap_or(0);
                 let source = holders
                     .iter()
-                    .filter(|n| self.nodes[*n].alive && load(n) < limit)
-                    .min_by_key(|n| (load(n), self.nodes[*n].leaving, (*n).clone()))
+                    .filter(|n| self.nodes[*n].alive && sends(n) < limit)
+                    .min_by_key(|n| (sends(n), self.nodes[*n].leaving, (*n).clone()))
                     .cloned();
                 let mut exclude = holders.clone();
                 exclude.extend(
@@ -227,15 +231,15 @@ impl Tracker {
                 let target = self
                     .eligible(&exclude)
                     .into_iter()
-                    .filter(|(_, n)| load(n) < limit)
-                    .map(|(chunks, n)| (chunks + load(&n), n))
+                    .filter(|(_, n)| takes(n) < limit)
+                    .map(|(chunks, n)| (chunks + takes(&n), n))
                     .min()
                     .map(|(_, n)| n);
                 let (Some(source), Some(target)) = (source, target) else {
                     break;
                 };
-                *busy.entry(source.clone()).or_default() += 1;
-                *busy.entry(target.clone()).or_default() += 1;
+                *sending.entry(source.clone()).or_default() += 1;
+                *receiving.entry(target.clone()).or_default() += 1;
                 self.heal.repairs.entry(chunk).or_default().insert(
                     target,
                     Repair {
@@ -295,6 +299,23 @@ impl Tracker {
             });
         }
         out
+    }
+
+    /// `source` copied `chunk` to `target`, which acknowledged it stored,
+    /// verified and synced: count the copy now rather than at the target's
+    /// next heartbeat. Returns whether it was a planned repair.
+    pub fn repair_done(&mut self, source: &NodeId, chunk: &ChunkId, target: &NodeId) -> bool {
+        let planned = self
+            .heal
+            .repairs
+            .get(chunk)
+            .and_then(|t| t.get(target))
+            .is_some_and(|r| r.source == *source);
+        if planned {
+            self.link(target, *chunk);
+            self.repair_failed(source, chunk, target);
+        }
+        planned
     }
 
     /// `source` could not copy `chunk` to `target`: forget that repair so the
