@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use p2p_tests::floor::{disk_floor, mbps, tcp_floor, warm_memory};
+use p2p_tests::floor::{bench_size_mib, disk_floor, mbps, tcp_floor, warm_memory};
 use p2p_tests::{Cluster, random_file};
 
 const MIB: u64 = 1024 * 1024;
@@ -54,12 +54,7 @@ fn same_file(a: &Path, b: &Path) -> anyhow::Result<bool> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let size_mib: u64 = std::env::var("BENCH_SIZE_MIB")
-        .ok()
-        .map(|s| s.parse())
-        .transpose()
-        .context("BENCH_SIZE_MIB must be a number")?
-        .unwrap_or(1024);
+    let size_mib = bench_size_mib()?;
     // Uneven size: the last chunk is short.
     let size = size_mib * MIB + 12_345;
     let bin = p2p_tests::build_p2p()?;

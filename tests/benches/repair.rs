@@ -13,18 +13,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use p2p_tests::floor::{disk_floor, mbps, tcp_floor, warm_memory};
+use p2p_tests::floor::{bench_size_mib, disk_floor, mbps, tcp_floor, warm_memory};
 use p2p_tests::{Cluster, random_file};
 
 const MIB: u64 = 1024 * 1024;
 
 fn main() -> anyhow::Result<()> {
-    let size_mib: u64 = std::env::var("BENCH_SIZE_MIB")
-        .ok()
-        .map(|s| s.parse())
-        .transpose()
-        .context("BENCH_SIZE_MIB must be a number")?
-        .unwrap_or(1024);
+    let size_mib = bench_size_mib()?;
     let bin = p2p_tests::build_p2p()?;
     eprintln!("p2p binary: {}", bin.display());
     let mut c = Cluster::start(5)?;

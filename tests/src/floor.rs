@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -84,4 +84,14 @@ pub fn warm_memory(dir: &Path) -> anyhow::Result<()> {
 /// Throughput in MiB/s.
 pub fn mbps(bytes: u64, t: Duration) -> f64 {
     bytes as f64 / MIB as f64 / t.as_secs_f64()
+}
+
+/// The benchmark's file size in MiB: `BENCH_SIZE_MIB`, 1024 by default.
+pub fn bench_size_mib() -> anyhow::Result<u64> {
+    Ok(std::env::var("BENCH_SIZE_MIB")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()
+        .context("BENCH_SIZE_MIB must be a number")?
+        .unwrap_or(1024))
 }
