@@ -36,8 +36,8 @@ pub struct TrackerConfig {
     pub repair_grace_ms: u64,
     /// Repairs one node takes part in at once as source, and as target.
     pub repairs_per_node: usize,
-    /// A repair not confirmed by the target's inventory after this long is
-    /// planned again.
+    /// A repair confirmed neither by its source nor by the target's
+    /// inventory after this long is planned again.
     pub repair_timeout_ms: u64,
 }
 
@@ -227,8 +227,9 @@ pub enum HeartbeatReply {
 /// Work the tracker asks a node to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeCommand {
-    /// Copy `chunk` to `target`, which verifies and syncs it; the copy
-    /// counts when the target reports it.
+    /// Copy `chunk` to `target`, which verifies and syncs it before it
+    /// acknowledges; the copy counts when the source reports it made (see
+    /// [`Tracker::repair_done`]) or the target reports holding it.
     Replicate {
         chunk: ChunkId,
         size_bytes: u64,

@@ -98,3 +98,24 @@ pub fn file_info_to_pb(f: &p2p_core::tracker::FileSummary) -> pb::FileInfo {
         lost: f.lost,
     }
 }
+
+/// A (chunk, target node) pair on the wire: a hand-over or a repair copy.
+pub fn handed_to_pb(chunk: &ChunkId, target: &NodeId) -> pb::Handed {
+    pb::Handed {
+        chunk: bytes::Bytes::copy_from_slice(chunk.as_bytes()),
+        target_id: target.to_string(),
+    }
+}
+
+/// Decode (chunk, target node) pairs, at most an inventory's worth.
+pub fn handed_from_pb(v: &[pb::Handed]) -> Result<Vec<(ChunkId, NodeId)>, Status> {
+    if v.len() > p2p_core::limits::INVENTORY_MAX_CHUNKS {
+        return Err(Status::invalid_argument(format!(
+            "{} chunk reports is too many",
+            v.len()
+        )));
+    }
+    v.iter()
+        .map(|h| Ok((chunk_id(&h.chunk)?, node_id(&h.target_id)?)))
+        .collect()
+}

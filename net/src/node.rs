@@ -58,6 +58,13 @@ impl Default for NodeConfig {
     }
 }
 
+/// Repair copies finished since the last heartbeat, as (chunk, target).
+#[derive(Default)]
+struct RepairOutcomes {
+    made: Vec<(ChunkId, NodeId)>,
+    failed: Vec<(ChunkId, NodeId)>,
+}
+
 struct Inner<S: ChunkStore, D: Dialer> {
     id: NodeId,
     addr: String,
@@ -70,10 +77,8 @@ struct Inner<S: ChunkStore, D: Dialer> {
     /// Repair copies under way, by chunk and target, so a resent command is
     /// not run twice.
     copying: std::sync::Mutex<BTreeSet<(ChunkId, NodeId)>>,
-    /// Repair copies that failed, reported at the next heartbeat.
-    failed_repairs: std::sync::Mutex<Vec<(ChunkId, NodeId)>>,
-    /// Repair copies made, reported at the next heartbeat.
-    made_repairs: std::sync::Mutex<Vec<(ChunkId, NodeId)>>,
+    /// Repair copies finished since the last heartbeat, which reports them.
+    repair_outcomes: std::sync::Mutex<RepairOutcomes>,
     /// Wakes the heartbeat loop early, to report finished repairs.
     report_soon: tokio::sync::Notify,
     config: NodeConfig,
@@ -124,8 +129,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 reads: Arc::new(Semaphore::new(config.serve_concurrency.max(1))),
                 repairs: Arc::new(Semaphore::new(config.repair_concurrency.max(1))),
                 copying: std::sync::Mutex::new(BTreeSet::new()),
-                failed_repairs: std::sync::Mutex::new(Vec::new()),
-                made_repairs: std::sync::Mutex::new(Vec::new()),
+                repair_outcomes: std::sync::Mutex::new(RepairOutcomes::default()),
                 report_soon: tokio::sync::Notify::new(),
                 config,
                 leave_lock: tokio::sync::Mutex::new(()),
@@ -241,22 +245,16 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
     /// One heartbeat; `Ok(true)` if the tracker wants a full report.
     async fn heartbeat_once(&self) -> Result<bool, ClientError> {
         let delta = self.inventory().take_delta();
-        let failed = std::mem::take(&mut *self.inner.failed_repairs.lock().expect("failed lock"));
-        let made = std::mem::take(&mut *self.inner.made_repairs.lock().expect("made lock"));
-        let pairs = |v: &[(ChunkId, NodeId)]| {
-            v.iter()
-                .map(|(c, t)| pb::Handed {
-                    chunk: Bytes::copy_from_slice(c.as_bytes()),
-                    target_id: t.to_string(),
-                })
-                .collect()
-        };
+        let outcomes =
+            std::mem::take(&mut *self.inner.repair_outcomes.lock().expect("outcomes lock"));
+        let pairs =
+            |v: &[(ChunkId, NodeId)]| v.iter().map(|(c, t)| convert::handed_to_pb(c, t)).collect();
         let req = pb::HeartbeatRequest {
             node_id: self.inner.id.to_string(),
             added: convert::chunk_bytes(&delta.added),
             removed: convert::chunk_bytes(&delta.removed),
-            failed: pairs(&failed),
-            repaired: pairs(&made),
+            failed: pairs(&outcomes.failed),
+            repaired: pairs(&outcomes.made),
         };
         match self.tracker_client()?.heartbeat(req).await {
             Ok(resp) => {
@@ -310,36 +308,20 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 let node = self.clone();
                 tokio::spawn(async move {
                     let _permit = node.inner.repairs.clone().acquire_owned().await;
-                    let result = async {
-                        let data = node
-                            .read_verified(&h.chunk)
-                            .await
-                            .map_err(|s| ClientError::from_node(&node.inner.addr, s))?;
-                        crate::client::upload_chunk(
-                            &node.inner.peers,
-                            &h.target.addr,
-                            h.chunk,
-                            data,
-                        )
-                        .await
-                    }
-                    .await;
-                    match result {
-                        Ok(()) => {
-                            tracing::info!(chunk = %h.chunk, target = %h.target.addr, "repair copy made");
-                            node.inner
-                                .made_repairs
-                                .lock()
-                                .expect("made lock")
-                                .push((h.chunk, h.target.id.clone()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(chunk = %h.chunk, target = %h.target.addr, error = %e, "repair copy failed");
-                            node.inner
-                                .failed_repairs
-                                .lock()
-                                .expect("failed lock")
-                                .push((h.chunk, h.target.id.clone()));
+                    let result = node.copy_chunk(&h.chunk, &h.target.addr).await;
+                    let copy = (h.chunk, h.target.id.clone());
+                    {
+                        let mut outcomes =
+                            node.inner.repair_outcomes.lock().expect("outcomes lock");
+                        match result {
+                            Ok(()) => {
+                                tracing::info!(chunk = %h.chunk, target = %h.target.addr, "repair copy made");
+                                outcomes.made.push(copy);
+                            }
+                            Err(e) => {
+                                tracing::warn!(chunk = %h.chunk, target = %h.target.addr, error = %e, "repair copy failed");
+                                outcomes.failed.push(copy);
+                            }
                         }
                     }
                     node.inner
@@ -352,6 +334,16 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             }
             None => tracing::warn!("tracker sent an empty command"),
         }
+    }
+
+    /// Send our verified copy of `chunk` to the node at `target`, which
+    /// verifies and syncs it before it acknowledges.
+    async fn copy_chunk(&self, chunk: &ChunkId, target: &str) -> Result<(), ClientError> {
+        let data = self
+            .read_verified(chunk)
+            .await
+            .map_err(|s| ClientError::from_node(&self.inner.addr, s))?;
+        crate::client::upload_chunk(&self.inner.peers, target, *chunk, data).await
     }
 
     /// Verify every chunk, forever, reading at most `scrub_bytes_per_sec`.
@@ -497,15 +489,8 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                         peer: "tracker".into(),
                         msg: s.message().to_string(),
                     })?;
-                    let data = self.read_verified(&h.chunk).await.map_err(|s| {
-                        ClientError::Leave(format!("chunk {}: {}", h.chunk, s.message()))
-                    })?;
-                    crate::client::upload_chunk(&self.inner.peers, &h.target.addr, h.chunk, data)
-                        .await?;
-                    Ok::<_, ClientError>(pb::Handed {
-                        chunk: Bytes::copy_from_slice(h.chunk.as_bytes()),
-                        target_id: h.target.id.to_string(),
-                    })
+                    self.copy_chunk(&h.chunk, &h.target.addr).await?;
+                    Ok::<_, ClientError>(convert::handed_to_pb(&h.chunk, &h.target.id))
                 })
                 .buffer_unordered(self.inner.config.handoff_concurrency.max(1));
             while let Some(r) = work.next().await {

@@ -79,21 +79,15 @@ impl<M: MetaStore> TrackerService<M> {
         loop {
             interval.tick().await;
             let now = self.now_ms();
-            let (dead, planned) = {
+            let (dead, backlog) = {
                 let mut t = self.state.lock().await;
-                let dead = t.tick(now);
-                (dead, t.status(now))
+                (t.tick(now), t.repair_backlog())
             };
             for n in dead {
                 tracing::warn!(node = %n, "node declared dead");
             }
-            if planned.under_replicated > 0 {
-                tracing::debug!(
-                    under_replicated = planned.under_replicated,
-                    queued = planned.repair_queue,
-                    in_flight = planned.repairs_in_flight,
-                    "repairing"
-                );
+            if backlog != (0, 0) {
+                tracing::debug!(queued = backlog.0, in_flight = backlog.1, "repairing");
             }
         }
     }
@@ -150,19 +144,8 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let id = convert::node_id(&req.node_id)?;
         let added = convert::chunk_ids(&req.added)?;
         let removed = convert::chunk_ids(&req.removed)?;
-        let pairs = |v: &[pb::Handed]| {
-            v.iter()
-                .take(p2p_core::limits::INVENTORY_MAX_CHUNKS)
-                .map(|h| {
-                    Ok((
-                        convert::chunk_id(&h.chunk)?,
-                        convert::node_id(&h.target_id)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, Status>>()
-        };
-        let failed = pairs(&req.failed)?;
-        let repaired = pairs(&req.repaired)?;
+        let failed = convert::handed_from_pb(&req.failed)?;
+        let repaired = convert::handed_from_pb(&req.repaired)?;
         let reply = self
             .mutate(|t, now| {
                 for (chunk, target) in &failed {
@@ -343,16 +326,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
     ) -> Result<Response<pb::FinishLeaveResponse>, Status> {
         let req = req.into_inner();
         let id = convert::node_id(&req.node_id)?;
-        let handed = req
-            .handed
-            .iter()
-            .map(|h| {
-                Ok((
-                    convert::chunk_id(&h.chunk)?,
-                    convert::node_id(&h.target_id)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
+        let handed = convert::handed_from_pb(&req.handed)?;
         let still = self
             .mutate(|t, _| t.finish_leave(&id, handed, req.force))
             .await?;

@@ -158,6 +158,9 @@ impl Tracker {
         // Walk referenced chunks: queue the under-replicated, trim the over.
         let mut queue: Vec<(usize, ChunkId, u32)> = Vec::new();
         let mut trims: Vec<(NodeId, ChunkId)> = Vec::new();
+        // Under-replicated chunks left unplanned: in their grace period
+        // (counted here) or without a free source or target (counted below).
+        let mut queued = 0;
         for (chunk, r) in &self.refs {
             let want = r.replicas() as usize;
             let live: Vec<&NodeId> = self
@@ -191,6 +194,8 @@ impl Tracker {
             let waited = now_ms.saturating_sub(since) >= self.config.repair_grace_ms;
             if live.len() == 1 || waited {
                 queue.push((live.len(), *chunk, r.replicas()));
+            } else {
+                queued += 1;
             }
         }
         for (n, chunk) in trims {
@@ -203,7 +208,7 @@ impl Tracker {
         let (mut sending, mut receiving) = self.heal.busy();
         for (_, chunk, replicas) in queue {
             let holders = self.holders.get(&chunk).cloned().unwrap_or_default();
-            let planned: BTreeSet<NodeId> = self
+            let planned: Vec<NodeId> = self
                 .heal
                 .repairs
                 .get(&chunk)
@@ -211,6 +216,9 @@ impl Tracker {
                 .unwrap_or_default();
             let live = holders.iter().filter(|n| self.nodes[*n].alive).count();
             let mut missing = (replicas as usize).saturating_sub(live + planned.len());
+            // Neither a holder nor an already planned target may be chosen.
+            let mut exclude = holders.clone();
+            exclude.extend(planned);
             while missing > 0 {
                 let sends = |n: &NodeId| sending.get(n).copied().unwrap_or(0);
                 let takes = |n: &NodeId| receiving.get(n).copied().unwrap_or(0);
@@ -219,15 +227,6 @@ impl Tracker {
                     .filter(|n| self.nodes[*n].alive && sends(n) < limit)
                     .min_by_key(|n| (sends(n), self.nodes[*n].leaving, (*n).clone()))
                     .cloned();
-                let mut exclude = holders.clone();
-                exclude.extend(
-                    self.heal
-                        .repairs
-                        .get(&chunk)
-                        .into_iter()
-                        .flatten()
-                        .map(|(t, _)| t.clone()),
-                );
                 let target = self
                     .eligible(&exclude)
                     .into_iter()
@@ -240,6 +239,7 @@ impl Tracker {
                 };
                 *sending.entry(source.clone()).or_default() += 1;
                 *receiving.entry(target.clone()).or_default() += 1;
+                exclude.insert(target.clone());
                 self.heal.repairs.entry(chunk).or_default().insert(
                     target,
                     Repair {
@@ -250,20 +250,15 @@ impl Tracker {
                 );
                 missing -= 1;
             }
+            queued += usize::from(missing > 0);
         }
-        // Under-replicated chunks not fully planned: waiting out their grace
-        // or for a source or target with room.
-        let queued = self
-            .refs
-            .iter()
-            .filter(|(c, r)| {
-                let live = self.live_holders(c);
-                live > 0
-                    && live + self.heal.repairs.get(*c).map_or(0, BTreeMap::len)
-                        < r.replicas() as usize
-            })
-            .count();
         self.heal.queued = queued;
+    }
+
+    /// Under-replicated chunks waiting for a repair to be planned, and
+    /// repairs planned or under way: cheap enough to read every tick.
+    pub fn repair_backlog(&self) -> (usize, usize) {
+        (self.heal.queued, self.heal.in_flight())
     }
 
     /// The commands for `node`, taken at its heartbeat.
