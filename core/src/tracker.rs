@@ -396,8 +396,13 @@ impl Tracker {
         for c in old.difference(&reported) {
             self.unlink(&id, c);
         }
+        // A full report shows what the node holds now, whatever happened to
+        // deletions sent before; one still to be sent will go out.
+        self.heal.settle(&id);
         for c in reported {
-            self.link(&id, c);
+            if !self.heal.deleting(&c, &id) {
+                self.link(&id, c);
+            }
         }
         let n = self.nodes.get_mut(&id).expect("node was just recorded");
         n.alive = true;
@@ -428,9 +433,22 @@ impl Tracker {
         n.last_seen_ms = now_ms;
         for c in removed {
             self.unlink(id, &c);
+            self.heal.gone(id, &c);
         }
+        // Deletions sent with the previous reply were carried out (and are
+        // in `removed`, now or before) or lost with that reply.
+        let settled = self.heal.settle(id);
         for c in added {
-            self.link(id, c);
+            if self.heal.deleting(&c, id) {
+                // The deletion still to be sent takes this copy too.
+            } else if settled.contains(&c) {
+                // Stored again after the deletion, or a report restored
+                // after a lost reply: the tracker decided this copy goes,
+                // and counting it now could let the planner trim another.
+                self.schedule_delete(id, c);
+            } else {
+                self.link(id, c);
+            }
         }
         Ok(HeartbeatReply::Ok {
             commands: self.take_commands(id, now_ms),
@@ -727,9 +745,10 @@ impl Tracker {
         let mut handoffs = Vec::new();
         let mut extra_load: BTreeMap<NodeId, usize> = BTreeMap::new();
         for (chunk, others, replicas, size_bytes) in self.dependent_chunks(node) {
-            let holders = &self.holders[&chunk];
+            let mut exclude = self.holders[&chunk].clone();
+            exclude.extend(self.deleting_nodes(&chunk));
             let mut candidates: Vec<(usize, NodeId)> = self
-                .eligible(holders)
+                .eligible(&exclude)
                 .into_iter()
                 .map(|(l, id)| (l + extra_load.get(&id).copied().unwrap_or(0), id))
                 .collect();
@@ -768,7 +787,9 @@ impl Tracker {
             return Err(TrackerError::UnknownNode(node.clone()));
         }
         for (chunk, target) in handed {
-            self.link(&target, chunk);
+            if !self.heal.deleting(&chunk, &target) {
+                self.link(&target, chunk);
+            }
         }
         let still: Vec<ChunkId> = self
             .dependent_chunks(node)
@@ -783,6 +804,8 @@ impl Tracker {
     }
 }
 
+#[cfg(test)]
+mod chaos_tests;
 pub mod repair;
 #[cfg(test)]
 mod repair_tests;

@@ -55,6 +55,9 @@ pub(crate) struct HealState {
     deletes: BTreeMap<NodeId, BTreeSet<ChunkId>>,
     /// Deletions sent, by chunk and node, with when.
     tombstones: BTreeMap<(ChunkId, NodeId), u64>,
+    /// Deletions sent whose outcome the node has not reported yet: until
+    /// its next heartbeat it may or may not still hold the chunk.
+    unconfirmed: BTreeMap<NodeId, BTreeSet<ChunkId>>,
     /// Under-replicated chunks left unplanned by the last tick.
     pub(crate) queued: usize,
 }
@@ -64,6 +67,33 @@ impl HealState {
     pub(crate) fn deleted(&self, chunk: &ChunkId, node: &NodeId) -> bool {
         self.tombstones.contains_key(&(*chunk, node.clone()))
             || self.deletes.get(node).is_some_and(|d| d.contains(chunk))
+    }
+
+    /// Whether a deletion of `chunk` on `node` is waiting to be sent or has
+    /// been sent without the node reporting its outcome. Such a node never
+    /// counts as a holder of `chunk`: it would be counted while the copy
+    /// disappears, and the planner could then trim the last other copy.
+    pub(crate) fn deleting(&self, chunk: &ChunkId, node: &NodeId) -> bool {
+        let has = |m: &BTreeMap<NodeId, BTreeSet<ChunkId>>| {
+            m.get(node).is_some_and(|d| d.contains(chunk))
+        };
+        has(&self.deletes) || has(&self.unconfirmed)
+    }
+
+    /// `node` reported `chunk` gone: a deletion not sent yet is moot.
+    pub(crate) fn gone(&mut self, node: &NodeId, chunk: &ChunkId) {
+        if let Some(d) = self.deletes.get_mut(node) {
+            d.remove(chunk);
+            if d.is_empty() {
+                self.deletes.remove(node);
+            }
+        }
+    }
+
+    /// `node` reported after its last commands: every deletion they carried
+    /// has been carried out (and reported gone) or was lost with the reply.
+    pub(crate) fn settle(&mut self, node: &NodeId) -> BTreeSet<ChunkId> {
+        self.unconfirmed.remove(node).unwrap_or_default()
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -98,13 +128,22 @@ pub struct PlannedRepair {
 impl Tracker {
     /// Schedule deletion of `chunk` on `node`, which stops counting as a
     /// holder at once.
-    fn schedule_delete(&mut self, node: &NodeId, chunk: ChunkId) {
+    pub(crate) fn schedule_delete(&mut self, node: &NodeId, chunk: ChunkId) {
         self.unlink(node, &chunk);
         self.heal
             .deletes
             .entry(node.clone())
             .or_default()
             .insert(chunk);
+    }
+
+    /// Nodes with a deletion of `chunk` pending or unconfirmed.
+    pub(crate) fn deleting_nodes(&self, chunk: &ChunkId) -> Vec<NodeId> {
+        self.nodes
+            .keys()
+            .filter(|n| self.heal.deleting(chunk, n))
+            .cloned()
+            .collect()
     }
 
     /// Plan repairs, trims and deletions. `tick` calls it; a driver may
@@ -170,10 +209,12 @@ impl Tracker {
                 .flatten()
                 .filter(|n| self.nodes[*n].alive)
                 .collect();
-            let planned = self.heal.repairs.get(chunk).map_or(0, BTreeMap::len);
             if live.len() >= want {
+                // Back at its factor (a holder returned, a copy landed
+                // unplanned): repairs still planned are moot.
                 self.heal.under_since.remove(chunk);
-                if live.len() > want && planned == 0 {
+                self.heal.repairs.remove(chunk);
+                if live.len() > want {
                     let mut victims: Vec<(usize, &NodeId)> = live
                         .iter()
                         .filter(|n| !self.nodes[**n].leaving)
@@ -187,6 +228,7 @@ impl Tracker {
                 }
                 continue;
             }
+            let planned = self.heal.repairs.get(chunk).map_or(0, BTreeMap::len);
             let since = *self.heal.under_since.entry(*chunk).or_insert(now_ms);
             if live.is_empty() || live.len() + planned >= want {
                 continue;
@@ -216,9 +258,11 @@ impl Tracker {
                 .unwrap_or_default();
             let live = holders.iter().filter(|n| self.nodes[*n].alive).count();
             let mut missing = (replicas as usize).saturating_sub(live + planned.len());
-            // Neither a holder nor an already planned target may be chosen.
+            // Neither a holder, nor an already planned target, nor a node
+            // deleting its copy may be chosen.
             let mut exclude = holders.clone();
             exclude.extend(planned);
+            exclude.extend(self.deleting_nodes(&chunk));
             while missing > 0 {
                 let sends = |n: &NodeId| sending.get(n).copied().unwrap_or(0);
                 let takes = |n: &NodeId| receiving.get(n).copied().unwrap_or(0);
@@ -270,6 +314,11 @@ impl Tracker {
                     break;
                 };
                 self.heal.tombstones.insert((chunk, node.clone()), now_ms);
+                self.heal
+                    .unconfirmed
+                    .entry(node.clone())
+                    .or_default()
+                    .insert(chunk);
                 out.push(NodeCommand::Delete { chunk });
             }
             if chunks.is_empty() {
@@ -307,7 +356,9 @@ impl Tracker {
             .and_then(|t| t.get(target))
             .is_some_and(|r| r.source == *source);
         if planned {
-            self.link(target, *chunk);
+            if !self.heal.deleting(chunk, target) {
+                self.link(target, *chunk);
+            }
             self.repair_failed(source, chunk, target);
         }
         planned
