@@ -185,6 +185,16 @@ impl Sink for FileSink {
     }
 }
 
+/// Whether a call failed because its connection broke before an answer,
+/// rather than by timing out or by the peer's refusal.
+fn connection_broke(s: &Status) -> bool {
+    match s.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown => s.message().contains("transport"),
+        _ => false,
+    }
+}
+
 /// Upload one chunk to one node: a header, then pieces of at most 1 MiB.
 /// Returns once the node has verified the hash and synced the chunk.
 pub async fn upload_chunk<D: Dialer>(
@@ -319,22 +329,47 @@ impl<D: Dialer> Client<D> {
         ClientError::from_tracker(&self.tracker_addr, s)
     }
 
+    /// Make a tracker call that is safe to repeat. One that failed at once
+    /// because its connection had broken (the tracker restarted since the
+    /// last call; tonic re-dials only after such a failure) is made once
+    /// more. A call that timed out is not: it already waited its deadline.
+    async fn tracker_call<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(crate::transport::TrackerRpc) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let rpc = || {
+            self.tracker()
+                .map_err(|e| Status::unavailable(e.to_string()))
+        };
+        match call(rpc()?).await {
+            Err(s) if connection_broke(&s) => {
+                tracing::debug!(error = %status_line(&s), "tracker connection broke; calling again");
+                call(rpc()?).await
+            }
+            other => other,
+        }
+        .map(tonic::Response::into_inner)
+    }
+
     async fn allocate(
         &self,
         chunk_count: u64,
         replicas: u32,
         exclude: &[NodeRef],
     ) -> Result<Vec<Vec<NodeRef>>, ClientError> {
+        let req = pb::AllocateRequest {
+            chunk_count,
+            replicas,
+            exclude: exclude.iter().map(|n| n.id.to_string()).collect(),
+        };
         let resp = self
-            .tracker()?
-            .allocate(pb::AllocateRequest {
-                chunk_count,
-                replicas,
-                exclude: exclude.iter().map(|n| n.id.to_string()).collect(),
+            .tracker_call(|mut t| {
+                let req = req.clone();
+                async move { t.allocate(req).await }
             })
             .await
-            .map_err(|s| self.tracker_err(s))?
-            .into_inner();
+            .map_err(|s| self.tracker_err(s))?;
         let protocol = |msg: &str| ClientError::Protocol {
             peer: format!("tracker at {}", self.tracker_addr),
             msg: msg.to_string(),
@@ -458,12 +493,15 @@ impl<D: Dialer> Client<D> {
             return Err(ClientError::InputChanged(source.to_path_buf()));
         }
         let manifest = Manifest::new(name.to_string(), size_bytes, chunk_size, replicas, ids)?;
+        // Committing the same manifest again is a no-op, so a repeat is safe.
+        let req = crate::meta::encode_commit(&manifest, &holders);
         let resp = self
-            .tracker()?
-            .commit(crate::meta::encode_commit(&manifest, &holders))
+            .tracker_call(|mut t| {
+                let req = req.clone();
+                async move { t.commit(req).await }
+            })
             .await
-            .map_err(|s| self.tracker_err(s))?
-            .into_inner();
+            .map_err(|s| self.tracker_err(s))?;
         progress.finish();
         Ok(PutReport {
             manifest,
@@ -558,10 +596,13 @@ impl<D: Dialer> Client<D> {
     /// Where the chunks of `name` are.
     pub async fn locate(&self, name: &str) -> Result<Located, ClientError> {
         validate_name(name)?;
+        let req = pb::LocateRequest {
+            name: name.to_string(),
+        };
         let resp = self
-            .tracker()?
-            .locate(pb::LocateRequest {
-                name: name.to_string(),
+            .tracker_call(|mut t| {
+                let req = req.clone();
+                async move { t.locate(req).await }
             })
             .await
             .map_err(|s| {
@@ -570,8 +611,7 @@ impl<D: Dialer> Client<D> {
                 } else {
                     self.tracker_err(s)
                 }
-            })?
-            .into_inner();
+            })?;
         let protocol = |msg: String| ClientError::Protocol {
             peer: format!("tracker at {}", self.tracker_addr),
             msg,
@@ -701,21 +741,16 @@ impl<D: Dialer> Client<D> {
 
     pub async fn list(&self) -> Result<Vec<pb::FileInfo>, ClientError> {
         Ok(self
-            .tracker()?
-            .list(pb::ListRequest {})
+            .tracker_call(|mut t| async move { t.list(pb::ListRequest {}).await })
             .await
             .map_err(|s| self.tracker_err(s))?
-            .into_inner()
             .files)
     }
 
     pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
-        Ok(self
-            .tracker()?
-            .status(pb::StatusRequest {})
+        self.tracker_call(|mut t| async move { t.status(pb::StatusRequest {}).await })
             .await
-            .map_err(|s| self.tracker_err(s))?
-            .into_inner())
+            .map_err(|s| self.tracker_err(s))
     }
 
     /// Remove the file `name`; the tracker deletes chunks no other file

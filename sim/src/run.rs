@@ -285,13 +285,16 @@ async fn client_script(
             }
             Action::Get { file, .. } => {
                 let name = format!("f{file}");
+                let got = get_bytes(&client, &name).await;
+                // Read once the get is over: a put that started while it
+                // ran may be what it read.
                 let expected = shared
                     .lock()
                     .expect("shared lock")
                     .files
                     .get(&file)
                     .cloned();
-                let line = match (get_bytes(&client, &name).await, expected) {
+                let line = match (got, expected) {
                     (Ok(bytes), Some(rec)) if bytes == *rec.data => {
                         format!("client{me} get {name} -> ok, {}B verified", bytes.len())
                     }

@@ -201,12 +201,27 @@ fn rolling_losses_after_repair_lose_nothing() {
 }
 
 // Plans that once broke an invariant, replayed exactly: each names the bug.
-const FOUND: &[(&str, &str)] = &[(
-    "a trimmed node's late report of its copy let the tracker trim the other holder too",
-    "seed=8544206326788427315 nodes=5 111:crash(node1) 1159:partition(tracker,node2) \
-     1599:latency(63) 1664:loss(34) 1773:put(f1,12615,1,client1) 2109:put(f2,951,2,client0) \
-     2349:put(f2,0,2,client0) 2638:crash(node2) 2979:put(f1,15913,1,client0)",
-)];
+const FOUND: &[(&str, &str)] = &[
+    (
+        "a trimmed node's late report of its copy let the tracker trim the other holder too",
+        "seed=8544206326788427315 nodes=5 111:crash(node1) 1159:partition(tracker,node2) \
+         1599:latency(63) 1664:loss(34) 1773:put(f1,12615,1,client1) 2109:put(f2,951,2,client0) \
+         2349:put(f2,0,2,client0) 2638:crash(node2) 2979:put(f1,15913,1,client0)",
+    ),
+    (
+        "the checker took a get that overlapped the file's first put for wrong bytes",
+        "seed=7005309 nodes=4 168:get(f3,client1) 251:restart(tracker) 464:get(f3,client0) \
+         469:put(f3,0,1,client1) 764:get(f2,client1) 807:latency(11) \
+         1324:partition(tracker,node2) 1411:lose(f0) 1863:loss(33) 2067:latency(43) \
+         2655:put(f3,0,2,client0)",
+    ),
+    (
+        "the first tracker call after the tracker restarted failed on the dead connection",
+        "seed=7015830 nodes=6 431:restart(node4) 623:lose(f2) 750:put(f0,2226,1,client0) \
+         830:latency(71) 1030:partition(node1,client0) 1234:put(f1,18391,3,client0) \
+         1260:loss(27) 1362:crash(tracker) 2632:get(f2,client1) 2645:crash(node2)",
+    ),
+];
 
 #[test]
 fn plans_that_found_bugs_pass() {
