@@ -347,9 +347,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A put or get moves a file through a few reused buffers from several
+/// threads. glibc gives each thread its own malloc arena and keeps what each
+/// freed: measured on a 1 GiB get, 10 to 20 MiB above the data in flight.
+/// One arena keeps the peak near what is live, at no measured cost in time.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called before the runtime starts any thread; only tunes malloc.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.cmd, Cmd::Tracker { .. } | Cmd::Node { .. });
+    if !daemon {
+        one_malloc_arena();
+    }
     init_logs(cli.verbose, daemon);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -8,7 +8,7 @@ pub const CHUNK_SIZE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest chunk size a file may declare (small values only make sense in tests).
 pub const CHUNK_SIZE_MIN_BYTES: u64 = 1024;
 /// Size of one data message in a chunk stream.
-pub const PIECE_SIZE_BYTES: usize = 256 * 1024;
+pub const PIECE_SIZE_BYTES: usize = 1024 * 1024;
 /// Largest message any peer decodes: a piece plus framing headroom.
 pub const MESSAGE_SIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Default replication factor.

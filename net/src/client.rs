@@ -9,8 +9,7 @@
 //! file, and renames the file into place only when every chunk is intact.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,6 +28,7 @@ use tonic::Status;
 
 use crate::convert;
 use crate::error::{ClientError, is_unreachable, status_line};
+pub use crate::sink::{FileSink, Sink};
 use crate::transport::{Dialer, Peers, Timeouts};
 
 /// Tuning of a client.
@@ -88,101 +88,6 @@ struct ChunkDone {
     len: u64,
     holders: Result<Vec<NodeId>, ClientError>,
     retries: usize,
-}
-
-/// Where a get writes verified chunk bytes.
-#[async_trait::async_trait]
-pub trait Sink: Send + Sync {
-    async fn write_at(&self, offset: u64, data: Bytes) -> std::io::Result<()>;
-}
-
-/// A temporary file next to the destination, renamed into place by
-/// [`FileSink::finish`]; dropped unfinished, it is removed.
-pub struct FileSink {
-    file: Arc<std::fs::File>,
-    tmp: PathBuf,
-    dest: PathBuf,
-    finished: std::sync::atomic::AtomicBool,
-}
-
-impl FileSink {
-    pub fn create(dest: &Path, size_bytes: u64) -> Result<Self, ClientError> {
-        let werr = |err| ClientError::WriteOutput {
-            path: dest.to_path_buf(),
-            err,
-        };
-        let file_name = dest
-            .file_name()
-            .ok_or_else(|| werr(std::io::Error::other("not a file path")))?;
-        // Renaming over a device or a directory would replace it: refuse.
-        if let Ok(meta) = std::fs::metadata(dest)
-            && !meta.is_file()
-        {
-            return Err(werr(std::io::Error::other(
-                "exists and is not a regular file (get writes a file, then renames it into place)",
-            )));
-        }
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = dir.join(format!(
-            ".{}.p2p-{}-{}.tmp",
-            file_name.to_string_lossy(),
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(werr)?;
-        let sink = Self {
-            file: Arc::new(file),
-            tmp,
-            dest: dest.to_path_buf(),
-            finished: Default::default(),
-        };
-        sink.file.set_len(size_bytes).map_err(werr)?;
-        Ok(sink)
-    }
-
-    /// Sync the data and rename the file into place.
-    pub async fn finish(&self) -> Result<(), ClientError> {
-        let werr = |err| ClientError::WriteOutput {
-            path: self.dest.clone(),
-            err,
-        };
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.sync_all())
-            .await
-            .map_err(|e| werr(std::io::Error::other(e)))?
-            .map_err(werr)?;
-        std::fs::rename(&self.tmp, &self.dest).map_err(werr)?;
-        if let Some(dir) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-        }
-        self.finished
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl Drop for FileSink {
-    fn drop(&mut self) {
-        if !self.finished.load(std::sync::atomic::Ordering::SeqCst) {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Sink for FileSink {
-    async fn write_at(&self, offset: u64, data: Bytes) -> std::io::Result<()> {
-        // A positioned write of one piece into the page cache is short; a
-        // thread hand-off per piece cost more than it saved.
-        self.file.write_all_at(&data, offset)
-    }
 }
 
 /// Whether a call failed because its connection broke before an answer,

@@ -13,6 +13,7 @@
 //! - [`tracker`]: the tracker gRPC service around `p2p_core::tracker::Tracker`.
 //! - [`node`]: the node gRPC service, heartbeats and graceful leave.
 //! - [`client`]: put, get, ls, status and leave as a library.
+//! - [`sink`]: where a get writes; the output file's single writer.
 //! - [`convert`]: wire messages to and from core types, validated on entry.
 //!
 //! Time is read only through `tokio::time`, which the simulator controls.
@@ -22,6 +23,7 @@ pub mod convert;
 pub mod error;
 pub mod meta;
 pub mod node;
+pub mod sink;
 pub mod store;
 pub mod tracker;
 pub mod transport;

@@ -391,18 +391,20 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
     /// Read a chunk and check it against its hash. A chunk that fails is
     /// removed, so it is never served, and reported at the next heartbeat.
     pub async fn read_verified(&self, id: &ChunkId) -> Result<Bytes, Status> {
-        let data = self.inner.store.read(id).await.map_err(store_status)?;
-        if ChunkId::of(&data) != *id {
-            tracing::error!(chunk = %id, "stored chunk failed verification; removing it");
-            if let Err(e) = self.inner.store.remove(id).await {
-                tracing::error!(chunk = %id, error = %e, "cannot remove corrupt chunk");
+        match self.inner.store.read_verified(id).await {
+            Ok(data) => Ok(data),
+            Err(StoreError::Corrupt(_)) => {
+                tracing::error!(chunk = %id, "stored chunk failed verification; removing it");
+                if let Err(e) = self.inner.store.remove(id).await {
+                    tracing::error!(chunk = %id, error = %e, "cannot remove corrupt chunk");
+                }
+                self.inventory().removed(*id);
+                Err(Status::data_loss(format!(
+                    "chunk {id} failed verification here and was removed"
+                )))
             }
-            self.inventory().removed(*id);
-            return Err(Status::data_loss(format!(
-                "chunk {id} failed verification here and was removed"
-            )));
+            Err(e) => Err(store_status(e)),
         }
-        Ok(data)
     }
 
     async fn receive(

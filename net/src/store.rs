@@ -32,6 +32,9 @@ pub enum StoreError {
     /// A stored file is larger than any chunk may be.
     #[error("stored chunk {0} is larger than {CHUNK_SIZE_MAX_BYTES} bytes")]
     TooLarge(ChunkId),
+    /// The stored bytes do not hash to the chunk's id.
+    #[error("stored chunk {0} failed verification")]
+    Corrupt(ChunkId),
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -52,6 +55,15 @@ pub trait ChunkStore: Send + Sync + 'static {
     async fn create(&self, id: &ChunkId) -> Result<Box<dyn ChunkWriter>, StoreError>;
     /// The stored bytes of `id`, unverified.
     async fn read(&self, id: &ChunkId) -> Result<Bytes, StoreError>;
+    /// The stored bytes of `id`, checked against it: [`StoreError::Corrupt`]
+    /// if they do not hash to `id`.
+    async fn read_verified(&self, id: &ChunkId) -> Result<Bytes, StoreError> {
+        let data = self.read(id).await?;
+        if ChunkId::of(&data) != *id {
+            return Err(StoreError::Corrupt(*id));
+        }
+        Ok(data)
+    }
     /// Remove `id`; removing a missing chunk is not an error.
     async fn remove(&self, id: &ChunkId) -> Result<(), StoreError>;
 }
@@ -103,6 +115,42 @@ impl DiskStore {
         let hex = id.to_hex();
         self.chunks.join(&hex[..2]).join(hex)
     }
+}
+
+/// The whole file of chunk `id`, refused if larger than any chunk may be.
+fn read_file(path: &Path, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StoreError::NotFound(*id));
+        }
+        Err(e) => return Err(io("open", path)(e)),
+    };
+    let len = file.metadata().map_err(io("stat", path))?.len();
+    if len > CHUNK_SIZE_MAX_BYTES {
+        return Err(StoreError::TooLarge(*id));
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    // At most one byte past the size: a file that grew is read short of
+    // its new end and fails verification, never read without bound.
+    file.take(len + 1)
+        .read_to_end(&mut data)
+        .map_err(io("read", path))?;
+    Ok(data)
+}
+
+/// Run filesystem work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Io {
+            op: "run",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e),
+        })
+    })
 }
 
 async fn sync_dir(dir: PathBuf) -> Result<(), StoreError> {
@@ -165,19 +213,22 @@ impl ChunkStore for DiskStore {
     }
 
     async fn read(&self, id: &ChunkId) -> Result<Bytes, StoreError> {
-        let path = self.path_of(id);
-        let meta = match tokio::fs::metadata(&path).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(*id));
+        let (path, id) = (self.path_of(id), *id);
+        blocking(move || read_file(&path, &id).map(Bytes::from)).await
+    }
+
+    /// Read and hash in one blocking task: one hand-off per chunk, and the
+    /// hashing stays off the threads that serve the network.
+    async fn read_verified(&self, id: &ChunkId) -> Result<Bytes, StoreError> {
+        let (path, id) = (self.path_of(id), *id);
+        blocking(move || {
+            let data = read_file(&path, &id)?;
+            if ChunkId::of(&data) != id {
+                return Err(StoreError::Corrupt(id));
             }
-            Err(e) => return Err(io("stat", &path)(e)),
-        };
-        if meta.len() > CHUNK_SIZE_MAX_BYTES {
-            return Err(StoreError::TooLarge(*id));
-        }
-        let data = tokio::fs::read(&path).await.map_err(io("read", &path))?;
-        Ok(Bytes::from(data))
+            Ok(Bytes::from(data))
+        })
+        .await
     }
 
     async fn remove(&self, id: &ChunkId) -> Result<(), StoreError> {

@@ -8,10 +8,15 @@ use tonic::transport::{Channel, Endpoint, Server};
 
 use crate::error::ClientError;
 
-/// HTTP/2 flow-control windows: large enough that one stream can keep a
-/// loopback or LAN link busy.
+/// HTTP/2 flow-control windows of servers (what an upload may send ahead):
+/// large enough that one stream can keep a loopback or LAN link busy.
 pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+/// Windows of clients (what a node may send ahead of a download's reads):
+/// smaller, because a get reads from many streams at once and every byte
+/// sent ahead is held in the client's memory.
+pub const CLIENT_STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+pub const CLIENT_CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 /// HTTP/2's default 16 KiB frames cost more than its windows; 1 MiB frames
 /// carry a whole piece in one frame.
 pub const FRAME_SIZE_MAX_BYTES: u32 = 1024 * 1024;
@@ -86,8 +91,8 @@ pub fn endpoint(addr: &str, t: &Timeouts) -> Result<Endpoint, ClientError> {
         .http2_keep_alive_interval(t.keepalive)
         .keep_alive_timeout(t.keepalive)
         .keep_alive_while_idle(true)
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(CLIENT_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CLIENT_CONNECTION_WINDOW_BYTES)
         .max_frame_size(FRAME_SIZE_MAX_BYTES))
 }
 
