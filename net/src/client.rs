@@ -17,7 +17,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use p2p_core::chunking::{chunk_count, chunk_offset};
 use p2p_core::get_plan::{Candidate, FetchFailure, GetOutcome, GetPlan};
-use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, PIECE_SIZE_BYTES};
+use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, UPLOAD_PIECE_SIZE_BYTES};
 use p2p_core::manifest::{validate_chunk_size, validate_replicas};
 use p2p_core::put_plan::{PutAction, PutOutcome, ReplicaPut};
 use p2p_core::tracker::NodeRef;
@@ -100,7 +100,8 @@ fn connection_broke(s: &Status) -> bool {
     }
 }
 
-/// Upload one chunk to one node: a header, then pieces of at most 1 MiB.
+/// Upload one chunk to one node: a header, then pieces of at most
+/// [`UPLOAD_PIECE_SIZE_BYTES`].
 /// Returns once the node has verified the hash and synced the chunk.
 pub async fn upload_chunk<D: Dialer>(
     peers: &Peers<D>,
@@ -117,10 +118,10 @@ pub async fn upload_chunk<D: Dialer>(
     };
     let len = data.len();
     let pieces = (0..len)
-        .step_by(PIECE_SIZE_BYTES)
+        .step_by(UPLOAD_PIECE_SIZE_BYTES)
         .map(move |o| pb::PutChunkRequest {
             msg: Some(pb::put_chunk_request::Msg::Data(
-                data.slice(o..(o + PIECE_SIZE_BYTES).min(len)),
+                data.slice(o..(o + UPLOAD_PIECE_SIZE_BYTES).min(len)),
             )),
         });
     let stream = tokio_stream::iter(std::iter::once(header).chain(pieces));
