@@ -46,6 +46,8 @@ pub async fn run_tracker(
         dead_after_ms: opts.dead_after.as_millis() as u64,
         heartbeat_interval_ms: opts.heartbeat.as_millis() as u64,
         repair_grace_ms: opts.repair_grace.as_millis() as u64,
+        // Every tracker process hands out sessions of its own.
+        session_base: rand::random::<u64>() >> 1,
         ..TrackerConfig::default()
     };
     let service = TrackerService::open(config, meta).await?;

@@ -46,6 +46,15 @@ impl Inventory {
         }
     }
 
+    /// The tracker asked for `id` to be deleted and it is gone (or was
+    /// never here): report it removed either way, so the tracker knows the
+    /// deletion was carried out rather than lost.
+    pub fn deleted(&mut self, id: ChunkId) {
+        self.held.remove(&id);
+        self.unreported_added.remove(&id);
+        self.unreported_removed.insert(id);
+    }
+
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.held.contains(id)
     }

@@ -39,6 +39,11 @@ pub struct TrackerConfig {
     /// A repair confirmed neither by its source nor by the target's
     /// inventory after this long is planned again.
     pub repair_timeout_ms: u64,
+    /// Where this process's registration sessions start. Give every tracker
+    /// process a different random value (the binary does): a heartbeat a
+    /// node sent to a restarted tracker with its old session must not match
+    /// a session the new process handed out.
+    pub session_base: u64,
 }
 
 impl Default for TrackerConfig {
@@ -49,6 +54,7 @@ impl Default for TrackerConfig {
             repair_grace_ms: 0,
             repairs_per_node: 4,
             repair_timeout_ms: 60_000,
+            session_base: 0,
         }
     }
 }
@@ -121,6 +127,10 @@ struct NodeEntry {
     /// Known only from records (after a restart): ask for a full report.
     needs_full_report: bool,
     chunks: BTreeSet<ChunkId>,
+    /// The node's registration with this tracker process, and the highest
+    /// heartbeat number seen in it (see [`Tracker::sequence`]).
+    session: u64,
+    last_seq: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +225,19 @@ pub struct Handoff {
     pub target: NodeRef,
 }
 
+/// Where a heartbeat stands in its node's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequence {
+    /// Newer than any seen: apply it.
+    Fresh,
+    /// Overtaken by a newer one (it was delayed past its timeout and the
+    /// node sent another): ignore it, its report is out of date.
+    Stale,
+    /// From another registration, or from a node the tracker does not know:
+    /// the node must register again.
+    Reregister,
+}
+
 /// What the tracker tells a node in a heartbeat reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeartbeatReply {
@@ -249,11 +272,14 @@ pub struct Tracker {
     holders: BTreeMap<ChunkId, BTreeSet<NodeId>>,
     outbox: VecDeque<Record>,
     heal: repair::HealState,
+    /// The last registration session handed out by this process.
+    last_session: u64,
 }
 
 impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
         Self {
+            last_session: config.session_base,
             config,
             ..Default::default()
         }
@@ -293,6 +319,8 @@ impl Tracker {
                     leaving: false,
                     needs_full_report: false,
                     chunks: BTreeSet::new(),
+                    session: 0,
+                    last_seq: 0,
                 });
                 entry.addr = addr.clone();
             }
@@ -366,14 +394,15 @@ impl Tracker {
     }
 
     /// A node announces itself with its full inventory, which replaces what
-    /// the tracker believed it held.
+    /// the tracker believed it held. Returns the session its heartbeats
+    /// carry from now on (see [`Tracker::sequence`]).
     pub fn register(
         &mut self,
         id: NodeId,
         addr: String,
         chunks: Vec<ChunkId>,
         now_ms: u64,
-    ) -> Result<(), TrackerError> {
+    ) -> Result<u64, TrackerError> {
         if addr.is_empty() || addr.len() > ADDR_MAX_BYTES {
             return Err(TrackerError::Addr(addr));
         }
@@ -404,12 +433,38 @@ impl Tracker {
                 self.link(&id, c);
             }
         }
+        // Never 0, which no registration has.
+        self.last_session = self.last_session.wrapping_add(1).max(1);
         let n = self.nodes.get_mut(&id).expect("node was just recorded");
         n.alive = true;
         n.leaving = false;
         n.needs_full_report = false;
         n.last_seen_ms = now_ms;
-        Ok(())
+        n.session = self.last_session;
+        n.last_seq = 0;
+        Ok(self.last_session)
+    }
+
+    /// Check a heartbeat's place in its node's sequence before applying it:
+    /// `session` is what [`Tracker::register`] returned to the node, `seq`
+    /// the heartbeat's number in that session, higher for each one sent
+    /// (retries included). A heartbeat that timed out at the node may still
+    /// arrive after the next one; applied then, its out-of-date report could
+    /// count a copy the node no longer has, and the planner could trim a
+    /// real one for it. Sessions start at [`TrackerConfig::session_base`],
+    /// different for every tracker process.
+    pub fn sequence(&mut self, id: &NodeId, session: u64, seq: u64) -> Sequence {
+        match self.nodes.get_mut(id) {
+            Some(n) if !n.needs_full_report && n.session == session && session != 0 => {
+                if seq > n.last_seq {
+                    n.last_seq = seq;
+                    Sequence::Fresh
+                } else {
+                    Sequence::Stale
+                }
+            }
+            _ => Sequence::Reregister,
+        }
     }
 
     /// Liveness plus inventory changes since the last report.
@@ -431,13 +486,22 @@ impl Tracker {
         }
         n.alive = true;
         n.last_seen_ms = now_ms;
-        for c in removed {
-            self.unlink(id, &c);
-            self.heal.gone(id, &c);
+        for c in &removed {
+            self.unlink(id, c);
+            self.heal.gone(id, c);
         }
-        // Deletions sent with the previous reply were carried out (and are
-        // in `removed`, now or before) or lost with that reply.
+        // A node confirms every deletion it carries out in its next report
+        // (see `Inventory::deleted`), so one sent with the previous reply and
+        // missing from this report was lost with that reply: the node still
+        // holds the copy. Count it again; planning decides afresh whether it
+        // goes. (Only a fresh heartbeat gets here: see `sequence`.)
         let settled = self.heal.settle(id);
+        let reported: BTreeSet<&ChunkId> = removed.iter().chain(&added).collect();
+        for c in &settled {
+            if !reported.contains(c) && !self.heal.deleting(c, id) {
+                self.link(id, *c);
+            }
+        }
         for c in added {
             if self.heal.deleting(&c, id) {
                 // The deletion still to be sent takes this copy too.

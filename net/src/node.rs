@@ -182,17 +182,22 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         let mut failing = false;
         let mut interval = self.inner.config.heartbeat_interval;
         let mut shutdown = self.shutdown_signal();
+        // The registration's session, and the number of the last heartbeat
+        // sent in it: the tracker ignores one overtaken by a newer one.
+        let (mut session, mut seq) = (0, 0);
         loop {
             let result = if registered {
-                self.heartbeat_once().await.map(|reregister| {
+                seq += 1;
+                self.heartbeat_once(session, seq).await.map(|reregister| {
                     if reregister {
                         tracing::info!("tracker asked for a full inventory");
                         registered = false;
                     }
                 })
             } else {
-                self.register_once().await.map(|ms| {
+                self.register_once().await.map(|(ms, s)| {
                     registered = true;
+                    (session, seq) = (s, 0);
                     if ms > 0 {
                         interval =
                             Duration::from_millis(ms).min(self.inner.config.heartbeat_interval);
@@ -223,7 +228,9 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         }
     }
 
-    async fn register_once(&self) -> Result<u64, ClientError> {
+    /// Register with the full inventory; returns the heartbeat interval the
+    /// tracker asks for and the registration's session.
+    async fn register_once(&self) -> Result<(u64, u64), ClientError> {
         let all = {
             let mut inv = self.inventory();
             inv.reported_all();
@@ -239,11 +246,12 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .await
             .map_err(|s| ClientError::from_tracker(&self.inner.tracker_addr, s))?;
         tracing::info!(node = %self.inner.id, chunks = all.len(), "registered with the tracker");
-        Ok(resp.into_inner().heartbeat_interval_ms)
+        let resp = resp.into_inner();
+        Ok((resp.heartbeat_interval_ms, resp.session))
     }
 
     /// One heartbeat; `Ok(true)` if the tracker wants a full report.
-    async fn heartbeat_once(&self) -> Result<bool, ClientError> {
+    async fn heartbeat_once(&self, session: u64, seq: u64) -> Result<bool, ClientError> {
         let delta = self.inventory().take_delta();
         let outcomes =
             std::mem::take(&mut *self.inner.repair_outcomes.lock().expect("outcomes lock"));
@@ -255,6 +263,8 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             removed: convert::chunk_bytes(&delta.removed),
             failed: pairs(&outcomes.failed),
             repaired: pairs(&outcomes.made),
+            session,
+            seq,
         };
         match self.tracker_client()?.heartbeat(req).await {
             Ok(resp) => {
@@ -266,6 +276,11 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             }
             Err(s) => {
                 self.inventory().restore_delta(delta);
+                // Report the outcomes again next time: if this heartbeat
+                // arrives at all, it arrives overtaken and is ignored.
+                let mut pending = self.inner.repair_outcomes.lock().expect("outcomes lock");
+                pending.made.extend(outcomes.made);
+                pending.failed.extend(outcomes.failed);
                 Err(ClientError::from_tracker(&self.inner.tracker_addr, s))
             }
         }
@@ -283,7 +298,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 match self.inner.store.remove(&id).await {
                     Ok(()) | Err(StoreError::NotFound(_)) => {
                         tracing::debug!(chunk = %id, "deleted as the tracker asked");
-                        self.inventory().removed(id);
+                        self.inventory().deleted(id);
                     }
                     Err(e) => tracing::warn!(chunk = %id, error = %e, "cannot delete chunk"),
                 }

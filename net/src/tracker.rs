@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use p2p_core::limits::TRACKER_MESSAGE_SIZE_MAX_BYTES;
-use p2p_core::tracker::{HeartbeatReply, Tracker, TrackerConfig, TrackerError};
+use p2p_core::tracker::{HeartbeatReply, Sequence, Tracker, TrackerConfig, TrackerError};
 use p2p_proto as pb;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -127,12 +127,14 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let id = convert::node_id(&req.node_id)?;
         let chunks = convert::chunk_ids(&req.chunks)?;
         let n = chunks.len();
-        self.mutate(|t, now| t.register(id.clone(), req.addr.clone(), chunks, now))
+        let session = self
+            .mutate(|t, now| t.register(id.clone(), req.addr.clone(), chunks, now))
             .await?;
         tracing::info!(node = %id, addr = %req.addr, chunks = n, "node registered");
         let interval = self.state.lock().await.config().heartbeat_interval_ms;
         Ok(Response::new(pb::RegisterResponse {
             heartbeat_interval_ms: interval,
+            session,
         }))
     }
 
@@ -148,6 +150,14 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let repaired = convert::handed_from_pb(&req.repaired)?;
         let reply = self
             .mutate(|t, now| {
+                match t.sequence(&id, req.session, req.seq) {
+                    Sequence::Fresh => {}
+                    Sequence::Stale => {
+                        tracing::debug!(node = %id, seq = req.seq, "ignored an overtaken heartbeat");
+                        return Ok(HeartbeatReply::Ok { commands: vec![] });
+                    }
+                    Sequence::Reregister => return Ok(HeartbeatReply::Reregister),
+                }
                 for (chunk, target) in &failed {
                     t.repair_failed(&id, chunk, target);
                 }

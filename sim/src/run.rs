@@ -427,12 +427,22 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         repair_grace_ms: 0,
         repairs_per_node: 4,
         repair_timeout_ms: 2_000,
+        session_base: 0,
     };
     {
         let timeouts = cfg.timeouts.clone();
         let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
+        // Each start of the tracker hands out sessions of its own, as each
+        // process of the binary does (from its seed, not a random one here).
+        let starts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seed = scenario.seed;
         sim.host("tracker", move || {
-            let (meta, tcfg, timeouts) = (tracker_meta.clone(), tcfg.clone(), timeouts.clone());
+            let start = starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tcfg = TrackerConfig {
+                session_base: (seed ^ (start << 40)) >> 1,
+                ..tcfg.clone()
+            };
+            let (meta, timeouts) = (tracker_meta.clone(), timeouts.clone());
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 let service = TrackerService::open(tcfg, meta).await?;

@@ -27,9 +27,17 @@ enum Fate {
     Silent,
     /// The tracker handles the heartbeat but its reply is lost.
     LoseReply,
+    /// The heartbeat is delayed past its timeout (the node restores its
+    /// report) and arrives after the node's next one.
+    Delay,
     /// A copy of the n-th chunk lands here unplanned, to be reported at the
     /// next heartbeat.
     Stray(usize),
+    /// The node finds its copy of the n-th chunk rotten and removes it, if
+    /// another node holds a copy it is not deleting: this model destroys no
+    /// data (a copy rotting while the only other one is being trimmed is a
+    /// loss no tracker can prevent).
+    Rot(usize),
     /// A new one-chunk file lands here alone (shifts the load, so the
     /// planner's choice of whom to trim changes).
     Own,
@@ -43,8 +51,10 @@ fn fate() -> impl Strategy<Value = Fate> {
         4 => Just(Fate::Normal),
         2 => Just(Fate::Silent),
         3 => Just(Fate::LoseReply),
+        2 => Just(Fate::Delay),
         3 => (0usize..64).prop_map(Fate::Stray),
         2 => Just(Fate::Own),
+        2 => (0usize..64).prop_map(Fate::Rot),
         1 => Just(Fate::Crash),
         1 => Just(Fate::Restart),
     ]
@@ -55,7 +65,13 @@ struct Node {
     inv: Inventory,
     up: bool,
     registered: bool,
+    session: u64,
+    seq: u64,
+    /// A heartbeat on its way, overtaken: (session, seq, added, removed).
+    delayed: Option<Request>,
 }
+
+type Request = (u64, u64, Vec<ChunkId>, Vec<ChunkId>);
 
 struct Chaos {
     t: Tracker,
@@ -77,7 +93,7 @@ impl Chaos {
         let mut t = Tracker::new(config);
         let mut nodes = BTreeMap::new();
         for i in 0..n {
-            t.register(nid(i), format!("a{i}"), vec![], 0).unwrap();
+            let session = t.register(nid(i), format!("a{i}"), vec![], 0).unwrap();
             nodes.insert(
                 nid(i),
                 Node {
@@ -85,6 +101,9 @@ impl Chaos {
                     inv: Inventory::default(),
                     up: true,
                     registered: true,
+                    session,
+                    seq: 0,
+                    delayed: None,
                 },
             );
         }
@@ -160,6 +179,18 @@ impl Chaos {
                 _ if !n.up => continue,
                 Fate::Silent => continue,
                 Fate::Own => self.own(i),
+                Fate::Rot(k) => {
+                    let chunk = self.chunks[k % self.chunks.len()].0;
+                    let elsewhere = self.nodes.iter().any(|(other, o)| {
+                        other != id
+                            && o.disk.contains(&chunk)
+                            && !self.t.heal.deleting(&chunk, other)
+                    });
+                    let n = self.nodes.get_mut(id).unwrap();
+                    if elsewhere && n.disk.remove(&chunk) {
+                        n.inv.removed(chunk);
+                    }
+                }
                 Fate::Stray(k) => {
                     // Reported at the next heartbeat, like a put's copy.
                     let chunk = self.chunks[k % self.chunks.len()].0;
@@ -168,7 +199,7 @@ impl Chaos {
                 }
                 _ => {}
             }
-            self.heartbeat(id, fate == Fate::LoseReply);
+            self.heartbeat(id, fate);
         }
         self.persist();
     }
@@ -179,28 +210,58 @@ impl Chaos {
         }
     }
 
-    /// The tracker process dies and restarts from what it persisted.
+    /// The tracker process dies and restarts from what it persisted, with
+    /// its own session base. Requests on their way may still arrive.
     fn restart_tracker(&mut self) {
         self.persist();
-        self.t = Tracker::restore(self.t.config().clone(), self.records.clone());
+        let config = TrackerConfig {
+            session_base: self.t.config().session_base + (1 << 32),
+            ..self.t.config().clone()
+        };
+        self.t = Tracker::restore(config, self.records.clone());
     }
 
-    fn heartbeat(&mut self, id: &NodeId, lose_reply: bool) {
+    /// Deliver a heartbeat as the tracker's service does: checked against
+    /// the node's sequence first.
+    fn deliver(&mut self, id: &NodeId, (session, seq, added, removed): Request) -> HeartbeatReply {
+        match self.t.sequence(id, session, seq) {
+            Sequence::Fresh => self.t.heartbeat(id, added, removed, self.now).unwrap(),
+            Sequence::Stale => HeartbeatReply::Ok { commands: vec![] },
+            Sequence::Reregister => HeartbeatReply::Reregister,
+        }
+    }
+
+    fn heartbeat(&mut self, id: &NodeId, fate: Fate) {
         let n = self.nodes.get_mut(id).unwrap();
         if !n.registered {
             n.inv.reported_all();
             let all = n.inv.all();
-            self.t
+            n.session = self
+                .t
                 .register(id.clone(), "a".into(), all, self.now)
                 .unwrap();
-            n.registered = true;
+            (n.seq, n.registered) = (0, true);
             return;
         }
         let delta = n.inv.take_delta();
-        let reply = self
-            .t
-            .heartbeat(id, delta.added.clone(), delta.removed.clone(), self.now)
-            .unwrap();
+        n.seq += 1;
+        let request = (n.session, n.seq, delta.added.clone(), delta.removed.clone());
+        if fate == Fate::Delay {
+            // Timed out at the node; it arrives after the next one.
+            n.inv.restore_delta(delta);
+            if n.delayed.is_none() {
+                n.delayed = Some(request);
+            }
+            return;
+        }
+        let overtaken = n.delayed.take();
+        let reply = self.deliver(id, request);
+        if let Some(old) = overtaken {
+            // Its reply goes nowhere: the node gave up on it.
+            let _ = self.deliver(id, old);
+        }
+        let n = self.nodes.get_mut(id).unwrap();
+        let lose_reply = fate == Fate::LoseReply;
         let commands = match reply {
             HeartbeatReply::Reregister => {
                 n.registered = false;
@@ -216,9 +277,8 @@ impl Chaos {
             match c {
                 NodeCommand::Delete { chunk } => {
                     let n = self.nodes.get_mut(id).unwrap();
-                    if n.disk.remove(&chunk) {
-                        n.inv.removed(chunk);
-                    }
+                    n.disk.remove(&chunk);
+                    n.inv.deleted(chunk);
                 }
                 NodeCommand::Replicate { chunk, target, .. } => {
                     let ok = self.nodes[id].disk.contains(&chunk)
@@ -276,6 +336,26 @@ fn late_report_of_a_trimmed_copy_does_not_cost_the_last_copy() {
     assert_eq!(w.t.holders[&chunk], BTreeSet::from([nid(0)]));
     assert!(w.nodes[&nid(0)].disk.contains(&chunk));
     assert!(!w.nodes[&nid(1)].disk.contains(&chunk));
+}
+
+// A heartbeat overtaken by a newer one is ignored; one from another
+// registration, or sent to a restarted tracker with the old session, makes
+// the node register again rather than being applied.
+#[test]
+fn heartbeats_out_of_order_or_from_another_session_are_not_applied() {
+    let mut w = Chaos::new(2);
+    let s = w.nodes[&nid(0)].session;
+    assert_eq!(w.t.sequence(&nid(0), s, 2), Sequence::Fresh);
+    assert_eq!(w.t.sequence(&nid(0), s, 1), Sequence::Stale);
+    assert_eq!(w.t.sequence(&nid(0), s, 2), Sequence::Stale);
+    assert_eq!(w.t.sequence(&nid(0), s + 1, 3), Sequence::Reregister);
+    assert_eq!(w.t.sequence(&nid(0), 0, 3), Sequence::Reregister);
+    w.restart_tracker();
+    assert_eq!(w.t.sequence(&nid(0), s, 3), Sequence::Reregister);
+    let again = w.t.register(nid(0), "a".into(), vec![], w.now).unwrap();
+    assert_ne!(again, s, "a new process hands out other sessions");
+    assert_eq!(w.t.sequence(&nid(0), s, 4), Sequence::Reregister);
+    assert_eq!(w.t.sequence(&nid(0), again, 1), Sequence::Fresh);
 }
 
 proptest! {

@@ -102,9 +102,9 @@ impl World {
                         }
                     }
                     NodeCommand::Delete { chunk } => {
-                        if self.held.get_mut(&id).unwrap().remove(&chunk) {
-                            self.removed.entry(id.clone()).or_default().push(chunk);
-                        }
+                        // Confirmed whether or not it was there, as a node does.
+                        self.held.get_mut(&id).unwrap().remove(&chunk);
+                        self.removed.entry(id.clone()).or_default().push(chunk);
                     }
                 }
             }
