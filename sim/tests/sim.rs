@@ -221,6 +221,12 @@ const FOUND: &[(&str, &str)] = &[
          830:latency(71) 1030:partition(node1,client0) 1234:put(f1,18391,3,client0) \
          1260:loss(27) 1362:crash(tracker) 2632:get(f2,client1) 2645:crash(node2)",
     ),
+    (
+        "a surplus copy was trimmed while the other holder had just died, not yet declared dead",
+        "seed=13014488 nodes=5 372:crash(node2) 721:put(f3,13422,1,client0) \
+         2176:get(f2,client1) 2210:put(f1,18785,2,client0) 2247:get(f3,client1) 2273:heal() \
+         2385:put(f2,9077,1,client0) 2792:put(f2,1601,3,client0) 2932:lose(f1)",
+    ),
 ];
 
 #[test]

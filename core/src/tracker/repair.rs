@@ -14,7 +14,9 @@
 //!   hash and synced first), and planned again if that takes longer than
 //!   `repair_timeout_ms` or if the source or target dies.
 //! - trims copies above the factor (a node that was declared dead came back
-//!   after its chunks were repaired): the most loaded holders delete theirs.
+//!   after its chunks were repaired): the most loaded holders delete theirs,
+//!   once the surplus has lasted `dead_after_ms` and while every holder that
+//!   keeps its copy was heard from within two heartbeats.
 //! - deletes every copy of a chunk no file references any more (`rm`).
 //!
 //! A deletion is remembered for [`TOMBSTONE_MS`]: a put that raced with it
@@ -49,6 +51,8 @@ pub(crate) struct HealState {
     repairs: BTreeMap<ChunkId, BTreeMap<NodeId, Repair>>,
     /// When each chunk was first seen under its factor.
     under_since: BTreeMap<ChunkId, u64>,
+    /// When each chunk was first seen above its factor.
+    over_since: BTreeMap<ChunkId, u64>,
     /// Chunks no file references any more: every copy is to be deleted.
     pub(crate) garbage: BTreeSet<ChunkId>,
     /// Deletions waiting for the holder's next heartbeat.
@@ -194,6 +198,9 @@ impl Tracker {
             }
         }
 
+        let refs = &self.refs;
+        self.heal.over_since.retain(|c, _| refs.contains_key(c));
+
         // Walk referenced chunks: queue the under-replicated, trim the over.
         let mut queue: Vec<(usize, ChunkId, u32)> = Vec::new();
         let mut trims: Vec<(NodeId, ChunkId)> = Vec::new();
@@ -214,20 +221,37 @@ impl Tracker {
                 // unplanned): repairs still planned are moot.
                 self.heal.under_since.remove(chunk);
                 self.heal.repairs.remove(chunk);
-                if live.len() > want {
-                    let mut victims: Vec<(usize, &NodeId)> = live
-                        .iter()
-                        .filter(|n| !self.nodes[**n].leaving)
-                        .map(|n| (self.nodes[*n].chunks.len(), *n))
-                        .collect();
-                    victims.sort_by(|a, b| b.cmp(a));
-                    let excess = live.len() - want;
-                    for (_, n) in victims.into_iter().take(excess) {
-                        trims.push((n.clone(), *chunk));
-                    }
+                if live.len() == want {
+                    self.heal.over_since.remove(chunk);
+                    continue;
+                }
+                // Trim only a surplus that has lasted the dead-after time, and
+                // only while every holder that keeps its copy was heard from
+                // within two heartbeats: a holder that has just died still
+                // counts as live until it is declared dead, and trimming
+                // against it could delete the last real copy.
+                let since = *self.heal.over_since.entry(*chunk).or_insert(now_ms);
+                if now_ms.saturating_sub(since) < self.config.dead_after_ms {
+                    continue;
+                }
+                let mut victims: Vec<(usize, &NodeId)> = live
+                    .iter()
+                    .filter(|n| !self.nodes[**n].leaving)
+                    .map(|n| (self.nodes[*n].chunks.len(), *n))
+                    .collect();
+                victims.sort_by(|a, b| b.cmp(a));
+                victims.truncate(live.len() - want);
+                let fresh = self.config.heartbeat_interval_ms.saturating_mul(2);
+                let keepers_fresh = live
+                    .iter()
+                    .filter(|n| !victims.iter().any(|(_, v)| v == *n))
+                    .all(|n| now_ms.saturating_sub(self.nodes[*n].last_seen_ms) <= fresh);
+                if keepers_fresh {
+                    trims.extend(victims.into_iter().map(|(_, n)| (n.clone(), *chunk)));
                 }
                 continue;
             }
+            self.heal.over_since.remove(chunk);
             let planned = self.heal.repairs.get(chunk).map_or(0, BTreeMap::len);
             let since = *self.heal.under_since.entry(*chunk).or_insert(now_ms);
             if live.is_empty() || live.len() + planned >= want {

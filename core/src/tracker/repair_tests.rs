@@ -249,7 +249,8 @@ fn remove_deletes_unshared_chunks() {
         Some(Record::FileRemoved { name }) if name == "a"
     ));
     assert_eq!(w.t.remove("a"), Err(TrackerError::UnknownFile("a".into())));
-    w.settle(3);
+    // Deletions go at once; trims once the surplus has lasted dead-after.
+    w.settle(6);
     assert_eq!(w.copies_of(&a.chunks[2]), 0, "a's own chunk is gone");
     for c in &b.chunks {
         // b needs 2; a's higher factor no longer applies, so one is trimmed.
