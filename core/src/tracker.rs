@@ -495,22 +495,17 @@ impl Tracker {
         // missing from this report was lost with that reply: the node still
         // holds the copy. Count it again; planning decides afresh whether it
         // goes. (Only a fresh heartbeat gets here: see `sequence`.)
-        let settled = self.heal.settle(id);
-        let reported: BTreeSet<&ChunkId> = removed.iter().chain(&added).collect();
-        for c in &settled {
-            if !reported.contains(c) && !self.heal.deleting(c, id) {
-                self.link(id, *c);
-            }
-        }
-        for c in added {
-            if self.heal.deleting(&c, id) {
-                // The deletion still to be sent takes this copy too.
-            } else if settled.contains(&c) {
-                // Stored again after the deletion, or a report restored
-                // after a lost reply: the tracker decided this copy goes,
-                // and counting it now could let the planner trim another.
-                self.schedule_delete(id, c);
-            } else {
+        // Every other copy the report names is there now, unless a deletion
+        // still to be sent takes it.
+        let removed: BTreeSet<ChunkId> = removed.into_iter().collect();
+        let lost: Vec<ChunkId> = self
+            .heal
+            .settle(id)
+            .into_iter()
+            .filter(|c| !removed.contains(c))
+            .collect();
+        for c in lost.into_iter().chain(added) {
+            if !self.heal.deleting(&c, id) {
                 self.link(id, c);
             }
         }

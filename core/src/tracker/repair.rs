@@ -132,7 +132,7 @@ pub struct PlannedRepair {
 impl Tracker {
     /// Schedule deletion of `chunk` on `node`, which stops counting as a
     /// holder at once.
-    pub(crate) fn schedule_delete(&mut self, node: &NodeId, chunk: ChunkId) {
+    fn schedule_delete(&mut self, node: &NodeId, chunk: ChunkId) {
         self.unlink(node, &chunk);
         self.heal
             .deletes
