@@ -12,12 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
+use super::repair_tests::{nid, put_allocated};
 use super::*;
 use crate::inventory::Inventory;
-
-fn nid(i: usize) -> NodeId {
-    NodeId::new(format!("n{i:02}")).unwrap()
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
@@ -128,22 +125,20 @@ impl Chaos {
     }
 
     fn put(&mut self, name: &str, n: usize, replicas: u32) {
-        let chunks: Vec<ChunkId> = (0..n)
-            .map(|i| ChunkId::of(format!("{name}/{i}").as_bytes()))
-            .collect();
-        let m = Manifest::new(name.into(), n as u64 * 1024, 1024, replicas, chunks).unwrap();
-        let placement = self
-            .t
-            .allocate(n as u64, replicas, &BTreeSet::new())
-            .unwrap();
-        let mut holders = Vec::new();
-        for (c, p) in m.chunks.iter().zip(&placement) {
-            for r in p {
-                self.store(&r.id, *c);
-            }
-            holders.push(p.iter().map(|r| r.id.clone()).collect());
-        }
-        self.t.commit(m.clone(), holders).unwrap();
+        let nodes = &mut self.nodes;
+        let m = put_allocated(
+            &mut self.t,
+            name,
+            &format!("{name}/"),
+            n,
+            replicas,
+            |node, c| {
+                let n = nodes.get_mut(node).unwrap();
+                if n.disk.insert(c) {
+                    n.inv.added(c);
+                }
+            },
+        );
         self.chunks
             .extend(m.chunks.iter().map(|c| (*c, m.replicas)));
     }

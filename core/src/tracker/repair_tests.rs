@@ -4,8 +4,35 @@
 use super::*;
 use proptest::prelude::*;
 
-fn nid(i: usize) -> NodeId {
+pub(super) fn nid(i: usize) -> NodeId {
     NodeId::new(format!("n{i:02}")).unwrap()
+}
+
+/// Put a file of `n` 1 KiB chunks, their content named `{tag}{i}`, where
+/// the tracker allocates: `store` puts each copy on its node's disk, then
+/// the file is committed with those holders.
+pub(super) fn put_allocated(
+    t: &mut Tracker,
+    name: &str,
+    tag: &str,
+    n: usize,
+    replicas: u32,
+    mut store: impl FnMut(&NodeId, ChunkId),
+) -> Manifest {
+    let chunks: Vec<ChunkId> = (0..n)
+        .map(|i| ChunkId::of(format!("{tag}{i}").as_bytes()))
+        .collect();
+    let m = Manifest::new(name.into(), n as u64 * 1024, 1024, replicas, chunks).unwrap();
+    let placement = t.allocate(n as u64, replicas, &BTreeSet::new()).unwrap();
+    let mut holders = Vec::new();
+    for (c, p) in m.chunks.iter().zip(&placement) {
+        for r in p {
+            store(&r.id, *c);
+        }
+        holders.push(p.iter().map(|r| r.id.clone()).collect());
+    }
+    t.commit(m.clone(), holders).unwrap();
+    m
 }
 
 /// Nodes that hold chunks, heartbeat and obey commands.
@@ -41,23 +68,10 @@ impl World {
 
     /// Put a file of `n` chunks (content named by `tag`) where the tracker says.
     fn put(&mut self, name: &str, tag: &str, n: usize, replicas: u32) -> Manifest {
-        let chunks: Vec<ChunkId> = (0..n)
-            .map(|i| ChunkId::of(format!("{tag}{i}").as_bytes()))
-            .collect();
-        let m = Manifest::new(name.into(), n as u64 * 1024, 1024, replicas, chunks).unwrap();
-        let placement = self
-            .t
-            .allocate(n as u64, replicas, &BTreeSet::new())
-            .unwrap();
-        let mut holders = Vec::new();
-        for (c, p) in m.chunks.iter().zip(&placement) {
-            for r in p {
-                self.held.get_mut(&r.id).unwrap().insert(*c);
-            }
-            holders.push(p.iter().map(|r| r.id.clone()).collect());
-        }
-        self.t.commit(m.clone(), holders).unwrap();
-        m
+        let held = &mut self.held;
+        put_allocated(&mut self.t, name, tag, n, replicas, |node, c| {
+            held.get_mut(node).unwrap().insert(c);
+        })
     }
 
     fn kill(&mut self, i: usize) {
