@@ -18,11 +18,18 @@
 //!   node (copy a chunk to another node, delete a chunk) rides on the reply
 //!   to that node's next heartbeat, so the tracker never dials a node.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+use roaring::RoaringBitmap;
+use smallvec::SmallVec;
 
 use crate::id::{ChunkId, ManifestHash, NodeId};
-use crate::limits::{ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS};
+use crate::limits::{ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS, REPLICAS_MAX};
 use crate::manifest::{Manifest, ManifestError, validate_replicas};
+
+pub use index::CHUNK_RECORD_BYTES;
+use index::{ChunkIx, ChunkTable, FileIx, MANY_FILES, NO_FILE, NodeIx};
 
 /// Timing of failure detection and repair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,13 +127,15 @@ pub enum TrackerError {
 
 #[derive(Debug, Clone)]
 struct NodeEntry {
+    id: NodeId,
     addr: String,
     last_seen_ms: u64,
     alive: bool,
     leaving: bool,
     /// Known only from records (after a restart): ask for a full report.
     needs_full_report: bool,
-    chunks: BTreeSet<ChunkId>,
+    /// The chunks it holds, by index.
+    chunks: RoaringBitmap,
     /// The node's registration with this tracker process, and the highest
     /// heartbeat number seen in it (see [`Tracker::sequence`]).
     session: u64,
@@ -135,22 +144,55 @@ struct NodeEntry {
 
 #[derive(Debug, Clone)]
 struct FileEntry {
-    manifest: Manifest,
-    hash: ManifestHash,
-}
-
-/// A chunk referenced by at least one file.
-#[derive(Debug, Clone)]
-struct ChunkRef {
+    name: String,
     size_bytes: u64,
-    /// How many references ask for each replication factor; the chunk's
-    /// factor is the largest.
-    uses: BTreeMap<u32, u32>,
+    chunk_size_bytes: u64,
+    replicas: u32,
+    hash: ManifestHash,
+    chunks: Vec<ChunkIx>,
+    /// `short[k]`: how many of the file's chunk references have exactly `k`
+    /// live copies, for every `k` below the file's factor. Kept up to date
+    /// as copies come and go, so `ls` never walks the chunks.
+    short: Vec<u32>,
 }
 
-impl ChunkRef {
-    fn replicas(&self) -> u32 {
-        self.uses.keys().next_back().copied().unwrap_or(0)
+impl FileEntry {
+    fn under_replicated(&self) -> u64 {
+        self.short.iter().map(|&c| u64::from(c)).sum()
+    }
+}
+
+/// Health of every referenced chunk, kept up to date by
+/// [`Tracker::reclassify`] whenever a chunk's holders, their liveness or its
+/// factor change: the repair planner and `status` read these and never walk
+/// the chunk table.
+#[derive(Debug, Clone, Default)]
+struct Health {
+    /// `under[k]`: chunks with exactly `k` live copies, fewer than their factor.
+    under: Vec<RoaringBitmap>,
+    /// Chunks with more live copies than their factor.
+    over: RoaringBitmap,
+    /// Files with a chunk below the file's factor.
+    at_risk: BTreeSet<FileIx>,
+    /// Chunks some file references.
+    referenced: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// No file references it, or it has exactly its factor.
+    Settled,
+    Under(u8),
+    Over,
+}
+
+fn class(live: u8, factor: u8) -> Class {
+    if factor == 0 || live == factor {
+        Class::Settled
+    } else if live < factor {
+        Class::Under(live)
+    } else {
+        Class::Over
     }
 }
 
@@ -262,14 +304,23 @@ pub enum NodeCommand {
     Delete { chunk: ChunkId },
 }
 
-/// The tracker's whole state. See the module docs for the drive contract.
+/// The tracker's whole state. See the module docs for the drive contract,
+/// and [`index`] for how chunks are stored.
 #[derive(Debug, Clone, Default)]
 pub struct Tracker {
     config: TrackerConfig,
-    nodes: BTreeMap<NodeId, NodeEntry>,
-    files: BTreeMap<String, FileEntry>,
-    refs: BTreeMap<ChunkId, ChunkRef>,
-    holders: BTreeMap<ChunkId, BTreeSet<NodeId>>,
+    /// Registered nodes by index; a node that left leaves a hole.
+    nodes: Vec<Option<NodeEntry>>,
+    node_ix: BTreeMap<NodeId, NodeIx>,
+    /// Committed files by index, with free slots reused.
+    files: Vec<Option<FileEntry>>,
+    free_files: Vec<FileIx>,
+    by_name: BTreeMap<String, FileIx>,
+    chunks: ChunkTable,
+    /// Chunks more than one file references: each file, and how many times
+    /// it lists the chunk.
+    shared: BTreeMap<ChunkIx, Vec<(FileIx, u32)>>,
+    health: Health,
     outbox: VecDeque<Record>,
     heal: repair::HealState,
     /// The last registration session handed out by this process.
@@ -280,6 +331,13 @@ impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
         Self {
             last_session: config.session_base,
+            // Keyed by the process's random session base, so nobody outside
+            // can grind chunk ids into one bucket.
+            chunks: ChunkTable::new(config.session_base ^ 0x9e37_79b9_7f4a_7c15),
+            health: Health {
+                under: vec![RoaringBitmap::new(); REPLICAS_MAX as usize],
+                ..Health::default()
+            },
             config,
             ..Default::default()
         }
@@ -293,8 +351,8 @@ impl Tracker {
             t.apply(r);
         }
         t.outbox.clear();
-        for n in t.nodes.values_mut() {
-            n.alive = false;
+        for n in t.nodes.iter_mut().flatten() {
+            assert!(!n.alive, "a restored node is heard from before it counts");
             n.needs_full_report = true;
         }
         t
@@ -311,87 +369,349 @@ impl Tracker {
 
     fn apply(&mut self, record: Record) {
         match &record {
-            Record::NodeJoined { id, addr } => {
-                let entry = self.nodes.entry(id.clone()).or_insert_with(|| NodeEntry {
-                    addr: addr.clone(),
-                    last_seen_ms: 0,
-                    alive: false,
-                    leaving: false,
-                    needs_full_report: false,
-                    chunks: BTreeSet::new(),
-                    session: 0,
-                    last_seq: 0,
-                });
-                entry.addr = addr.clone();
-            }
+            Record::NodeJoined { id, addr } => match self.node_ix.get(id) {
+                Some(&nx) => self.node_mut(nx).addr = addr.clone(),
+                None => {
+                    let nx = self.nodes.len() as NodeIx;
+                    self.nodes.push(Some(NodeEntry {
+                        id: id.clone(),
+                        addr: addr.clone(),
+                        last_seen_ms: 0,
+                        alive: false,
+                        leaving: false,
+                        needs_full_report: false,
+                        chunks: RoaringBitmap::new(),
+                        session: 0,
+                        last_seq: 0,
+                    }));
+                    self.node_ix.insert(id.clone(), nx);
+                }
+            },
             Record::NodeLeft { id } => {
-                if let Some(n) = self.nodes.remove(id) {
-                    for c in n.chunks {
-                        self.unlink(id, &c);
+                if let Some(nx) = self.node_ix.get(id).copied() {
+                    self.set_alive(nx, false);
+                    let held: Vec<ChunkIx> = self.node(nx).chunks.iter().collect();
+                    for cx in held {
+                        self.unlink(nx, cx);
                     }
+                    self.nodes[nx as usize] = None;
+                    self.node_ix.remove(id);
+                    self.heal.forget_node(id);
                 }
             }
             Record::FileCommitted { manifest, holders } => {
-                for (i, chunk) in manifest.chunks.iter().enumerate() {
-                    let r = self.refs.entry(*chunk).or_insert(ChunkRef {
-                        size_bytes: manifest.chunk_len(i),
-                        uses: BTreeMap::new(),
-                    });
-                    *r.uses.entry(manifest.replicas).or_default() += 1;
+                if self.by_name.contains_key(&manifest.name) {
+                    self.drop_file(&manifest.name.clone());
+                }
+                let chunks: Vec<ChunkIx> = manifest
+                    .chunks
+                    .iter()
+                    .map(|c| self.chunks.find_or_insert(*c))
+                    .collect();
+                let entry = FileEntry {
+                    name: manifest.name.clone(),
+                    size_bytes: manifest.size_bytes,
+                    chunk_size_bytes: manifest.chunk_size_bytes,
+                    replicas: manifest.replicas,
+                    hash: manifest.hash(),
+                    chunks: chunks.clone(),
+                    short: vec![0; manifest.replicas as usize],
+                };
+                let fx = match self.free_files.pop() {
+                    Some(fx) => {
+                        self.files[fx as usize] = Some(entry);
+                        fx
+                    }
+                    None => {
+                        self.files.push(Some(entry));
+                        (self.files.len() - 1) as FileIx
+                    }
+                };
+                self.by_name.insert(manifest.name.clone(), fx);
+                for (i, &cx) in chunks.iter().enumerate() {
+                    self.add_ref(cx, fx, manifest.chunk_len(i));
                     for n in holders.get(i).into_iter().flatten() {
-                        self.link(n, *chunk);
-                    }
-                }
-                self.files.insert(
-                    manifest.name.clone(),
-                    FileEntry {
-                        hash: manifest.hash(),
-                        manifest: manifest.clone(),
-                    },
-                );
-            }
-            Record::FileRemoved { name } => {
-                if let Some(f) = self.files.remove(name) {
-                    let replicas = f.manifest.replicas;
-                    for chunk in &f.manifest.chunks {
-                        let Some(r) = self.refs.get_mut(chunk) else {
-                            continue;
-                        };
-                        if let Some(n) = r.uses.get_mut(&replicas) {
-                            *n -= 1;
-                            if *n == 0 {
-                                r.uses.remove(&replicas);
-                            }
-                        }
-                        if r.uses.is_empty() {
-                            self.refs.remove(chunk);
-                            self.heal.garbage.insert(*chunk);
+                        if let Some(&nx) = self.node_ix.get(n) {
+                            self.link(nx, cx);
                         }
                     }
                 }
             }
+            Record::FileRemoved { name } => self.drop_file(name),
         }
         self.outbox.push_back(record);
     }
 
-    fn link(&mut self, node: &NodeId, chunk: ChunkId) {
-        if let Some(n) = self.nodes.get_mut(node) {
-            n.chunks.insert(chunk);
-            self.holders.entry(chunk).or_default().insert(node.clone());
+    /// Forget the file `name`; chunks no other file references become
+    /// garbage, to be deleted from every holder.
+    fn drop_file(&mut self, name: &str) {
+        let Some(fx) = self.by_name.remove(name) else {
+            return;
+        };
+        let chunks = std::mem::take(&mut self.file_mut(fx).chunks);
+        for &cx in &chunks {
+            self.remove_ref(cx, fx);
+        }
+        self.files[fx as usize] = None;
+        self.free_files.push(fx);
+        self.health.at_risk.remove(&fx);
+    }
+
+    // ------------------------------------------------------------ tables
+
+    fn node(&self, nx: NodeIx) -> &NodeEntry {
+        self.nodes[nx as usize].as_ref().expect("node index in use")
+    }
+
+    fn node_mut(&mut self, nx: NodeIx) -> &mut NodeEntry {
+        self.nodes[nx as usize].as_mut().expect("node index in use")
+    }
+
+    fn file(&self, fx: FileIx) -> &FileEntry {
+        self.files[fx as usize].as_ref().expect("file index in use")
+    }
+
+    fn file_mut(&mut self, fx: FileIx) -> &mut FileEntry {
+        self.files[fx as usize].as_mut().expect("file index in use")
+    }
+
+    fn alive(&self, nx: NodeIx) -> bool {
+        self.nodes[nx as usize].as_ref().is_some_and(|n| n.alive)
+    }
+
+    /// The files that reference `cx`, with how many times each lists it.
+    fn files_of(&self, cx: ChunkIx) -> SmallVec<[(FileIx, u32); 2]> {
+        let rec = self.chunks.get(cx);
+        match rec.file {
+            NO_FILE => SmallVec::new(),
+            MANY_FILES => self.shared[&cx].iter().copied().collect(),
+            fx => smallvec::smallvec![(fx, rec.file_refs)],
         }
     }
 
-    fn unlink(&mut self, node: &NodeId, chunk: &ChunkId) {
-        if let Some(n) = self.nodes.get_mut(node) {
-            n.chunks.remove(chunk);
+    /// The factor of `cx`: the largest of its files' (0 if none).
+    fn factor_of(&self, cx: ChunkIx) -> u8 {
+        self.files_of(cx)
+            .iter()
+            .map(|&(fx, _)| self.file(fx).replicas as u8)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn holder_ids(&self, cx: ChunkIx) -> BTreeSet<NodeId> {
+        self.chunks
+            .get(cx)
+            .holders
+            .iter()
+            .map(|&nx| self.node(nx).id.clone())
+            .collect()
+    }
+
+    // ------------------------------------------------- health upkeep
+
+    /// A file's reference count of chunks with `live` copies moves by `delta`.
+    fn count_in_file(&mut self, fx: FileIx, live: u8, delta: i64) {
+        let f = self.file_mut(fx);
+        if u32::from(live) < f.replicas {
+            let c = &mut f.short[live as usize];
+            *c = u32::try_from(i64::from(*c) + delta).expect("file health count in range");
         }
-        if let Some(h) = self.holders.get_mut(chunk) {
-            h.remove(node);
-            if h.is_empty() {
-                self.holders.remove(chunk);
+        if f.under_replicated() > 0 {
+            self.health.at_risk.insert(fx);
+        } else {
+            self.health.at_risk.remove(&fx);
+        }
+    }
+
+    /// Move `cx` to the class its live copies and factor give it.
+    fn set_class(&mut self, cx: ChunkIx, live: u8, factor: u8) {
+        let rec = self.chunks.get(cx);
+        let (old, new) = (class(rec.live, rec.factor), class(live, factor));
+        let id = rec.id;
+        if old != new {
+            match old {
+                Class::Under(k) => {
+                    self.health.under[k as usize].remove(cx);
+                }
+                Class::Over => {
+                    self.health.over.remove(cx);
+                }
+                Class::Settled => {}
+            }
+            match new {
+                Class::Under(k) => {
+                    self.health.under[k as usize].insert(cx);
+                }
+                Class::Over => {
+                    self.health.over.insert(cx);
+                }
+                Class::Settled => {}
+            }
+            if matches!(old, Class::Under(_)) && !matches!(new, Class::Under(_)) {
+                // Back at its factor (a holder returned, a copy landed
+                // unplanned) or no longer needed: repairs still planned are
+                // moot.
+                self.heal.left_under(cx, &id);
+            }
+            if old == Class::Over {
+                self.heal.left_over(cx);
+            }
+        }
+        let rec = self.chunks.get_mut(cx);
+        rec.live = live;
+        rec.factor = factor;
+    }
+
+    /// Recount `cx`'s live copies and bring every count that depends on
+    /// them up to date. Called whenever a holder is added or removed, or a
+    /// holder's liveness changes.
+    fn reclassify(&mut self, cx: ChunkIx) {
+        let rec = self.chunks.get(cx);
+        let live = rec.holders.iter().filter(|&&nx| self.alive(nx)).count() as u8;
+        let (old, factor) = (rec.live, rec.factor);
+        if live != old {
+            for (fx, refs) in self.files_of(cx) {
+                self.count_in_file(fx, old, -i64::from(refs));
+                self.count_in_file(fx, live, i64::from(refs));
+            }
+        }
+        self.set_class(cx, live, factor);
+    }
+
+    /// File `fx` lists `cx` once more.
+    fn add_ref(&mut self, cx: ChunkIx, fx: FileIx, size_bytes: u64) {
+        let rec = self.chunks.get_mut(cx);
+        rec.size_bytes = u32::try_from(size_bytes).expect("chunk sizes are bounded");
+        match rec.file {
+            NO_FILE => {
+                rec.file = fx;
+                rec.file_refs = 1;
+                self.health.referenced += 1;
+            }
+            f if f == fx => rec.file_refs += 1,
+            MANY_FILES => {
+                let list = self.shared.get_mut(&cx).expect("shared chunk listed");
+                match list.iter_mut().find(|(f, _)| *f == fx) {
+                    Some((_, n)) => *n += 1,
+                    None => list.push((fx, 1)),
+                }
+            }
+            other => {
+                let first = (other, rec.file_refs);
+                rec.file = MANY_FILES;
+                rec.file_refs = 0;
+                self.shared.insert(cx, vec![first, (fx, 1)]);
+            }
+        }
+        let live = self.chunks.get(cx).live;
+        self.count_in_file(fx, live, 1);
+        let factor = self.factor_of(cx);
+        self.set_class(cx, live, factor);
+    }
+
+    /// File `fx` lists `cx` once less. A chunk no file references any more
+    /// is garbage: every copy is to be deleted.
+    fn remove_ref(&mut self, cx: ChunkIx, fx: FileIx) {
+        let live = self.chunks.get(cx).live;
+        self.count_in_file(fx, live, -1);
+        let rec = self.chunks.get_mut(cx);
+        match rec.file {
+            MANY_FILES => {
+                let list = self.shared.get_mut(&cx).expect("shared chunk listed");
+                if let Some(i) = list.iter().position(|(f, _)| *f == fx) {
+                    list[i].1 -= 1;
+                    if list[i].1 == 0 {
+                        list.remove(i);
+                    }
+                }
+                if list.len() == 1 {
+                    let (f, n) = list[0];
+                    self.shared.remove(&cx);
+                    rec.file = f;
+                    rec.file_refs = n;
+                }
+            }
+            f if f == fx => {
+                rec.file_refs -= 1;
+                if rec.file_refs == 0 {
+                    rec.file = NO_FILE;
+                    self.health.referenced -= 1;
+                }
+            }
+            _ => unreachable!("file {fx} does not reference chunk {cx}"),
+        }
+        let factor = self.factor_of(cx);
+        self.set_class(cx, live, factor);
+        if factor == 0 {
+            let rec = self.chunks.get(cx);
+            if rec.holders.is_empty() {
+                self.chunks.remove(cx);
+            } else {
+                self.heal.add_garbage(rec.id);
             }
         }
     }
+
+    fn set_alive(&mut self, nx: NodeIx, alive: bool) {
+        let n = self.node_mut(nx);
+        if n.alive == alive {
+            return;
+        }
+        n.alive = alive;
+        let held: Vec<ChunkIx> = n.chunks.iter().collect();
+        for cx in held {
+            self.reclassify(cx);
+        }
+        if alive {
+            // Garbage it holds can now be deleted.
+            self.heal.garbage_dirty = true;
+        }
+    }
+
+    fn link(&mut self, nx: NodeIx, cx: ChunkIx) {
+        let rec = self.chunks.get(cx);
+        if rec.holders.contains(&nx) {
+            return;
+        }
+        let id = &self.node(nx).id;
+        let pos = rec.holders.partition_point(|&h| self.node(h).id < *id);
+        self.chunks.get_mut(cx).holders.insert(pos, nx);
+        self.node_mut(nx).chunks.insert(cx);
+        if self.chunks.get(cx).file == NO_FILE {
+            self.heal.garbage_dirty = true;
+        }
+        self.reclassify(cx);
+    }
+
+    fn unlink(&mut self, nx: NodeIx, cx: ChunkIx) {
+        let rec = self.chunks.get_mut(cx);
+        if let Some(p) = rec.holders.iter().position(|&h| h == nx) {
+            rec.holders.remove(p);
+        }
+        if let Some(n) = self.nodes[nx as usize].as_mut() {
+            n.chunks.remove(cx);
+        }
+        self.reclassify(cx);
+        let rec = self.chunks.get(cx);
+        if rec.file == NO_FILE && rec.holders.is_empty() {
+            self.chunks.remove(cx);
+        }
+    }
+
+    fn link_id(&mut self, node: &NodeId, chunk: ChunkId) {
+        if let Some(&nx) = self.node_ix.get(node) {
+            let cx = self.chunks.find_or_insert(chunk);
+            self.link(nx, cx);
+        }
+    }
+
+    fn unlink_id(&mut self, node: &NodeId, chunk: &ChunkId) {
+        if let (Some(&nx), Some(cx)) = (self.node_ix.get(node), self.chunks.find(chunk)) {
+            self.unlink(nx, cx);
+        }
+    }
+
+    // ------------------------------------------------------------ inputs
 
     /// A node announces itself with its full inventory, which replaces what
     /// the tracker believed it held. Returns the session its heartbeats
@@ -409,40 +729,43 @@ impl Tracker {
         if chunks.len() > INVENTORY_MAX_CHUNKS {
             return Err(TrackerError::Inventory(chunks.len()));
         }
-        let known_addr = self.nodes.get(&id).map(|n| n.addr.clone());
+        let known_addr = self.node_ix.get(&id).map(|&nx| self.node(nx).addr.clone());
         if known_addr.as_deref() != Some(addr.as_str()) {
             self.apply(Record::NodeJoined {
                 id: id.clone(),
                 addr,
             });
         }
-        let reported: BTreeSet<ChunkId> = chunks.into_iter().collect();
-        let old = self
-            .nodes
-            .get(&id)
-            .map(|n| n.chunks.clone())
-            .unwrap_or_default();
-        for c in old.difference(&reported) {
-            self.unlink(&id, c);
+        let nx = self.node_ix[&id];
+        let mut reported = RoaringBitmap::new();
+        for c in &chunks {
+            if let Some(cx) = self.chunks.find(c) {
+                reported.insert(cx);
+            }
         }
+        let gone = &self.node(nx).chunks - &reported;
+        for cx in &gone {
+            self.unlink(nx, cx);
+        }
+        self.set_alive(nx, true);
         // A full report shows what the node holds now, whatever happened to
         // deletions sent before; one still to be sent will go out.
         self.heal.settle(&id);
-        for c in reported {
+        for c in chunks {
             if !self.heal.deleting(&c, &id) {
-                self.link(&id, c);
+                self.link_id(&id, c);
             }
         }
         // Never 0, which no registration has.
         self.last_session = self.last_session.wrapping_add(1).max(1);
-        let n = self.nodes.get_mut(&id).expect("node was just recorded");
-        n.alive = true;
+        let session = self.last_session;
+        let n = self.node_mut(nx);
         n.leaving = false;
         n.needs_full_report = false;
         n.last_seen_ms = now_ms;
-        n.session = self.last_session;
+        n.session = session;
         n.last_seq = 0;
-        Ok(self.last_session)
+        Ok(session)
     }
 
     /// Check a heartbeat's place in its node's sequence before applying it:
@@ -454,16 +777,18 @@ impl Tracker {
     /// real one for it. Sessions start at [`TrackerConfig::session_base`],
     /// different for every tracker process.
     pub fn sequence(&mut self, id: &NodeId, session: u64, seq: u64) -> Sequence {
-        match self.nodes.get_mut(id) {
-            Some(n) if !n.needs_full_report && n.session == session && session != 0 => {
-                if seq > n.last_seq {
-                    n.last_seq = seq;
-                    Sequence::Fresh
-                } else {
-                    Sequence::Stale
-                }
-            }
-            _ => Sequence::Reregister,
+        let Some(&nx) = self.node_ix.get(id) else {
+            return Sequence::Reregister;
+        };
+        let n = self.node_mut(nx);
+        if n.needs_full_report || n.session != session || session == 0 {
+            return Sequence::Reregister;
+        }
+        if seq > n.last_seq {
+            n.last_seq = seq;
+            Sequence::Fresh
+        } else {
+            Sequence::Stale
         }
     }
 
@@ -478,16 +803,16 @@ impl Tracker {
         if added.len() + removed.len() > INVENTORY_MAX_CHUNKS {
             return Err(TrackerError::Inventory(added.len() + removed.len()));
         }
-        let Some(n) = self.nodes.get_mut(id) else {
+        let Some(&nx) = self.node_ix.get(id) else {
             return Ok(HeartbeatReply::Reregister);
         };
-        if n.needs_full_report {
+        if self.node(nx).needs_full_report {
             return Ok(HeartbeatReply::Reregister);
         }
-        n.alive = true;
-        n.last_seen_ms = now_ms;
+        self.set_alive(nx, true);
+        self.node_mut(nx).last_seen_ms = now_ms;
         for c in &removed {
-            self.unlink(id, c);
+            self.unlink_id(id, c);
             self.heal.gone(id, c);
         }
         // A node confirms every deletion it carries out in its next report
@@ -506,7 +831,7 @@ impl Tracker {
             .collect();
         for c in lost.into_iter().chain(added) {
             if !self.heal.deleting(&c, id) {
-                self.link(id, c);
+                self.link_id(id, c);
             }
         }
         Ok(HeartbeatReply::Ok {
@@ -516,31 +841,42 @@ impl Tracker {
 
     /// Declare nodes dead that have been silent longer than `dead_after_ms`,
     /// then plan repairs, trims and deletions (see [`repair`]). Returns the
-    /// nodes newly declared dead.
+    /// nodes newly declared dead. Costs a walk of the nodes plus work
+    /// proportional to what changed, never a walk of the chunks.
     pub fn tick(&mut self, now_ms: u64) -> Vec<NodeId> {
-        let mut dead = Vec::new();
-        for (id, n) in &mut self.nodes {
-            if n.alive && now_ms.saturating_sub(n.last_seen_ms) > self.config.dead_after_ms {
-                n.alive = false;
-                dead.push(id.clone());
-            }
+        let dead: Vec<(NodeId, NodeIx)> = self
+            .node_ix
+            .iter()
+            .filter(|&(_, &nx)| {
+                let n = self.node(nx);
+                n.alive && now_ms.saturating_sub(n.last_seen_ms) > self.config.dead_after_ms
+            })
+            .map(|(id, &nx)| (id.clone(), nx))
+            .collect();
+        for &(_, nx) in &dead {
+            self.set_alive(nx, false);
         }
         self.plan(now_ms);
-        dead
+        dead.into_iter().map(|(id, _)| id).collect()
     }
 
-    fn eligible(&self, exclude: &BTreeSet<NodeId>) -> Vec<(usize, NodeId)> {
-        self.nodes
+    /// Live nodes that may take new chunks, not in `exclude`, with how many
+    /// chunks each holds, in node id order.
+    fn eligible(&self, exclude: &BTreeSet<NodeId>) -> Vec<(u64, NodeId)> {
+        self.node_ix
             .iter()
-            .filter(|(id, n)| n.alive && !n.leaving && !exclude.contains(*id))
-            .map(|(id, n)| (n.chunks.len(), id.clone()))
+            .filter(|(id, nx)| {
+                let n = self.node(**nx);
+                n.alive && !n.leaving && !exclude.contains(*id)
+            })
+            .map(|(id, &nx)| (self.node(nx).chunks.len(), id.clone()))
             .collect()
     }
 
     fn node_ref(&self, id: &NodeId) -> NodeRef {
         NodeRef {
             id: id.clone(),
-            addr: self.nodes[id].addr.clone(),
+            addr: self.node(self.node_ix[id]).addr.clone(),
         }
     }
 
@@ -557,24 +893,30 @@ impl Tracker {
         if chunk_count > FILE_CHUNKS_MAX {
             return Err(TrackerError::TooManyChunks(chunk_count));
         }
-        let mut load = self.eligible(exclude);
-        if load.len() < replicas as usize {
+        let eligible = self.eligible(exclude);
+        if eligible.len() < replicas as usize {
             return Err(TrackerError::NotEnoughNodes {
                 wanted: replicas,
-                available: load.len(),
+                available: eligible.len(),
             });
         }
+        let refs: Vec<NodeRef> = eligible.iter().map(|(_, id)| self.node_ref(id)).collect();
+        // (load, rank in id order): the least loaded on top, ties by id.
+        let mut heap: BinaryHeap<Reverse<(u64, usize)>> = eligible
+            .iter()
+            .enumerate()
+            .map(|(rank, (load, _))| Reverse((*load, rank)))
+            .collect();
         let mut placements = Vec::with_capacity(chunk_count as usize);
+        let mut chosen = Vec::with_capacity(replicas as usize);
         for _ in 0..chunk_count {
-            load.sort();
-            let chosen: Vec<NodeRef> = load[..replicas as usize]
-                .iter()
-                .map(|(_, id)| self.node_ref(id))
-                .collect();
-            for entry in &mut load[..replicas as usize] {
-                entry.0 += 1;
+            chosen.clear();
+            for _ in 0..replicas {
+                let Reverse(top) = heap.pop().expect("enough eligible nodes");
+                chosen.push(top);
             }
-            placements.push(chosen);
+            placements.push(chosen.iter().map(|&(_, r)| refs[r].clone()).collect());
+            heap.extend(chosen.iter().map(|&(load, r)| Reverse((load + 1, r))));
         }
         Ok(placements)
     }
@@ -589,8 +931,8 @@ impl Tracker {
     ) -> Result<ManifestHash, TrackerError> {
         manifest.validate()?;
         let hash = manifest.hash();
-        if let Some(existing) = self.files.get(&manifest.name) {
-            return if existing.hash == hash {
+        if let Some(&fx) = self.by_name.get(&manifest.name) {
+            return if self.file(fx).hash == hash {
                 Ok(hash)
             } else {
                 Err(TrackerError::FileExists(manifest.name))
@@ -611,16 +953,18 @@ impl Tracker {
             // but live holders that reported the chunk themselves do.
             let mut set: BTreeSet<NodeId> = h
                 .into_iter()
-                .filter(|n| self.nodes.contains_key(n) && !self.heal.deleted(chunk, n))
+                .filter(|n| self.node_ix.contains_key(n) && !self.heal.deleted(chunk, n))
                 .collect();
-            if set.len() < manifest.replicas as usize {
+            if set.len() < manifest.replicas as usize
+                && let Some(cx) = self.chunks.find(chunk)
+            {
                 set.extend(
-                    self.holders
-                        .get(chunk)
-                        .into_iter()
-                        .flatten()
-                        .filter(|n| self.nodes[*n].alive)
-                        .cloned(),
+                    self.chunks
+                        .get(cx)
+                        .holders
+                        .iter()
+                        .filter(|&&nx| self.alive(nx))
+                        .map(|&nx| self.node(nx).id.clone()),
                 );
             }
             if set.len() < manifest.replicas as usize {
@@ -642,143 +986,171 @@ impl Tracker {
     /// Remove the file `name`. Chunks no other file uses are deleted from
     /// their holders over the next heartbeats.
     pub fn remove(&mut self, name: &str) -> Result<ManifestHash, TrackerError> {
-        let hash = self
-            .files
+        let fx = *self
+            .by_name
             .get(name)
-            .ok_or_else(|| TrackerError::UnknownFile(name.to_string()))?
-            .hash;
+            .ok_or_else(|| TrackerError::UnknownFile(name.to_string()))?;
+        let hash = self.file(fx).hash;
         self.apply(Record::FileRemoved {
             name: name.to_string(),
         });
         Ok(hash)
     }
 
-    fn live_holders(&self, chunk: &ChunkId) -> usize {
-        self.holders
-            .get(chunk)
-            .map(|h| h.iter().filter(|n| self.nodes[*n].alive).count())
-            .unwrap_or(0)
+    fn manifest_of(&self, f: &FileEntry) -> Manifest {
+        Manifest {
+            name: f.name.clone(),
+            size_bytes: f.size_bytes,
+            chunk_size_bytes: f.chunk_size_bytes,
+            replicas: f.replicas,
+            chunks: f.chunks.iter().map(|&cx| self.chunks.get(cx).id).collect(),
+        }
     }
 
     /// The manifest of `name` and, per chunk, its live and suspect holders.
+    /// Costs the file's chunks times their holders.
     pub fn locate(&self, name: &str) -> Result<Located, TrackerError> {
-        let f = self
-            .files
+        let fx = *self
+            .by_name
             .get(name)
             .ok_or_else(|| TrackerError::UnknownFile(name.to_string()))?;
+        let f = self.file(fx);
+        let refs: Vec<Option<NodeRef>> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.as_ref().map(|n| NodeRef {
+                    id: n.id.clone(),
+                    addr: n.addr.clone(),
+                })
+            })
+            .collect();
         let locations = f
-            .manifest
             .chunks
             .iter()
-            .map(|c| {
+            .map(|&cx| {
                 let mut loc = ChunkLocation {
                     live: Vec::new(),
                     suspect: Vec::new(),
                 };
-                for n in self.holders.get(c).into_iter().flatten() {
-                    if self.nodes[n].alive {
-                        loc.live.push(self.node_ref(n));
+                for &nx in &self.chunks.get(cx).holders {
+                    let r = refs[nx as usize].clone().expect("holders are registered");
+                    if self.alive(nx) {
+                        loc.live.push(r);
                     } else {
-                        loc.suspect.push(self.node_ref(n));
+                        loc.suspect.push(r);
                     }
                 }
                 loc
             })
             .collect();
         Ok(Located {
-            manifest: f.manifest.clone(),
+            manifest: self.manifest_of(f),
             hash: f.hash,
             locations,
         })
     }
 
     fn summary(&self, f: &FileEntry) -> FileSummary {
-        let m = &f.manifest;
-        let mut under = 0;
-        let mut lost = 0;
-        let mut min_copies = m.replicas;
-        for c in &m.chunks {
-            let live = self.live_holders(c);
-            min_copies = min_copies.min(live as u32);
-            under += u64::from(live < m.replicas as usize);
-            lost += u64::from(live == 0);
-        }
         FileSummary {
-            name: m.name.clone(),
-            size_bytes: m.size_bytes,
-            replicas: m.replicas,
-            chunks: m.chunks.len() as u64,
+            name: f.name.clone(),
+            size_bytes: f.size_bytes,
+            replicas: f.replicas,
+            chunks: f.chunks.len() as u64,
             hash: f.hash,
-            under_replicated: under,
-            min_copies,
-            lost,
+            under_replicated: f.under_replicated(),
+            min_copies: f
+                .short
+                .iter()
+                .position(|&c| c > 0)
+                .map_or(f.replicas, |k| k as u32),
+            lost: u64::from(f.short[0]),
         }
     }
 
     /// Every file, by name.
     pub fn files(&self) -> Vec<FileSummary> {
-        self.files.values().map(|f| self.summary(f)).collect()
+        self.files_after("", usize::MAX)
     }
 
-    /// Nodes and durability counters.
+    /// At most `limit` files whose names sort after `after`, by name: `ls`
+    /// pages through large listings with it.
+    pub fn files_after(&self, after: &str, limit: usize) -> Vec<FileSummary> {
+        use std::ops::Bound;
+        self.by_name
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded))
+            .take(limit)
+            .map(|(_, &fx)| self.summary(self.file(fx)))
+            .collect()
+    }
+
+    /// Nodes and durability counters; costs the nodes plus the files at
+    /// risk, never a walk of the chunks.
     pub fn status(&self, now_ms: u64) -> Status {
         let nodes = self
-            .nodes
+            .node_ix
             .iter()
-            .map(|(id, n)| NodeSummary {
-                id: id.clone(),
-                addr: n.addr.clone(),
-                alive: n.alive,
-                leaving: n.leaving,
-                chunks: n.chunks.len() as u64,
-                last_seen_ms_ago: now_ms.saturating_sub(n.last_seen_ms),
+            .map(|(id, &nx)| {
+                let n = self.node(nx);
+                NodeSummary {
+                    id: id.clone(),
+                    addr: n.addr.clone(),
+                    alive: n.alive,
+                    leaving: n.leaving,
+                    chunks: n.chunks.len(),
+                    last_seen_ms_ago: now_ms.saturating_sub(n.last_seen_ms),
+                }
             })
             .collect();
-        let mut under = 0;
-        let mut lost = 0;
-        for (c, r) in &self.refs {
-            let live = self.live_holders(c);
-            if live < r.replicas() as usize {
-                under += 1;
-            }
-            if live == 0 {
-                lost += 1;
-            }
-        }
         let mut at_risk: Vec<FileSummary> = self
-            .files
-            .values()
-            .map(|f| self.summary(f))
-            .filter(|f| f.under_replicated > 0)
+            .health
+            .at_risk
+            .iter()
+            .map(|&fx| self.summary(self.file(fx)))
             .collect();
         at_risk.sort_by(|a, b| (a.min_copies, &a.name).cmp(&(b.min_copies, &b.name)));
+        let (queued, in_flight) = self.repair_backlog();
         Status {
             nodes,
-            files: self.files.len() as u64,
-            chunks: self.refs.len() as u64,
-            under_replicated: under,
-            lost,
-            repair_queue: self.heal.queued as u64,
-            repairs_in_flight: self.heal.in_flight() as u64,
+            files: self.by_name.len() as u64,
+            chunks: self.health.referenced,
+            under_replicated: self.under_replicated(),
+            lost: self.health.under[0].len(),
+            repair_queue: queued as u64,
+            repairs_in_flight: in_flight as u64,
             deletes_pending: self.heal.deletes_pending() as u64,
             at_risk,
         }
     }
 
+    fn under_replicated(&self) -> u64 {
+        self.health.under.iter().map(RoaringBitmap::len).sum()
+    }
+
     /// Chunks of `node` that would drop below their factor without it.
     fn dependent_chunks(&self, node: &NodeId) -> Vec<(ChunkId, usize, u32, u64)> {
-        let Some(n) = self.nodes.get(node) else {
+        let Some(&me) = self.node_ix.get(node) else {
             return Vec::new();
         };
-        n.chunks
+        self.node(me)
+            .chunks
             .iter()
-            .filter_map(|c| {
-                let r = self.refs.get(c)?;
-                let others = self.holders[c]
+            .filter_map(|cx| {
+                let rec = self.chunks.get(cx);
+                if rec.factor == 0 {
+                    return None;
+                }
+                let others = rec
+                    .holders
                     .iter()
-                    .filter(|h| *h != node && self.nodes[*h].alive && !self.nodes[*h].leaving)
+                    .filter(|&&h| h != me && self.alive(h) && !self.node(h).leaving)
                     .count();
-                (others < r.replicas() as usize).then_some((*c, others, r.replicas(), r.size_bytes))
+                (others < rec.factor as usize).then_some((
+                    rec.id,
+                    others,
+                    u32::from(rec.factor),
+                    u64::from(rec.size_bytes),
+                ))
             })
             .collect()
     }
@@ -794,26 +1166,27 @@ impl Tracker {
         force: bool,
         now_ms: u64,
     ) -> Result<Vec<Handoff>, TrackerError> {
-        let n = self
-            .nodes
-            .get_mut(node)
+        let nx = *self
+            .node_ix
+            .get(node)
             .ok_or_else(|| TrackerError::UnknownNode(node.clone()))?;
-        n.alive = true;
+        self.set_alive(nx, true);
+        let n = self.node_mut(nx);
         n.last_seen_ms = now_ms;
         n.leaving = true;
         let mut handoffs = Vec::new();
-        let mut extra_load: BTreeMap<NodeId, usize> = BTreeMap::new();
+        let mut extra_load: BTreeMap<NodeId, u64> = BTreeMap::new();
         for (chunk, others, replicas, size_bytes) in self.dependent_chunks(node) {
-            let mut exclude = self.holders[&chunk].clone();
+            let mut exclude = self.holders(&chunk);
             exclude.extend(self.deleting_nodes(&chunk));
-            let mut candidates: Vec<(usize, NodeId)> = self
+            let mut candidates: Vec<(u64, NodeId)> = self
                 .eligible(&exclude)
                 .into_iter()
                 .map(|(l, id)| (l + extra_load.get(&id).copied().unwrap_or(0), id))
                 .collect();
             let missing = replicas as usize - others;
             if candidates.len() < missing && !force {
-                self.nodes.get_mut(node).expect("checked above").leaving = false;
+                self.node_mut(nx).leaving = false;
                 return Err(TrackerError::NotEnoughNodes {
                     wanted: replicas,
                     available: others + candidates.len(),
@@ -842,12 +1215,12 @@ impl Tracker {
         handed: Vec<(ChunkId, NodeId)>,
         force: bool,
     ) -> Result<Vec<ChunkId>, TrackerError> {
-        if !self.nodes.contains_key(node) {
+        if !self.node_ix.contains_key(node) {
             return Err(TrackerError::UnknownNode(node.clone()));
         }
         for (chunk, target) in handed {
             if !self.heal.deleting(&chunk, &target) {
-                self.link(&target, chunk);
+                self.link_id(&target, chunk);
             }
         }
         let still: Vec<ChunkId> = self
@@ -861,10 +1234,70 @@ impl Tracker {
         }
         Ok(still)
     }
+
+    // ------------------------------------------------------------ getters
+
+    /// The nodes counted as holding `chunk`, live or not.
+    pub fn holders(&self, chunk: &ChunkId) -> BTreeSet<NodeId> {
+        self.chunks
+            .find(chunk)
+            .map(|cx| self.holder_ids(cx))
+            .unwrap_or_default()
+    }
+
+    /// Whether `node` is registered and counted alive.
+    pub fn is_alive(&self, node: &NodeId) -> bool {
+        self.node_ix.get(node).is_some_and(|&nx| self.alive(nx))
+    }
+
+    /// Chunk records in the table (referenced, or held by some node).
+    pub fn chunk_records(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Heap bytes the chunk-proportional state holds: the chunk table,
+    /// manifests, node inventories and health sets. What `status` reports
+    /// and the memory test bounds; a process's RSS adds the allocator's
+    /// slack.
+    pub fn heap_bytes(&self) -> usize {
+        let files: usize = self
+            .files
+            .iter()
+            .flatten()
+            .map(|f| {
+                f.chunks.capacity() * std::mem::size_of::<ChunkIx>()
+                    + f.short.capacity() * 4
+                    + f.name.capacity()
+            })
+            .sum();
+        let nodes: usize = self
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| n.chunks.serialized_size())
+            .sum();
+        let health: usize = self
+            .health
+            .under
+            .iter()
+            .chain([&self.health.over])
+            .map(RoaringBitmap::serialized_size)
+            .sum();
+        self.chunks.heap_bytes()
+            + self.files.capacity() * std::mem::size_of::<Option<FileEntry>>()
+            + files
+            + nodes
+            + health
+            + self.shared.len() * 64
+    }
 }
 
+mod audit;
 #[cfg(test)]
 mod chaos_tests;
+mod index;
+#[cfg(test)]
+mod index_tests;
 pub mod repair;
 #[cfg(test)]
 mod repair_tests;

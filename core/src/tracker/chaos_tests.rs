@@ -197,6 +197,9 @@ impl Chaos {
             self.heartbeat(id, fate);
         }
         self.persist();
+        if let Err(e) = self.t.audit() {
+            panic!("incremental state differs from a recomputation: {e}");
+        }
     }
 
     fn persist(&mut self) {
@@ -214,6 +217,7 @@ impl Chaos {
             ..self.t.config().clone()
         };
         self.t = Tracker::restore(config, self.records.clone());
+        self.t.audit().expect("a restored tracker is consistent");
     }
 
     /// Deliver a heartbeat as the tracker's service does: checked against
@@ -311,7 +315,7 @@ fn late_report_of_a_trimmed_copy_does_not_cost_the_last_copy() {
     let mut w = Chaos::new(3);
     w.put("f", 1, 1);
     let chunk = w.chunks[0].0;
-    assert!(w.t.holders[&chunk].contains(&nid(0)));
+    assert!(w.t.holders(&chunk).contains(&nid(0)));
     // A racing put left a second copy on n01; it is reported, then trimmed
     // (equal load: the higher id goes).
     w.store(&nid(1), chunk);
@@ -321,10 +325,10 @@ fn late_report_of_a_trimmed_copy_does_not_cost_the_last_copy() {
     for _ in 0..4 {
         w.round(&normal);
     }
-    assert_eq!(w.t.holders[&chunk].len(), 2);
+    assert_eq!(w.t.holders(&chunk).len(), 2);
     w.now += 1_000;
     w.t.tick(w.now);
-    assert_eq!(w.t.holders[&chunk], BTreeSet::from([nid(0)]));
+    assert_eq!(w.t.holders(&chunk), BTreeSet::from([nid(0)]));
     // n00 takes on more chunks, so it is the one to trim next time.
     w.own(0);
     w.own(0);
@@ -337,7 +341,7 @@ fn late_report_of_a_trimmed_copy_does_not_cost_the_last_copy() {
         w.round(&normal);
         assert!(w.vanished().is_empty(), "the last copy was deleted");
     }
-    assert_eq!(w.t.holders[&chunk], BTreeSet::from([nid(0)]));
+    assert_eq!(w.t.holders(&chunk), BTreeSet::from([nid(0)]));
     assert!(w.nodes[&nid(0)].disk.contains(&chunk));
     assert!(!w.nodes[&nid(1)].disk.contains(&chunk));
 }
@@ -392,7 +396,7 @@ proptest! {
         }
         prop_assert!(w.vanished().is_empty());
         for (c, r) in &w.chunks {
-            let counted = w.t.holders.get(c).cloned().unwrap_or_default();
+            let counted = w.t.holders(c);
             for h in &counted {
                 prop_assert!(w.nodes[h].disk.contains(c), "{} counted on {} without a copy", c, h);
             }

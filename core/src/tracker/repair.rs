@@ -1,8 +1,11 @@
 //! Self-healing: which chunks to copy where, which copies to delete.
 //!
-//! Every [`Tracker::tick`] walks the chunks that files reference and:
-//! - queues each chunk with fewer live copies than its factor by urgency,
-//!   fewest live copies first. A chunk with one copy left is planned at
+//! Every [`Tracker::tick`] walks the chunks the health sets name (never the
+//! whole chunk table: see `Tracker::reclassify`, which keeps them up to
+//! date as copies come and go) and:
+//! - takes chunks with fewer live copies than their factor by urgency,
+//!   fewest live copies first (at most [`PLAN_SCAN_MAX`] a tick, and only
+//!   while some node can still receive a copy). A chunk with one copy left is planned at
 //!   once; one with two or more waits `repair_grace_ms` from the moment it
 //!   was first seen under its factor, so a short outage causes no storm.
 //! - plans a repair per missing copy: a live holder (the source) copies the
@@ -23,8 +26,9 @@
 //! (it stored the chunk on that node before the delete arrived) does not
 //! count that node as a holder when it commits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use super::index::{ChunkIx, NodeIx};
 use super::{NodeCommand, Tracker};
 use crate::id::{ChunkId, NodeId};
 
@@ -33,6 +37,11 @@ pub const TOMBSTONE_MS: u64 = 60 * 60 * 1000;
 
 /// Commands of one kind sent in one heartbeat reply, at most.
 pub const COMMANDS_PER_REPLY: usize = 1024;
+
+/// Chunks one planning pass looks at, at most, in each of the under- and
+/// over-replicated sets: a tick's cost stays bounded however much is
+/// waiting (the rest waits for the next tick, most urgent first).
+pub const PLAN_SCAN_MAX: usize = 16 * 1024;
 
 #[derive(Debug, Clone)]
 struct Repair {
@@ -49,21 +58,25 @@ struct Repair {
 pub(crate) struct HealState {
     /// Planned repairs, by chunk and target.
     repairs: BTreeMap<ChunkId, BTreeMap<NodeId, Repair>>,
-    /// When each chunk was first seen under its factor.
-    under_since: BTreeMap<ChunkId, u64>,
-    /// When each chunk was first seen above its factor.
-    over_since: BTreeMap<ChunkId, u64>,
+    /// When each chunk was first seen by the planner under its factor;
+    /// dropped when it leaves the under-replicated set.
+    under_since: BTreeMap<ChunkIx, u64>,
+    /// When each chunk was first seen by the planner above its factor.
+    over_since: BTreeMap<ChunkIx, u64>,
     /// Chunks no file references any more: every copy is to be deleted.
-    pub(crate) garbage: BTreeSet<ChunkId>,
+    garbage: BTreeSet<ChunkId>,
+    /// Whether `garbage` may have work: set when a chunk becomes garbage, a
+    /// node comes back, or a node reports a chunk no file references.
+    pub(crate) garbage_dirty: bool,
     /// Deletions waiting for the holder's next heartbeat.
     deletes: BTreeMap<NodeId, BTreeSet<ChunkId>>,
     /// Deletions sent, by chunk and node, with when.
     tombstones: BTreeMap<(ChunkId, NodeId), u64>,
+    /// The same, oldest first, so expiry costs what expires.
+    tombstone_queue: VecDeque<(u64, ChunkId, NodeId)>,
     /// Deletions sent whose outcome the node has not reported yet: until
     /// its next heartbeat it may or may not still hold the chunk.
     unconfirmed: BTreeMap<NodeId, BTreeSet<ChunkId>>,
-    /// Under-replicated chunks left unplanned by the last tick.
-    pub(crate) queued: usize,
 }
 
 impl HealState {
@@ -100,6 +113,34 @@ impl HealState {
         self.unconfirmed.remove(node).unwrap_or_default()
     }
 
+    /// `cx` (`id`) is no longer under its factor: planned repairs are moot.
+    pub(crate) fn left_under(&mut self, cx: ChunkIx, id: &ChunkId) {
+        self.under_since.remove(&cx);
+        self.repairs.remove(id);
+    }
+
+    /// `cx` is no longer above its factor.
+    pub(crate) fn left_over(&mut self, cx: ChunkIx) {
+        self.over_since.remove(&cx);
+    }
+
+    /// `node` left the cluster: repairs to or from it, and deletions it
+    /// was to carry out, are gone with it.
+    pub(crate) fn forget_node(&mut self, node: &NodeId) {
+        for targets in self.repairs.values_mut() {
+            targets.retain(|target, r| target != node && r.source != *node);
+        }
+        self.repairs.retain(|_, t| !t.is_empty());
+        self.deletes.remove(node);
+        self.unconfirmed.remove(node);
+    }
+
+    /// No file references `chunk` any more.
+    pub(crate) fn add_garbage(&mut self, chunk: ChunkId) {
+        self.garbage.insert(chunk);
+        self.garbage_dirty = true;
+    }
+
     pub(crate) fn in_flight(&self) -> usize {
         self.repairs.values().map(BTreeMap::len).sum()
     }
@@ -133,7 +174,7 @@ impl Tracker {
     /// Schedule deletion of `chunk` on `node`, which stops counting as a
     /// holder at once.
     fn schedule_delete(&mut self, node: &NodeId, chunk: ChunkId) {
-        self.unlink(node, &chunk);
+        self.unlink_id(node, &chunk);
         self.heal
             .deletes
             .entry(node.clone())
@@ -143,7 +184,7 @@ impl Tracker {
 
     /// Nodes with a deletion of `chunk` pending or unconfirmed.
     pub(crate) fn deleting_nodes(&self, chunk: &ChunkId) -> Vec<NodeId> {
-        self.nodes
+        self.node_ix
             .keys()
             .filter(|n| self.heal.deleting(chunk, n))
             .cloned()
@@ -152,136 +193,156 @@ impl Tracker {
 
     /// Plan repairs, trims and deletions. `tick` calls it; a driver may
     /// call it early (when repairs finished) so the next copies start sooner.
+    /// Its cost is the repairs in flight, the garbage when some appeared,
+    /// and at most [`PLAN_SCAN_MAX`] chunks of each health set: an idle
+    /// cluster costs next to nothing here, whatever it stores.
     pub fn plan(&mut self, now_ms: u64) {
         let timeout = self.config.repair_timeout_ms;
-        self.heal
-            .tombstones
-            .retain(|_, at| now_ms.saturating_sub(*at) < TOMBSTONE_MS);
+        while let Some((at, _, _)) = self.heal.tombstone_queue.front() {
+            if now_ms.saturating_sub(*at) < TOMBSTONE_MS {
+                break;
+            }
+            let (at, chunk, node) = self.heal.tombstone_queue.pop_front().expect("front exists");
+            let key = (chunk, node);
+            if self.heal.tombstones.get(&key) == Some(&at) {
+                self.heal.tombstones.remove(&key);
+            }
+        }
 
         // Forget repairs that finished, failed or timed out.
-        let nodes = &self.nodes;
-        for (chunk, targets) in &mut self.heal.repairs {
-            targets.retain(|target, r| {
-                let alive = |n: &NodeId| nodes.get(n).is_some_and(|e| e.alive);
-                let done = nodes.get(target).is_some_and(|e| e.chunks.contains(chunk));
+        let mut finished = Vec::new();
+        for (chunk, targets) in &self.heal.repairs {
+            for (target, r) in targets {
+                let done = self.chunks.find(chunk).is_some_and(|cx| {
+                    self.node_ix
+                        .get(target)
+                        .is_some_and(|nx| self.chunks.get(cx).holders.contains(nx))
+                });
                 let expired = r
                     .sent_ms
                     .is_some_and(|at| now_ms.saturating_sub(at) > timeout)
                     || now_ms.saturating_sub(r.planned_ms) > timeout.saturating_mul(2);
-                !done && !expired && alive(target) && alive(&r.source)
-            });
+                if done || expired || !self.is_alive(target) || !self.is_alive(&r.source) {
+                    finished.push((*chunk, target.clone()));
+                }
+            }
         }
-        self.heal.repairs.retain(|_, t| !t.is_empty());
+        for (chunk, target) in finished {
+            if let Some(targets) = self.heal.repairs.get_mut(&chunk) {
+                targets.remove(&target);
+                if targets.is_empty() {
+                    self.heal.repairs.remove(&chunk);
+                }
+            }
+        }
 
         // Chunks of removed files: delete every live copy; dead holders are
         // told when they come back.
-        let garbage: Vec<ChunkId> = self.heal.garbage.iter().copied().collect();
-        for chunk in garbage {
-            if self.refs.contains_key(&chunk) {
-                self.heal.garbage.remove(&chunk);
-                continue;
-            }
-            let holders: Vec<NodeId> = self
-                .holders
-                .get(&chunk)
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect();
-            if holders.is_empty() {
-                self.heal.garbage.remove(&chunk);
-            }
-            for n in holders {
-                if self.nodes[&n].alive {
+        if std::mem::take(&mut self.heal.garbage_dirty) {
+            let garbage: Vec<ChunkId> = self.heal.garbage.iter().copied().collect();
+            for chunk in garbage {
+                let Some(cx) = self.chunks.find(&chunk) else {
+                    self.heal.garbage.remove(&chunk);
+                    continue;
+                };
+                if self.chunks.get(cx).factor > 0 {
+                    // Referenced again by a newer file.
+                    self.heal.garbage.remove(&chunk);
+                    continue;
+                }
+                let live: Vec<NodeId> = self
+                    .chunks
+                    .get(cx)
+                    .holders
+                    .iter()
+                    .filter(|&&nx| self.alive(nx))
+                    .map(|&nx| self.node(nx).id.clone())
+                    .collect();
+                for n in live {
                     self.schedule_delete(&n, chunk);
                 }
             }
         }
 
-        let refs = &self.refs;
-        self.heal.over_since.retain(|c, _| refs.contains_key(c));
-
-        // Walk referenced chunks: queue the under-replicated, trim the over.
-        let mut queue: Vec<(usize, ChunkId, u32)> = Vec::new();
+        // Copies above the factor: trim the most loaded holders' copies.
+        let over: Vec<ChunkIx> = self.health.over.iter().take(PLAN_SCAN_MAX).collect();
         let mut trims: Vec<(NodeId, ChunkId)> = Vec::new();
-        // Under-replicated chunks left unplanned: in their grace period
-        // (counted here) or without a free source or target (counted below).
-        let mut queued = 0;
-        for (chunk, r) in &self.refs {
-            let want = r.replicas() as usize;
-            let live: Vec<&NodeId> = self
+        let fresh = self.config.heartbeat_interval_ms.saturating_mul(2);
+        for cx in over {
+            let rec = self.chunks.get(cx);
+            let want = rec.factor as usize;
+            let live: Vec<NodeIx> = rec
                 .holders
-                .get(chunk)
-                .into_iter()
-                .flatten()
-                .filter(|n| self.nodes[*n].alive)
+                .iter()
+                .copied()
+                .filter(|&nx| self.alive(nx))
                 .collect();
-            if live.len() >= want {
-                // Back at its factor (a holder returned, a copy landed
-                // unplanned): repairs still planned are moot.
-                self.heal.under_since.remove(chunk);
-                self.heal.repairs.remove(chunk);
-                if live.len() == want {
-                    self.heal.over_since.remove(chunk);
-                    continue;
-                }
-                // Trim only a surplus that has lasted the dead-after time, and
-                // only while every holder that keeps its copy was heard from
-                // within two heartbeats: a holder that has just died still
-                // counts as live until it is declared dead, and trimming
-                // against it could delete the last real copy.
-                let since = *self.heal.over_since.entry(*chunk).or_insert(now_ms);
-                if now_ms.saturating_sub(since) < self.config.dead_after_ms {
-                    continue;
-                }
-                let mut victims: Vec<(usize, &NodeId)> = live
-                    .iter()
-                    .filter(|n| !self.nodes[**n].leaving)
-                    .map(|n| (self.nodes[*n].chunks.len(), *n))
-                    .collect();
-                victims.sort_by(|a, b| b.cmp(a));
-                victims.truncate(live.len() - want);
-                let fresh = self.config.heartbeat_interval_ms.saturating_mul(2);
-                let keepers_fresh = live
-                    .iter()
-                    .filter(|n| !victims.iter().any(|(_, v)| v == *n))
-                    .all(|n| now_ms.saturating_sub(self.nodes[*n].last_seen_ms) <= fresh);
-                if keepers_fresh {
-                    trims.extend(victims.into_iter().map(|(_, n)| (n.clone(), *chunk)));
-                }
+            // Trim only a surplus that has lasted the dead-after time, and
+            // only while every holder that keeps its copy was heard from
+            // within two heartbeats: a holder that has just died still
+            // counts as live until it is declared dead, and trimming
+            // against it could delete the last real copy.
+            let since = *self.heal.over_since.entry(cx).or_insert(now_ms);
+            if now_ms.saturating_sub(since) < self.config.dead_after_ms {
                 continue;
             }
-            self.heal.over_since.remove(chunk);
-            let planned = self.heal.repairs.get(chunk).map_or(0, BTreeMap::len);
-            let since = *self.heal.under_since.entry(*chunk).or_insert(now_ms);
-            if live.is_empty() || live.len() + planned >= want {
-                continue;
-            }
-            let waited = now_ms.saturating_sub(since) >= self.config.repair_grace_ms;
-            if live.len() == 1 || waited {
-                queue.push((live.len(), *chunk, r.replicas()));
-            } else {
-                queued += 1;
+            let mut victims: Vec<(u64, &NodeId, NodeIx)> = live
+                .iter()
+                .map(|&nx| self.node(nx))
+                .zip(&live)
+                .filter(|(n, _)| !n.leaving)
+                .map(|(n, &nx)| (n.chunks.len(), &n.id, nx))
+                .collect();
+            victims.sort_by(|a, b| b.cmp(a));
+            victims.truncate(live.len() - want);
+            let keepers_fresh = live
+                .iter()
+                .filter(|nx| !victims.iter().any(|v| v.2 == **nx))
+                .all(|&nx| now_ms.saturating_sub(self.node(nx).last_seen_ms) <= fresh);
+            if keepers_fresh {
+                trims.extend(victims.into_iter().map(|(_, n, _)| (n.clone(), rec.id)));
             }
         }
         for (n, chunk) in trims {
             self.schedule_delete(&n, chunk);
         }
 
-        // Plan the most urgent first, within every node's repair budget.
-        queue.sort();
+        // Copies below the factor: plan the most urgent first, within every
+        // node's repair budget, while some node can still receive one.
         let limit = self.config.repairs_per_node.max(1);
         let (mut sending, mut receiving) = self.heal.busy();
-        for (_, chunk, replicas) in queue {
-            let holders = self.holders.get(&chunk).cloned().unwrap_or_default();
+        let mut open_targets = self
+            .eligible(&BTreeSet::new())
+            .iter()
+            .filter(|(_, n)| receiving.get(n).copied().unwrap_or(0) < limit)
+            .count();
+        let mut candidates: Vec<ChunkIx> = Vec::new();
+        for level in self.health.under.iter().skip(1) {
+            let room = PLAN_SCAN_MAX - candidates.len();
+            candidates.extend(level.iter().take(room));
+        }
+        for cx in candidates {
+            if open_targets == 0 {
+                break;
+            }
+            let rec = self.chunks.get(cx);
+            let (chunk, replicas, live) = (rec.id, rec.factor as usize, rec.live as usize);
             let planned: Vec<NodeId> = self
                 .heal
                 .repairs
                 .get(&chunk)
                 .map(|t| t.keys().cloned().collect())
                 .unwrap_or_default();
-            let live = holders.iter().filter(|n| self.nodes[*n].alive).count();
-            let mut missing = (replicas as usize).saturating_sub(live + planned.len());
+            if live + planned.len() >= replicas {
+                continue;
+            }
+            let since = *self.heal.under_since.entry(cx).or_insert(now_ms);
+            let waited = now_ms.saturating_sub(since) >= self.config.repair_grace_ms;
+            if live != 1 && !waited {
+                continue;
+            }
+            let holders = self.holder_ids(cx);
+            let mut missing = replicas - live - planned.len();
             // Neither a holder, nor an already planned target, nor a node
             // deleting its copy may be chosen.
             let mut exclude = holders.clone();
@@ -292,21 +353,28 @@ impl Tracker {
                 let takes = |n: &NodeId| receiving.get(n).copied().unwrap_or(0);
                 let source = holders
                     .iter()
-                    .filter(|n| self.nodes[*n].alive && sends(n) < limit)
-                    .min_by_key(|n| (sends(n), self.nodes[*n].leaving, (*n).clone()))
+                    .filter(|n| self.is_alive(n) && sends(n) < limit)
+                    .min_by_key(|n| {
+                        let leaving = self.node(self.node_ix[*n]).leaving;
+                        (sends(n), leaving, (*n).clone())
+                    })
                     .cloned();
                 let target = self
                     .eligible(&exclude)
                     .into_iter()
                     .filter(|(_, n)| takes(n) < limit)
-                    .map(|(chunks, n)| (chunks + takes(&n), n))
+                    .map(|(chunks, n)| (chunks + takes(&n) as u64, n))
                     .min()
                     .map(|(_, n)| n);
                 let (Some(source), Some(target)) = (source, target) else {
                     break;
                 };
                 *sending.entry(source.clone()).or_default() += 1;
-                *receiving.entry(target.clone()).or_default() += 1;
+                let taken = receiving.entry(target.clone()).or_default();
+                *taken += 1;
+                if *taken >= limit {
+                    open_targets -= 1;
+                }
                 exclude.insert(target.clone());
                 self.heal.repairs.entry(chunk).or_default().insert(
                     target,
@@ -318,15 +386,18 @@ impl Tracker {
                 );
                 missing -= 1;
             }
-            queued += usize::from(missing > 0);
         }
-        self.heal.queued = queued;
     }
 
-    /// Under-replicated chunks waiting for a repair to be planned, and
-    /// repairs planned or under way: cheap enough to read every tick.
+    /// Under-replicated chunks with a live copy and no repair planned yet
+    /// (in their grace period, or waiting for a free source or target), and
+    /// repairs planned or under way. Constant time.
     pub fn repair_backlog(&self) -> (usize, usize) {
-        (self.heal.queued, self.heal.in_flight())
+        let waiting = self.under_replicated() - self.health.under[0].len();
+        (
+            (waiting as usize).saturating_sub(self.heal.repairs.len()),
+            self.heal.in_flight(),
+        )
     }
 
     /// The commands for `node`, taken at its heartbeat.
@@ -338,6 +409,9 @@ impl Tracker {
                     break;
                 };
                 self.heal.tombstones.insert((chunk, node.clone()), now_ms);
+                self.heal
+                    .tombstone_queue
+                    .push_back((now_ms, chunk, node.clone()));
                 self.heal
                     .unconfirmed
                     .entry(node.clone())
@@ -359,7 +433,10 @@ impl Tracker {
             }
         }
         for (chunk, target) in sends {
-            let size_bytes = self.refs.get(&chunk).map_or(0, |r| r.size_bytes);
+            let size_bytes = self
+                .chunks
+                .find(&chunk)
+                .map_or(0, |cx| u64::from(self.chunks.get(cx).size_bytes));
             out.push(NodeCommand::Replicate {
                 chunk,
                 size_bytes,
@@ -381,7 +458,7 @@ impl Tracker {
             .is_some_and(|r| r.source == *source);
         if planned {
             if !self.heal.deleting(chunk, target) {
-                self.link(target, *chunk);
+                self.link_id(target, *chunk);
             }
             self.repair_failed(source, chunk, target);
         }

@@ -124,6 +124,9 @@ impl World {
             }
         }
         while self.t.poll_record().is_some() {}
+        if let Err(e) = self.t.audit() {
+            panic!("incremental state differs from a recomputation: {e}");
+        }
     }
 
     /// Live copies of `chunk`, counted on the nodes themselves.

@@ -188,7 +188,7 @@ fn leave_hands_off_then_removes() {
     assert_eq!(handoffs.len(), 3, "n00 holds 3 of the 4 chunks");
     for h in &handoffs {
         assert_ne!(h.target.id, leaver);
-        assert!(!t.holders[&h.chunk].contains(&h.target.id));
+        assert!(!t.holders(&h.chunk).contains(&h.target.id));
     }
     // Leaving nodes get no new chunks.
     let p = t.allocate(1, 3, &BTreeSet::new()).unwrap();
@@ -249,7 +249,7 @@ proptest! {
                     prop_assert_eq!(set.len(), replicas as usize);
                     for r in ids {
                         prop_assert!(!exclude.contains(&r.id));
-                        prop_assert!(t.nodes[&r.id].alive);
+                        prop_assert!(t.is_alive(&r.id));
                     }
                 }
                 prop_assert_eq!(Ok(p), again);

@@ -1,0 +1,175 @@
+//! The tracker's chunk table: one dense record per chunk, found by id
+//! through a hash table of 4-byte indices.
+//!
+//! A chunk id (32 bytes) is stored once, in its record; manifests, node
+//! inventories and health queues name chunks by their [`ChunkIx`], 4 bytes.
+//! Holders are interned node indices kept inline (up to four without a heap
+//! allocation). A record costs [`CHUNK_RECORD_BYTES`] plus about 8 bytes of
+//! hash table; see `Tracker::heap_bytes` for the whole account.
+//!
+//! The hash is keyed (foldhash's quality hasher, seeded by the caller):
+//! chunk ids are chosen by whoever writes the content, and an unkeyed hash
+//! would let a writer grind ids into one bucket. The table is never
+//! iterated, so its order cannot reach an output.
+
+use std::hash::BuildHasher;
+
+use foldhash::quality::FixedState;
+use hashbrown::HashTable;
+use smallvec::SmallVec;
+
+use crate::id::ChunkId;
+
+/// A registered node, by its place in the tracker's node table.
+pub(crate) type NodeIx = u32;
+/// A chunk, by its place in the [`ChunkTable`].
+pub type ChunkIx = u32;
+/// A file, by its place in the tracker's file table.
+pub(crate) type FileIx = u32;
+
+/// `ChunkRec::file` of a chunk no file references.
+pub(crate) const NO_FILE: FileIx = u32::MAX;
+/// `ChunkRec::file` of a chunk more than one file references (the files are
+/// listed in `Tracker::shared`).
+pub(crate) const MANY_FILES: FileIx = u32::MAX - 1;
+
+/// What the tracker knows of one chunk.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkRec {
+    pub(crate) id: ChunkId,
+    /// Length in bytes (at most `CHUNK_SIZE_MAX_BYTES`); 0 until a file
+    /// references the chunk.
+    pub(crate) size_bytes: u32,
+    /// The largest replication factor of the files that reference it; 0
+    /// when none does (a copy a node reported that no file names).
+    pub(crate) factor: u8,
+    /// Live holders when last classified (see `Tracker::reclassify`).
+    pub(crate) live: u8,
+    /// The one file that references it, [`NO_FILE`] or [`MANY_FILES`].
+    pub(crate) file: FileIx,
+    /// How many times `file` lists it (a file of zeros lists one chunk many
+    /// times).
+    pub(crate) file_refs: u32,
+    /// Nodes that hold a copy, in node id order.
+    pub(crate) holders: SmallVec<[NodeIx; 4]>,
+}
+
+/// Bytes of one chunk record.
+pub const CHUNK_RECORD_BYTES: usize = std::mem::size_of::<ChunkRec>();
+// Most of the tracker's memory is chunk records: keep them small.
+const _: () = assert!(CHUNK_RECORD_BYTES <= 72);
+
+/// Chunk records, found by id. Indices of freed records are reused.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChunkTable {
+    hasher: FixedState,
+    index: HashTable<ChunkIx>,
+    recs: Vec<ChunkRec>,
+    free: Vec<ChunkIx>,
+}
+
+impl ChunkTable {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            hasher: FixedState::with_seed(seed),
+            ..Default::default()
+        }
+    }
+
+    fn hash(&self, id: &ChunkId) -> u64 {
+        self.hasher.hash_one(id.as_bytes())
+    }
+
+    pub(crate) fn find(&self, id: &ChunkId) -> Option<ChunkIx> {
+        let recs = &self.recs;
+        self.index
+            .find(self.hash(id), |&ix| recs[ix as usize].id == *id)
+            .copied()
+    }
+
+    /// The record of `id`, created empty if there is none.
+    pub(crate) fn find_or_insert(&mut self, id: ChunkId) -> ChunkIx {
+        if let Some(ix) = self.find(&id) {
+            return ix;
+        }
+        let rec = ChunkRec {
+            id,
+            size_bytes: 0,
+            factor: 0,
+            live: 0,
+            file: NO_FILE,
+            file_refs: 0,
+            holders: SmallVec::new(),
+        };
+        let ix = match self.free.pop() {
+            Some(ix) => {
+                self.recs[ix as usize] = rec;
+                ix
+            }
+            None => {
+                assert!(self.recs.len() < MANY_FILES as usize, "chunk table full");
+                self.recs.push(rec);
+                (self.recs.len() - 1) as ChunkIx
+            }
+        };
+        let hash = self.hash(&id);
+        let (recs, hasher) = (&self.recs, &self.hasher);
+        self.index.insert_unique(hash, ix, |&i| {
+            hasher.hash_one(recs[i as usize].id.as_bytes())
+        });
+        ix
+    }
+
+    /// Forget a record that no file references and no node holds.
+    pub(crate) fn remove(&mut self, ix: ChunkIx) {
+        let rec = &self.recs[ix as usize];
+        assert!(
+            rec.file == NO_FILE && rec.holders.is_empty(),
+            "chunk still in use"
+        );
+        let hash = self.hash(&rec.id);
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i == ix) {
+            entry.remove();
+        }
+        self.recs[ix as usize].holders = SmallVec::new();
+        self.free.push(ix);
+    }
+
+    pub(crate) fn get(&self, ix: ChunkIx) -> &ChunkRec {
+        &self.recs[ix as usize]
+    }
+
+    pub(crate) fn get_mut(&mut self, ix: ChunkIx) -> &mut ChunkRec {
+        &mut self.recs[ix as usize]
+    }
+
+    /// Records in use.
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Every record in use, by index (free slots skipped). For checks and
+    /// accounting, never for planning.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (ChunkIx, &ChunkRec)> {
+        let free: std::collections::BTreeSet<ChunkIx> = self.free.iter().copied().collect();
+        self.recs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i as ChunkIx, r))
+            .filter(move |(i, _)| !free.contains(i))
+    }
+
+    /// Heap bytes held: records, free list and hash table.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let spilled: usize = self
+            .recs
+            .iter()
+            .filter(|r| r.holders.spilled())
+            .map(|r| r.holders.capacity() * std::mem::size_of::<NodeIx>())
+            .sum();
+        self.recs.capacity() * CHUNK_RECORD_BYTES
+            + spilled
+            + self.free.capacity() * std::mem::size_of::<ChunkIx>()
+            + self.index.allocation_size()
+    }
+}
