@@ -33,6 +33,7 @@ pub struct TrackerOptions {
     pub dead_after: Duration,
     pub heartbeat: Duration,
     pub repair_grace: Duration,
+    pub full_report: Duration,
 }
 
 /// Serve a tracker on `listener` until `shutdown` completes.
@@ -46,6 +47,7 @@ pub async fn run_tracker(
         dead_after_ms: opts.dead_after.as_millis() as u64,
         heartbeat_interval_ms: opts.heartbeat.as_millis() as u64,
         repair_grace_ms: opts.repair_grace.as_millis() as u64,
+        full_report_interval_ms: opts.full_report.as_millis() as u64,
         // Every tracker process hands out sessions of its own.
         session_base: rand::random::<u64>() >> 1,
         ..TrackerConfig::default()

@@ -66,6 +66,7 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
             dead_after: Duration::from_secs(2),
             heartbeat,
             repair_grace: Duration::ZERO,
+            full_report: Duration::from_secs(3600),
         },
         async move {
             let _ = stopped.await;

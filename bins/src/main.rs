@@ -61,6 +61,10 @@ enum Cmd {
         /// before it is re-replicated (one copy left: repaired at once).
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         repair_grace: Duration,
+        /// How often each node is asked for its whole inventory, to catch
+        /// what heartbeats missed ("0s": never); spread over the nodes.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        full_report: Duration,
     },
     /// Run a node: serve chunks and read shell commands on standard input.
     Node {
@@ -196,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dead_after,
             heartbeat,
             repair_grace,
+            full_report,
         } => {
             let (l, addr) = daemon::bind(listen).await?;
             let opts = TrackerOptions {
@@ -203,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dead_after,
                 heartbeat,
                 repair_grace,
+                full_report,
             };
             let server = daemon::run_tracker(l, opts, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -293,12 +299,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Ls { json } => {
-            let files = client(CHUNK_SIZE_DEFAULT_BYTES).list().await?;
-            if json {
-                print_json(&output::ls_json(&files));
-            } else {
-                println!("{}", output::ls_text(&files));
-            }
+            // Page by page: a listing of any length streams.
+            let mut w = output::LsWriter::new(std::io::stdout().lock(), json);
+            let mut written = Ok(());
+            client(CHUNK_SIZE_DEFAULT_BYTES)
+                .list_each(|page| {
+                    if written.is_ok() {
+                        written = w.page(page);
+                    }
+                })
+                .await?;
+            written.context("writing the listing")?;
+            drop(w.finish().context("writing the listing")?);
         }
         Cmd::Rm { ref name } => {
             client(CHUNK_SIZE_DEFAULT_BYTES).remove(name).await?;

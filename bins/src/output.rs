@@ -98,22 +98,78 @@ pub fn get_text(r: &GetReport, out: &std::path::Path) -> String {
     )
 }
 
+fn file_json(f: &pb::FileInfo) -> serde_json::Value {
+    json!({
+        "name": f.name,
+        "size": f.size,
+        "replicas": f.replicas,
+        "chunks": f.chunks,
+        "manifest": hex::encode(&f.manifest_hash),
+        "under_replicated": f.under_replicated,
+        "min_copies": f.min_copies,
+        "lost": f.lost,
+    })
+}
+
 pub fn ls_json(files: &[pb::FileInfo]) -> serde_json::Value {
-    files
-        .iter()
-        .map(|f| {
-            json!({
-                "name": f.name,
-                "size": f.size,
-                "replicas": f.replicas,
-                "chunks": f.chunks,
-                "manifest": hex::encode(&f.manifest_hash),
-                "under_replicated": f.under_replicated,
-                "min_copies": f.min_copies,
-                "lost": f.lost,
-            })
-        })
-        .collect()
+    files.iter().map(file_json).collect()
+}
+
+/// `ls` output written a page at a time, so a listing of any length
+/// streams: the same text as [`ls_text`] (plus a final newline), or the
+/// same JSON as [`ls_json`] pretty-printed.
+pub struct LsWriter<W: std::io::Write> {
+    out: W,
+    json: bool,
+    rows: u64,
+}
+
+impl<W: std::io::Write> LsWriter<W> {
+    pub fn new(out: W, json: bool) -> Self {
+        Self { out, json, rows: 0 }
+    }
+
+    pub fn page(&mut self, files: &[pb::FileInfo]) -> std::io::Result<()> {
+        for f in files {
+            if self.json {
+                let item =
+                    serde_json::to_string_pretty(&file_json(f)).expect("json values serialize");
+                let item = item.replace('\n', "\n  ");
+                let lead = if self.rows == 0 { "[\n  " } else { ",\n  " };
+                write!(self.out, "{lead}{item}")?;
+            } else {
+                if self.rows == 0 {
+                    writeln!(
+                        self.out,
+                        "{:<32} {:>12} {:>8} {:>8}  HEALTH",
+                        "NAME", "SIZE", "REPLICAS", "CHUNKS"
+                    )?;
+                }
+                writeln!(
+                    self.out,
+                    "{:<32} {:>12} {:>8} {:>8}  {}",
+                    f.name,
+                    human_bytes(f.size),
+                    f.replicas,
+                    f.chunks,
+                    health(f)
+                )?;
+            }
+            self.rows += 1;
+        }
+        self.out.flush()
+    }
+
+    pub fn finish(mut self) -> std::io::Result<W> {
+        match (self.json, self.rows) {
+            (true, 0) => writeln!(self.out, "[]")?,
+            (true, _) => writeln!(self.out, "\n]")?,
+            (false, 0) => writeln!(self.out, "no files")?,
+            (false, _) => {}
+        }
+        self.out.flush()?;
+        Ok(self.out)
+    }
 }
 
 /// How safe a file is, in a few words.
@@ -131,25 +187,13 @@ pub fn health(f: &pb::FileInfo) -> String {
 }
 
 pub fn ls_text(files: &[pb::FileInfo]) -> String {
-    if files.is_empty() {
-        return "no files".into();
-    }
-    let mut out = format!(
-        "{:<32} {:>12} {:>8} {:>8}  {}\n",
-        "NAME", "SIZE", "REPLICAS", "CHUNKS", "HEALTH"
-    );
-    for f in files {
-        let health = health(f);
-        out += &format!(
-            "{:<32} {:>12} {:>8} {:>8}  {}\n",
-            f.name,
-            human_bytes(f.size),
-            f.replicas,
-            f.chunks,
-            health
-        );
-    }
-    out.trim_end().to_string()
+    let mut w = LsWriter::new(Vec::new(), false);
+    w.page(files).expect("writing to memory");
+    let out = w.finish().expect("writing to memory");
+    String::from_utf8(out)
+        .expect("ls output is UTF-8")
+        .trim_end()
+        .to_string()
 }
 
 pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {

@@ -93,3 +93,32 @@ fn ls_formats() {
     insta::assert_snapshot!(serde_json::to_string_pretty(&output::ls_json(&files)).unwrap());
     insta::assert_snapshot!(output::ls_text(&[]));
 }
+
+// `ls` streams page by page and prints exactly what one page of everything
+// would: the same table, the same JSON.
+#[test]
+fn ls_streams_in_pages_with_the_same_output() {
+    let files: Vec<_> = (0..5)
+        .map(|i| {
+            let mut f = sample_file(i % 3);
+            f.name = format!("f{i}.bin");
+            f
+        })
+        .collect();
+    for n in [0, 1, 5] {
+        let all = &files[..n];
+        for json in [false, true] {
+            let mut w = output::LsWriter::new(Vec::new(), json);
+            for page in all.chunks(2) {
+                w.page(page).unwrap();
+            }
+            let got = String::from_utf8(w.finish().unwrap()).unwrap();
+            let want = if json {
+                serde_json::to_string_pretty(&output::ls_json(all)).unwrap()
+            } else {
+                output::ls_text(all)
+            };
+            assert_eq!(got, format!("{want}\n"), "{n} files, json {json}");
+        }
+    }
+}

@@ -31,5 +31,12 @@ pub const NODE_ID_MAX_BYTES: usize = 64;
 pub const ADDR_MAX_BYTES: usize = 256;
 /// Most chunk ids in one inventory message.
 pub const INVENTORY_MAX_CHUNKS: usize = 1 << 20;
+/// Chunk ids a node sends in one part of a full report.
+pub const REPORT_PART_CHUNKS: usize = 1 << 16;
+/// Files in one page of a listing, at most.
+pub const LIST_PAGE_MAX_FILES: usize = 1000;
+/// Full reports the tracker takes at once; the others wait their turn (a
+/// restarted tracker is not flooded by every node's inventory at once).
+pub const REPORTS_AT_ONCE_MAX: usize = 4;
 /// Largest message the tracker decodes (a full inventory report).
 pub const TRACKER_MESSAGE_SIZE_MAX_BYTES: usize = 48 * 1024 * 1024;

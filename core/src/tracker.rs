@@ -51,6 +51,11 @@ pub struct TrackerConfig {
     /// node sent to a restarted tracker with its old session must not match
     /// a session the new process handed out.
     pub session_base: u64,
+    /// How often each node is asked for a full inventory report, to
+    /// reconcile what heartbeats may have missed (0: never). The first
+    /// request comes between one and two intervals after a node registers,
+    /// spread by its id, so nodes do not all report at once.
+    pub full_report_interval_ms: u64,
 }
 
 impl Default for TrackerConfig {
@@ -62,6 +67,7 @@ impl Default for TrackerConfig {
             repairs_per_node: 4,
             repair_timeout_ms: 60_000,
             session_base: 0,
+            full_report_interval_ms: 60 * 60 * 1000,
         }
     }
 }
@@ -123,6 +129,9 @@ pub enum TrackerError {
     /// An inventory report is larger than allowed.
     #[error("inventory of {0} chunks is too large")]
     Inventory(usize),
+    /// Part of a full report arrived without its beginning.
+    #[error("node {0} sent part of a report it did not begin")]
+    NoReport(NodeId),
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +143,11 @@ struct NodeEntry {
     leaving: bool,
     /// Known only from records (after a restart): ask for a full report.
     needs_full_report: bool,
+    /// A full report under way: the chunks it named so far.
+    report: Option<RoaringBitmap>,
+    /// When its next full report is due (see
+    /// [`TrackerConfig::full_report_interval_ms`]); 0 before the first.
+    next_full_report_ms: u64,
     /// The chunks it holds, by index.
     chunks: RoaringBitmap,
     /// The node's registration with this tracker process, and the highest
@@ -325,6 +339,17 @@ pub struct Tracker {
     heal: repair::HealState,
     /// The last registration session handed out by this process.
     last_session: u64,
+    /// Restored from records and not every node has reported yet.
+    recovery: Option<Recovery>,
+}
+
+/// After a restart, chunks look under-replicated only because their
+/// holders have not reported yet. As in HDFS's safe mode, repairs and trims
+/// wait until every node known from the records has sent its full report,
+/// or `dead_after_ms` has passed since the first tick, whichever is first.
+#[derive(Debug, Clone, Copy)]
+struct Recovery {
+    first_tick_ms: Option<u64>,
 }
 
 impl Tracker {
@@ -355,6 +380,9 @@ impl Tracker {
             assert!(!n.alive, "a restored node is heard from before it counts");
             n.needs_full_report = true;
         }
+        t.recovery = Some(Recovery {
+            first_tick_ms: None,
+        });
         t
     }
 
@@ -380,6 +408,8 @@ impl Tracker {
                         alive: false,
                         leaving: false,
                         needs_full_report: false,
+                        report: None,
+                        next_full_report_ms: 0,
                         chunks: RoaringBitmap::new(),
                         session: 0,
                         last_seq: 0,
@@ -715,7 +745,9 @@ impl Tracker {
 
     /// A node announces itself with its full inventory, which replaces what
     /// the tracker believed it held. Returns the session its heartbeats
-    /// carry from now on (see [`Tracker::sequence`]).
+    /// carry from now on (see [`Tracker::sequence`]). The same as
+    /// [`Tracker::begin_report`], one [`Tracker::report_part`] and
+    /// [`Tracker::end_report`].
     pub fn register(
         &mut self,
         id: NodeId,
@@ -723,11 +755,28 @@ impl Tracker {
         chunks: Vec<ChunkId>,
         now_ms: u64,
     ) -> Result<u64, TrackerError> {
-        if addr.is_empty() || addr.len() > ADDR_MAX_BYTES {
-            return Err(TrackerError::Addr(addr));
-        }
         if chunks.len() > INVENTORY_MAX_CHUNKS {
             return Err(TrackerError::Inventory(chunks.len()));
+        }
+        self.begin_report(id.clone(), addr, now_ms)?;
+        self.report_part(&id, chunks)?;
+        self.end_report(&id, now_ms)
+    }
+
+    /// A node starts a full inventory report, to be sent in parts of any
+    /// number (a node may hold far more chunk ids than one message can
+    /// carry). Until [`Tracker::end_report`] the node counts as alive and
+    /// as holding what it was believed to hold plus what the parts name so
+    /// far; nothing is trimmed meanwhile (see `plan`), and its heartbeats
+    /// are answered with a request to report again.
+    pub fn begin_report(
+        &mut self,
+        id: NodeId,
+        addr: String,
+        now_ms: u64,
+    ) -> Result<(), TrackerError> {
+        if addr.is_empty() || addr.len() > ADDR_MAX_BYTES {
+            return Err(TrackerError::Addr(addr));
         }
         let known_addr = self.node_ix.get(&id).map(|&nx| self.node(nx).addr.clone());
         if known_addr.as_deref() != Some(addr.as_str()) {
@@ -737,34 +786,83 @@ impl Tracker {
             });
         }
         let nx = self.node_ix[&id];
-        let mut reported = RoaringBitmap::new();
-        for c in &chunks {
-            if let Some(cx) = self.chunks.find(c) {
-                reported.insert(cx);
-            }
-        }
-        let gone = &self.node(nx).chunks - &reported;
-        for cx in &gone {
-            self.unlink(nx, cx);
-        }
-        self.set_alive(nx, true);
         // A full report shows what the node holds now, whatever happened to
         // deletions sent before; one still to be sent will go out.
         self.heal.settle(&id);
+        self.set_alive(nx, true);
+        let n = self.node_mut(nx);
+        n.report = Some(RoaringBitmap::new());
+        n.last_seen_ms = now_ms;
+        // No heartbeat of an earlier registration applies any more.
+        n.session = 0;
+        Ok(())
+    }
+
+    /// Part of a full report: `chunks` are on the node's disk.
+    pub fn report_part(&mut self, id: &NodeId, chunks: Vec<ChunkId>) -> Result<(), TrackerError> {
+        if chunks.len() > INVENTORY_MAX_CHUNKS {
+            return Err(TrackerError::Inventory(chunks.len()));
+        }
+        let nx = *self
+            .node_ix
+            .get(id)
+            .ok_or_else(|| TrackerError::UnknownNode(id.clone()))?;
+        if self.node(nx).report.is_none() {
+            return Err(TrackerError::NoReport(id.clone()));
+        }
+        let mut seen = Vec::with_capacity(chunks.len());
         for c in chunks {
-            if !self.heal.deleting(&c, &id) {
-                self.link_id(&id, c);
+            if self.heal.deleting(&c, id) {
+                continue;
             }
+            let cx = self.chunks.find_or_insert(c);
+            self.link(nx, cx);
+            seen.push(cx);
+        }
+        let report = self.node_mut(nx).report.as_mut().expect("checked above");
+        report.extend(seen);
+        Ok(())
+    }
+
+    /// The full report is complete: copies it did not name are no longer
+    /// counted. Returns the session the node's heartbeats carry from now on.
+    pub fn end_report(&mut self, id: &NodeId, now_ms: u64) -> Result<u64, TrackerError> {
+        let nx = *self
+            .node_ix
+            .get(id)
+            .ok_or_else(|| TrackerError::UnknownNode(id.clone()))?;
+        let seen = self
+            .node_mut(nx)
+            .report
+            .take()
+            .ok_or_else(|| TrackerError::NoReport(id.clone()))?;
+        let gone = &self.node(nx).chunks - &seen;
+        for cx in &gone {
+            self.unlink(nx, cx);
         }
         // Never 0, which no registration has.
         self.last_session = self.last_session.wrapping_add(1).max(1);
         let session = self.last_session;
+        let interval = self.config.full_report_interval_ms;
+        let first = self.node(nx).next_full_report_ms == 0;
+        // The first periodic report comes one to two intervals from now,
+        // spread by node id; later ones every interval.
+        let spread = if first && interval > 0 {
+            let h = blake3::hash(id.as_str().as_bytes());
+            u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) % interval
+        } else {
+            0
+        };
         let n = self.node_mut(nx);
-        n.leaving = false;
         n.needs_full_report = false;
+        n.leaving = false;
         n.last_seen_ms = now_ms;
         n.session = session;
         n.last_seq = 0;
+        n.next_full_report_ms = now_ms
+            .saturating_add(interval)
+            .saturating_add(spread)
+            .max(1);
         Ok(session)
     }
 
@@ -806,7 +904,13 @@ impl Tracker {
         let Some(&nx) = self.node_ix.get(id) else {
             return Ok(HeartbeatReply::Reregister);
         };
-        if self.node(nx).needs_full_report {
+        let n = self.node(nx);
+        let interval = self.config.full_report_interval_ms;
+        if n.needs_full_report
+            || n.report.is_some()
+            || (interval > 0 && now_ms >= n.next_full_report_ms)
+        {
+            // The reply asks for a full report, which supersedes this one.
             return Ok(HeartbeatReply::Reregister);
         }
         self.set_alive(nx, true);

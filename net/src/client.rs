@@ -645,12 +645,44 @@ impl<D: Dialer> Client<D> {
         Ok(report)
     }
 
-    pub async fn list(&self) -> Result<Vec<pb::FileInfo>, ClientError> {
-        Ok(self
-            .tracker_call(|mut t| async move { t.list(pb::ListRequest {}).await })
+    /// Files whose names sort after `after`, one page (at most `limit`,
+    /// 0 for the tracker's page size), and whether more follow.
+    pub async fn list_page(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> Result<(Vec<pb::FileInfo>, bool), ClientError> {
+        let resp = self
+            .tracker_call(|mut t| {
+                let after = after.to_string();
+                async move { t.list(pb::ListRequest { after, limit }).await }
+            })
             .await
-            .map_err(|s| self.tracker_err(s))?
-            .files)
+            .map_err(|s| self.tracker_err(s))?;
+        Ok((resp.files, resp.more))
+    }
+
+    /// Every file, page by page. `each` gets every page as it arrives.
+    pub async fn list_each(
+        &self,
+        mut each: impl FnMut(&[pb::FileInfo]),
+    ) -> Result<(), ClientError> {
+        let mut after = String::new();
+        loop {
+            let (page, more) = self.list_page(&after, 0).await?;
+            each(&page);
+            match page.last() {
+                Some(last) if more => after.clone_from(&last.name),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Every file, in name order.
+    pub async fn list(&self) -> Result<Vec<pb::FileInfo>, ClientError> {
+        let mut all = Vec::new();
+        self.list_each(|page| all.extend_from_slice(page)).await?;
+        Ok(all)
     }
 
     pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {

@@ -18,7 +18,9 @@ use futures::{Stream, StreamExt};
 use p2p_core::ChunkId;
 use p2p_core::NodeId;
 use p2p_core::inventory::Inventory;
-use p2p_core::limits::{CHUNK_SIZE_MAX_BYTES, MESSAGE_SIZE_MAX_BYTES, PIECE_SIZE_BYTES};
+use p2p_core::limits::{
+    CHUNK_SIZE_MAX_BYTES, MESSAGE_SIZE_MAX_BYTES, PIECE_SIZE_BYTES, REPORT_PART_CHUNKS,
+};
 use p2p_proto as pb;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
@@ -228,21 +230,28 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         }
     }
 
-    /// Register with the full inventory; returns the heartbeat interval the
-    /// tracker asks for and the registration's session.
+    /// Register with the full inventory, streamed in parts of bounded
+    /// size; returns the heartbeat interval the tracker asks for and the
+    /// registration's session.
     async fn register_once(&self) -> Result<(u64, u64), ClientError> {
         let all = {
             let mut inv = self.inventory();
             inv.reported_all();
             inv.all()
         };
+        let part = |chunks: &[ChunkId]| pb::RegisterRequest {
+            node_id: self.inner.id.to_string(),
+            addr: self.inner.addr.clone(),
+            chunks: convert::chunk_bytes(chunks),
+        };
+        let mut parts: Vec<pb::RegisterRequest> =
+            all.chunks(REPORT_PART_CHUNKS).map(part).collect();
+        if parts.is_empty() {
+            parts.push(part(&[]));
+        }
         let resp = self
             .tracker_client()?
-            .register(pb::RegisterRequest {
-                node_id: self.inner.id.to_string(),
-                addr: self.inner.addr.clone(),
-                chunks: convert::chunk_bytes(&all),
-            })
+            .report(tokio_stream::iter(parts))
             .await
             .map_err(|s| ClientError::from_tracker(&self.inner.tracker_addr, s))?;
         tracing::info!(node = %self.inner.id, chunks = all.len(), "registered with the tracker");

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use p2p_core::limits::TRACKER_MESSAGE_SIZE_MAX_BYTES;
+use p2p_core::limits::{LIST_PAGE_MAX_FILES, REPORTS_AT_ONCE_MAX, TRACKER_MESSAGE_SIZE_MAX_BYTES};
 use p2p_core::tracker::{HeartbeatReply, Sequence, Tracker, TrackerConfig, TrackerError};
 use p2p_proto as pb;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::meta::{MetaError, MetaStore, decode_commit};
@@ -25,6 +25,9 @@ pub struct TrackerService<M: MetaStore> {
     /// Set when the database failed a write: the in-memory state may be
     /// ahead of the disk, so nothing more is acknowledged.
     poisoned: Arc<AtomicBool>,
+    /// Full reports taken at once; the rest wait (unread: HTTP/2 flow
+    /// control holds their senders back).
+    reports: Arc<Semaphore>,
 }
 
 impl<M: MetaStore> Clone for TrackerService<M> {
@@ -34,6 +37,7 @@ impl<M: MetaStore> Clone for TrackerService<M> {
             meta: self.meta.clone(),
             epoch: self.epoch,
             poisoned: self.poisoned.clone(),
+            reports: self.reports.clone(),
         }
     }
 }
@@ -45,6 +49,7 @@ fn to_status(e: TrackerError) -> Status {
         TrackerError::UnknownFile(_) => Status::not_found(e.to_string()),
         TrackerError::FileExists(_) => Status::already_exists(e.to_string()),
         TrackerError::NotEnoughHolders { .. } => Status::failed_precondition(e.to_string()),
+        TrackerError::NoReport(_) => Status::failed_precondition(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }
 }
@@ -59,6 +64,7 @@ impl<M: MetaStore> TrackerService<M> {
             meta: Arc::new(meta),
             epoch: Instant::now(),
             poisoned: Arc::new(AtomicBool::new(false)),
+            reports: Arc::new(Semaphore::new(REPORTS_AT_ONCE_MAX)),
         })
     }
 
@@ -131,6 +137,47 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             .mutate(|t, now| t.register(id.clone(), req.addr.clone(), chunks, now))
             .await?;
         tracing::info!(node = %id, addr = %req.addr, chunks = n, "node registered");
+        let interval = self.state.lock().await.config().heartbeat_interval_ms;
+        Ok(Response::new(pb::RegisterResponse {
+            heartbeat_interval_ms: interval,
+            session,
+        }))
+    }
+
+    async fn report(
+        &self,
+        req: Request<Streaming<pb::RegisterRequest>>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let _turn = self
+            .reports
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("tracker shutting down"))?;
+        let mut parts = req.into_inner();
+        let first = parts
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty report"))?;
+        let id = convert::node_id(&first.node_id)?;
+        let addr = first.addr.clone();
+        self.mutate(|t, now| t.begin_report(id.clone(), addr.clone(), now))
+            .await?;
+        let mut total = 0;
+        let mut next = Some(first);
+        while let Some(part) = next {
+            if part.node_id != id.as_str() {
+                return Err(Status::invalid_argument(
+                    "a report's parts must all name the same node",
+                ));
+            }
+            let chunks = convert::chunk_ids(&part.chunks)?;
+            total += chunks.len();
+            // One part at a time under the lock: other requests go between.
+            self.mutate(|t, _| t.report_part(&id, chunks)).await?;
+            next = parts.message().await?;
+        }
+        let session = self.mutate(|t, now| t.end_report(&id, now)).await?;
+        tracing::info!(node = %id, addr = %addr, chunks = total, "node reported its inventory");
         let interval = self.state.lock().await.config().heartbeat_interval_ms;
         Ok(Response::new(pb::RegisterResponse {
             heartbeat_interval_ms: interval,
@@ -266,11 +313,20 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
 
     async fn list(
         &self,
-        _: Request<pb::ListRequest>,
+        req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let files = self.state.lock().await.files();
+        let req = req.into_inner();
+        let limit = match req.limit as usize {
+            0 => LIST_PAGE_MAX_FILES,
+            n => n.min(LIST_PAGE_MAX_FILES),
+        };
+        // One more than asked, to tell whether more follow.
+        let mut files = self.state.lock().await.files_after(&req.after, limit + 1);
+        let more = files.len() > limit;
+        files.truncate(limit);
         Ok(Response::new(pb::ListResponse {
             files: files.iter().map(convert::file_info_to_pb).collect(),
+            more,
         }))
     }
 

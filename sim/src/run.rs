@@ -428,6 +428,9 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         repairs_per_node: 4,
         repair_timeout_ms: 2_000,
         session_base: 0,
+        // Often enough that every scenario has nodes re-send their whole
+        // inventory while the workload and the faults go on.
+        full_report_interval_ms: 4_000,
     };
     {
         let timeouts = cfg.timeouts.clone();

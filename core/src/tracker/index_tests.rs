@@ -25,6 +25,10 @@ enum Step {
     Register(usize, Vec<u8>),
     Leave(usize, bool),
     Restart,
+    /// A full report in parts: begin, a part naming these chunks, end.
+    Begin(usize),
+    Part(usize, Vec<u8>),
+    End(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -38,6 +42,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..6, proptest::collection::vec(0u8..12, 0..6)).prop_map(|(n, c)| Step::Register(n, c)),
         1 => (0usize..6, any::<bool>()).prop_map(|(n, f)| Step::Leave(n, f)),
         1 => Just(Step::Restart),
+        1 => (0usize..6).prop_map(Step::Begin),
+        2 => (0usize..6, proptest::collection::vec(0u8..12, 0..4)).prop_map(|(n, c)| Step::Part(n, c)),
+        1 => (0usize..6).prop_map(Step::End),
     ]
 }
 
@@ -96,6 +103,15 @@ proptest! {
                     if t.begin_leave(&nid(*n), *force, now).is_ok() {
                         let _ = t.finish_leave(&nid(*n), vec![], *force);
                     }
+                }
+                Step::Begin(n) => {
+                    t.begin_report(nid(*n), format!("a{n}"), now).unwrap();
+                }
+                Step::Part(n, tags) => {
+                    let _ = t.report_part(&nid(*n), tags.iter().map(|&c| chunk(c)).collect());
+                }
+                Step::End(n) => {
+                    let _ = t.end_report(&nid(*n), now);
                 }
                 Step::Restart => {
                     records.extend(std::iter::from_fn(|| t.poll_record()));

@@ -209,6 +209,10 @@ impl Tracker {
             }
         }
 
+        if self.recovering(now_ms) {
+            return;
+        }
+
         // Forget repairs that finished, failed or timed out.
         let mut finished = Vec::new();
         for (chunk, targets) in &self.heal.repairs {
@@ -264,8 +268,15 @@ impl Tracker {
             }
         }
 
-        // Copies above the factor: trim the most loaded holders' copies.
-        let over: Vec<ChunkIx> = self.health.over.iter().take(PLAN_SCAN_MAX).collect();
+        // Copies above the factor: trim the most loaded holders' copies,
+        // but not while a full report is under way: a copy counted on the
+        // reporting node may be one it no longer has.
+        let reporting = self.nodes.iter().flatten().any(|n| n.report.is_some());
+        let over: Vec<ChunkIx> = if reporting {
+            Vec::new()
+        } else {
+            self.health.over.iter().take(PLAN_SCAN_MAX).collect()
+        };
         let mut trims: Vec<(NodeId, ChunkId)> = Vec::new();
         let fresh = self.config.heartbeat_interval_ms.saturating_mul(2);
         for cx in over {
@@ -387,6 +398,20 @@ impl Tracker {
                 missing -= 1;
             }
         }
+    }
+
+    /// Whether planning still waits after a restart (see `Recovery`).
+    fn recovering(&mut self, now_ms: u64) -> bool {
+        let Some(r) = &mut self.recovery else {
+            return false;
+        };
+        let first = *r.first_tick_ms.get_or_insert(now_ms);
+        let pending = self.nodes.iter().flatten().any(|n| n.needs_full_report);
+        if pending && now_ms.saturating_sub(first) < self.config.dead_after_ms {
+            return true;
+        }
+        self.recovery = None;
+        false
     }
 
     /// Under-replicated chunks with a live copy and no repair planned yet

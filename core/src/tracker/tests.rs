@@ -263,3 +263,131 @@ proptest! {
         }
     }
 }
+
+// A full report in parts replaces what the node was counted holding only
+// when it ends; meanwhile the node's heartbeats ask it to report again.
+#[test]
+fn report_in_parts_replaces_the_inventory_at_its_end() {
+    let mut t = cluster(3);
+    let m = put(&mut t, "f", 3, 3);
+    let (a, b, c) = (m.chunks[0], m.chunks[1], m.chunks[2]);
+    t.begin_report(nid(0), "127.0.0.1:7000".into(), 1).unwrap();
+    assert_eq!(
+        t.heartbeat(&nid(0), vec![], vec![], 2).unwrap(),
+        HeartbeatReply::Reregister
+    );
+    t.report_part(&nid(0), vec![a]).unwrap();
+    t.report_part(&nid(0), vec![b]).unwrap();
+    // Not reported yet, still counted.
+    assert!(t.holders(&c).contains(&nid(0)));
+    let session = t.end_report(&nid(0), 3).unwrap();
+    assert!(!t.holders(&c).contains(&nid(0)));
+    assert!(t.holders(&a).contains(&nid(0)) && t.holders(&b).contains(&nid(0)));
+    assert_eq!(t.sequence(&nid(0), session, 1), Sequence::Fresh);
+    assert_eq!(t.status(3).under_replicated, 1);
+    assert_eq!(
+        t.report_part(&nid(0), vec![c]),
+        Err(TrackerError::NoReport(nid(0)))
+    );
+    t.audit().unwrap();
+}
+
+// Every node is asked for a full report once per interval, the first time
+// between one and two intervals after it registered, spread by node id.
+#[test]
+fn full_reports_are_asked_for_periodically_and_spread() {
+    let config = TrackerConfig {
+        full_report_interval_ms: 10_000,
+        dead_after_ms: 1_000_000,
+        ..TrackerConfig::default()
+    };
+    let mut t = Tracker::new(config);
+    let mut first_ask = Vec::new();
+    for i in 0..8 {
+        t.register(nid(i), format!("a{i}"), vec![], 0).unwrap();
+    }
+    for now in (1_000..=20_000).step_by(1_000) {
+        for i in 0..8 {
+            if first_ask.iter().any(|(n, _)| *n == i) {
+                continue;
+            }
+            if t.heartbeat(&nid(i), vec![], vec![], now).unwrap() == HeartbeatReply::Reregister {
+                first_ask.push((i, now));
+            }
+        }
+    }
+    assert_eq!(
+        first_ask.len(),
+        8,
+        "every node was asked within two intervals"
+    );
+    assert!(first_ask.iter().all(|&(_, at)| at >= 10_000));
+    let times: BTreeSet<u64> = first_ask.iter().map(|&(_, at)| at).collect();
+    assert!(
+        times.len() > 1,
+        "not all at the same instant: {first_ask:?}"
+    );
+}
+
+// After a restart, repairs wait for the nodes' reports (or dead-after),
+// rather than copying chunks whose holders simply have not reported yet.
+#[test]
+fn restart_plans_nothing_until_nodes_report() {
+    let mut t = cluster(4);
+    put(&mut t, "f", 4, 3);
+    let mut records = vec![];
+    for i in 0..4 {
+        records.push(Record::NodeJoined {
+            id: nid(i),
+            addr: format!("127.0.0.1:{}", 7000 + i),
+        });
+    }
+    let m = manifest("f", 4, 3);
+    let located = t.locate("f").unwrap();
+    let holders = located
+        .locations
+        .iter()
+        .map(|l| l.live.iter().map(|r| r.id.clone()).collect())
+        .collect();
+    records.push(Record::FileCommitted {
+        manifest: m.clone(),
+        holders,
+    });
+    let restored = Tracker::restore(TrackerConfig::default(), records);
+    let report = |t: &mut Tracker, i: usize, now: u64| {
+        let held: Vec<ChunkId> = m
+            .chunks
+            .iter()
+            .copied()
+            .filter(|c| t.holders(c).contains(&nid(i)))
+            .collect();
+        t.register(nid(i), format!("127.0.0.1:{}", 7000 + i), held, now)
+            .unwrap();
+    };
+    // n00 and n01 have reported: chunks look under-replicated, and n01 or
+    // n00 could take copies, but nothing is planned yet.
+    let mut t = restored.clone();
+    report(&mut t, 0, 100);
+    report(&mut t, 1, 100);
+    t.tick(200);
+    assert!(t.status(200).under_replicated > 0);
+    assert!(
+        t.repairs().is_empty(),
+        "planned while nodes were still to report"
+    );
+    // The others report: nothing was ever missing.
+    report(&mut t, 2, 300);
+    report(&mut t, 3, 300);
+    t.tick(400);
+    assert_eq!(t.status(400).under_replicated, 0);
+    assert!(t.repairs().is_empty());
+    // Had they stayed silent, planning starts once dead-after has passed.
+    let mut t = restored;
+    report(&mut t, 0, 100);
+    report(&mut t, 1, 100);
+    t.tick(200);
+    t.heartbeat(&nid(0), vec![], vec![], 10_300).unwrap();
+    t.heartbeat(&nid(1), vec![], vec![], 10_300).unwrap();
+    t.tick(10_300);
+    assert!(!t.repairs().is_empty());
+}
