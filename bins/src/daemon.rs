@@ -12,10 +12,9 @@ use p2p_net::meta::RedbMeta;
 use p2p_net::node::{NodeConfig, NodeService};
 use p2p_net::store::DiskStore;
 use p2p_net::tracker::TrackerService;
-use p2p_net::transport::{TcpDialer, Timeouts, server_builder};
+use p2p_net::transport::{TcpDialer, Timeouts, server_builder, tcp_incoming};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// Bind `listen` (`host:port`, port 0 for any).
 pub async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -61,7 +60,7 @@ pub async fn run_tracker(
     Ok(tokio::spawn(async move {
         let r = server_builder(&Timeouts::default())
             .add_service(service.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
             .await;
         ticker.abort();
         r.context("tracker server failed")
@@ -166,7 +165,7 @@ pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Resul
     let server = tokio::spawn(async move {
         server_builder(&Timeouts::default())
             .add_service(svc.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
             .await
             .context("node server failed")
     });
