@@ -96,9 +96,11 @@ impl fmt::Display for ManifestHash {
     }
 }
 
-/// A node's stable identity, chosen by the node once and kept in its data directory.
+/// A node's stable identity, chosen by the node once and kept in its data
+/// directory. Shared, not copied, when cloned: the tracker's records name
+/// the same few nodes millions of times.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct NodeId(String);
+pub struct NodeId(std::sync::Arc<str>);
 
 impl NodeId {
     /// Validate a node id from the wire: 1 to 64 characters of `[A-Za-z0-9_-]`.
@@ -109,7 +111,7 @@ impl NodeId {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
-            Ok(Self(s))
+            Ok(Self(s.into()))
         } else {
             Err(IdError::NodeId(s))
         }

@@ -706,11 +706,19 @@ impl Tracker {
         let id = &self.node(nx).id;
         let pos = rec.holders.partition_point(|&h| self.node(h).id < *id);
         self.chunks.get_mut(cx).holders.insert(pos, nx);
-        self.node_mut(nx).chunks.insert(cx);
+        let held = &mut self.node_mut(nx).chunks;
+        // Chunk indices mostly arrive in increasing order: append if so.
+        if held.try_push(cx).is_err() {
+            held.insert(cx);
+        }
         if self.chunks.get(cx).file == NO_FILE {
             self.heal.garbage_dirty = true;
         }
-        self.reclassify(cx);
+        // A holder that is not alive does not change the live count (a
+        // restart links every holder while all of them are).
+        if self.alive(nx) {
+            self.reclassify(cx);
+        }
     }
 
     fn unlink(&mut self, nx: NodeIx, cx: ChunkIx) {
@@ -721,7 +729,9 @@ impl Tracker {
         if let Some(n) = self.nodes[nx as usize].as_mut() {
             n.chunks.remove(cx);
         }
-        self.reclassify(cx);
+        if self.alive(nx) {
+            self.reclassify(cx);
+        }
         let rec = self.chunks.get(cx);
         if rec.file == NO_FILE && rec.holders.is_empty() {
             self.chunks.remove(cx);

@@ -1,16 +1,21 @@
 //! The tracker's durable records: a seam ([`MetaStore`]) and its redb
 //! implementation ([`RedbMeta`]).
 //!
-//! redb holds two tables: `nodes` (node id to address) and `files` (name to
-//! the protobuf `CommitRequest` that created it: manifest plus the holders
-//! that acknowledged each chunk). A write transaction commits (fsync) before
-//! the tracker answers the request that produced the records.
+//! redb holds `nodes` (node id to address) and `files_v2` (name to a
+//! protobuf `StoredFile`: the manifest with its chunk ids packed, and the
+//! holders that acknowledged each chunk as indices into the file's own table
+//! of nodes). `files`, the older layout (the `CommitRequest` as received),
+//! is still read and is emptied as its files are removed. A write
+//! transaction commits (fsync) before the tracker answers the request that
+//! produced the records. A restart streams the rows into the tracker as it
+//! reads them: nothing holds every record at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use p2p_core::tracker::Record;
+use p2p_core::tracker::{Record, Tracker, TrackerConfig};
+use p2p_core::{ChunkId, Manifest, NodeId};
 use p2p_proto as pb;
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -19,6 +24,9 @@ use crate::convert;
 
 const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+const FILES_V2: TableDefinition<&str, &[u8]> = TableDefinition::new("files_v2");
+/// redb's page cache.
+const DB_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Why the tracker's metadata could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +46,9 @@ pub enum MetaError {
 /// Durable storage of the tracker's records.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
-    /// Every record needed to rebuild the tracker: node joins first, then files.
-    async fn load(&self) -> Result<Vec<Record>, MetaError>;
+    /// Rebuild the tracker from what is stored (see [`Tracker::restore`]):
+    /// node joins first, then files, fed to it as they are read.
+    async fn restore(&self, config: TrackerConfig) -> Result<Tracker, MetaError>;
     /// Make `records` durable, all or nothing.
     async fn persist(&self, records: Vec<Record>) -> Result<(), MetaError>;
 }
@@ -59,10 +68,17 @@ impl RedbMeta {
             msg: e.to_string(),
         };
         std::fs::create_dir_all(data).map_err(|e| err(&e))?;
-        let db = redb::Database::create(&path).map_err(|e| err(&e))?;
+        // The tracker keeps its state in memory and reads the database
+        // once, at start: redb's cache need not be large (its default is
+        // 1 GiB, which a restart would fill with pages read once).
+        let db = redb::Builder::new()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| err(&e))?;
         let txn = db.begin_write().map_err(|e| err(&e))?;
         txn.open_table(NODES).map_err(|e| err(&e))?;
         txn.open_table(FILES).map_err(|e| err(&e))?;
+        txn.open_table(FILES_V2).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
         Ok(Self {
             db: Arc::new(db),
@@ -70,41 +86,72 @@ impl RedbMeta {
         })
     }
 
-    fn load_sync(&self) -> Result<Vec<Record>, MetaError> {
+    /// Feed every stored record, in order, to `each`; stops at the first
+    /// that does not read or decode.
+    fn read_sync(&self, each: &mut dyn FnMut(Record)) -> Result<(), MetaError> {
         let err = |e: &dyn std::fmt::Display| MetaError::Db {
             path: self.path.clone(),
             msg: e.to_string(),
         };
+        let damaged = |key: &str, msg: String| MetaError::Damaged {
+            path: self.path.clone(),
+            key: key.to_string(),
+            msg,
+        };
         let txn = self.db.begin_read().map_err(|e| err(&e))?;
-        let mut out = Vec::new();
         let nodes = txn.open_table(NODES).map_err(|e| err(&e))?;
         for row in nodes.iter().map_err(|e| err(&e))? {
             let (k, v) = row.map_err(|e| err(&e))?;
-            let damaged = |msg: String| MetaError::Damaged {
-                path: self.path.clone(),
-                key: k.value().to_string(),
-                msg,
-            };
-            let id = p2p_core::NodeId::new(k.value()).map_err(|e| damaged(e.to_string()))?;
-            out.push(Record::NodeJoined {
+            let id = NodeId::new(k.value()).map_err(|e| damaged(k.value(), e.to_string()))?;
+            each(Record::NodeJoined {
                 id,
                 addr: v.value().to_string(),
             });
         }
-        let files = txn.open_table(FILES).map_err(|e| err(&e))?;
+        let old = txn.open_table(FILES).map_err(|e| err(&e))?;
+        for row in old.iter().map_err(|e| err(&e))? {
+            let (k, v) = row.map_err(|e| err(&e))?;
+            let req = pb::CommitRequest::decode(v.value())
+                .map_err(|e| damaged(k.value(), e.to_string()))?;
+            let (manifest, holders) =
+                decode_commit(&req).map_err(|s| damaged(k.value(), s.message().to_string()))?;
+            each(Record::FileCommitted { manifest, holders });
+        }
+        let files = txn.open_table(FILES_V2).map_err(|e| err(&e))?;
         for row in files.iter().map_err(|e| err(&e))? {
             let (k, v) = row.map_err(|e| err(&e))?;
-            let damaged = |msg: String| MetaError::Damaged {
-                path: self.path.clone(),
-                key: k.value().to_string(),
-                msg,
-            };
-            let req = pb::CommitRequest::decode(v.value()).map_err(|e| damaged(e.to_string()))?;
+            let stored =
+                pb::StoredFile::decode(v.value()).map_err(|e| damaged(k.value(), e.to_string()))?;
             let (manifest, holders) =
-                decode_commit(&req).map_err(|s| damaged(s.message().to_string()))?;
-            out.push(Record::FileCommitted { manifest, holders });
+                decode_stored(&stored).map_err(|msg| damaged(k.value(), msg))?;
+            each(Record::FileCommitted { manifest, holders });
         }
+        Ok(())
+    }
+
+    /// Every stored record, in the order a restore reads them.
+    pub fn load_records(&self) -> Result<Vec<Record>, MetaError> {
+        let mut out = Vec::new();
+        self.read_sync(&mut |r| out.push(r))?;
         Ok(out)
+    }
+
+    fn restore_sync(&self, config: TrackerConfig) -> Result<Tracker, MetaError> {
+        // The tracker takes an iterator; the rows arrive through a
+        // callback. A bounded channel between a reader thread and this one
+        // joins the two without holding every record at once.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Record>(64);
+        let me = self.clone();
+        let reader = std::thread::spawn(move || me.read_sync(&mut |r| drop(tx.send(r))));
+        let tracker = Tracker::restore(config, rx);
+        match reader.join() {
+            Ok(Ok(())) => Ok(tracker),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(MetaError::Db {
+                path: self.path.clone(),
+                msg: "the database reader panicked".into(),
+            }),
+        }
     }
 
     fn persist_sync(&self, records: Vec<Record>) -> Result<(), MetaError> {
@@ -115,7 +162,8 @@ impl RedbMeta {
         let txn = self.db.begin_write().map_err(|e| err(&e))?;
         {
             let mut nodes = txn.open_table(NODES).map_err(|e| err(&e))?;
-            let mut files = txn.open_table(FILES).map_err(|e| err(&e))?;
+            let mut old = txn.open_table(FILES).map_err(|e| err(&e))?;
+            let mut files = txn.open_table(FILES_V2).map_err(|e| err(&e))?;
             for r in &records {
                 match r {
                     Record::NodeJoined { id, addr } => {
@@ -127,12 +175,14 @@ impl RedbMeta {
                         nodes.remove(id.as_str()).map_err(|e| err(&e))?;
                     }
                     Record::FileCommitted { manifest, holders } => {
-                        let bytes = encode_commit(manifest, holders).encode_to_vec();
+                        let bytes = encode_stored(manifest, holders).encode_to_vec();
+                        old.remove(manifest.name.as_str()).map_err(|e| err(&e))?;
                         files
                             .insert(manifest.name.as_str(), bytes.as_slice())
                             .map_err(|e| err(&e))?;
                     }
                     Record::FileRemoved { name } => {
+                        old.remove(name.as_str()).map_err(|e| err(&e))?;
                         files.remove(name.as_str()).map_err(|e| err(&e))?;
                     }
                 }
@@ -142,7 +192,86 @@ impl RedbMeta {
     }
 }
 
-/// The wire form of a commit, also the stored form of a file.
+/// The stored form of a file: chunk ids packed, holders as indices into
+/// the file's own node table.
+pub fn encode_stored(manifest: &Manifest, holders: &[Vec<NodeId>]) -> pb::StoredFile {
+    let mut nodes: Vec<&NodeId> = holders.iter().flatten().collect();
+    nodes.sort();
+    nodes.dedup();
+    let mut packed = Vec::with_capacity(holders.len() * 7);
+    for h in holders {
+        packed.push(u8::try_from(h.len()).expect("at most REPLICAS_MAX holders a chunk"));
+        for n in h {
+            let i = nodes
+                .binary_search(&n)
+                .expect("every holder is in the table");
+            packed.extend_from_slice(
+                &u16::try_from(i)
+                    .expect("at most 2^16 nodes a file")
+                    .to_le_bytes(),
+            );
+        }
+    }
+    pb::StoredFile {
+        name: manifest.name.clone(),
+        size: manifest.size_bytes,
+        chunk_size: manifest.chunk_size_bytes,
+        replicas: manifest.replicas,
+        chunks: manifest
+            .chunks
+            .iter()
+            .flat_map(|c| *c.as_bytes())
+            .collect::<Vec<u8>>()
+            .into(),
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        holders: packed.into(),
+    }
+}
+
+/// Validate and decode a stored file.
+pub fn decode_stored(f: &pb::StoredFile) -> Result<(Manifest, Vec<Vec<NodeId>>), String> {
+    if !f.chunks.len().is_multiple_of(32) {
+        return Err(format!("{} bytes of chunk ids", f.chunks.len()));
+    }
+    let chunks: Vec<ChunkId> = f
+        .chunks
+        .chunks_exact(32)
+        .map(|c| ChunkId::from_slice(c).expect("32 bytes"))
+        .collect();
+    let manifest = Manifest::new(f.name.clone(), f.size, f.chunk_size, f.replicas, chunks)
+        .map_err(|e| e.to_string())?;
+    let nodes: Vec<NodeId> = f
+        .nodes
+        .iter()
+        .map(|n| NodeId::new(n.as_str()).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let mut holders = Vec::with_capacity(manifest.chunks.len());
+    let mut rest = &f.holders[..];
+    for _ in 0..manifest.chunks.len() {
+        let (&n, tail) = rest.split_first().ok_or("holder list ends early")?;
+        let (ix, tail) = tail
+            .split_at_checked(2 * usize::from(n))
+            .ok_or("holder list ends early")?;
+        rest = tail;
+        holders.push(
+            ix.chunks_exact(2)
+                .map(|b| {
+                    let i = usize::from(u16::from_le_bytes([b[0], b[1]]));
+                    nodes
+                        .get(i)
+                        .cloned()
+                        .ok_or_else(|| format!("holder index {i} out of range"))
+                })
+                .collect::<Result<Vec<NodeId>, String>>()?,
+        );
+    }
+    if !rest.is_empty() {
+        return Err("trailing bytes after the holder lists".into());
+    }
+    Ok((manifest, holders))
+}
+
+/// The wire form of a commit (also how files were stored before `files_v2`).
 pub fn encode_commit(
     manifest: &p2p_core::Manifest,
     holders: &[Vec<p2p_core::NodeId>],
@@ -177,9 +306,9 @@ pub fn decode_commit(
 
 #[async_trait]
 impl MetaStore for RedbMeta {
-    async fn load(&self) -> Result<Vec<Record>, MetaError> {
+    async fn restore(&self, config: TrackerConfig) -> Result<Tracker, MetaError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.load_sync())
+        tokio::task::spawn_blocking(move || me.restore_sync(config))
             .await
             .map_err(|e| MetaError::Db {
                 path: self.path.clone(),
@@ -205,9 +334,9 @@ pub struct MemoryMeta {
     records: Arc<Mutex<Vec<Record>>>,
 }
 
-#[async_trait]
-impl MetaStore for MemoryMeta {
-    async fn load(&self) -> Result<Vec<Record>, MetaError> {
+impl MemoryMeta {
+    /// The records a restore reads: the latest of each node and file.
+    pub fn load(&self) -> Vec<Record> {
         let all = self.records.lock().expect("meta lock").clone();
         let mut nodes = std::collections::BTreeMap::new();
         let mut files = std::collections::BTreeMap::new();
@@ -227,7 +356,14 @@ impl MetaStore for MemoryMeta {
                 }
             }
         }
-        Ok(nodes.into_values().chain(files.into_values()).collect())
+        nodes.into_values().chain(files.into_values()).collect()
+    }
+}
+
+#[async_trait]
+impl MetaStore for MemoryMeta {
+    async fn restore(&self, config: TrackerConfig) -> Result<Tracker, MetaError> {
+        Ok(Tracker::restore(config, self.load()))
     }
 
     async fn persist(&self, records: Vec<Record>) -> Result<(), MetaError> {
@@ -274,7 +410,7 @@ mod tests {
             meta.persist(records).await.unwrap();
         }
         let meta = RedbMeta::open(dir.path()).unwrap();
-        let loaded = meta.load().await.unwrap();
+        let loaded = meta.load_records().unwrap();
         assert_eq!(
             loaded,
             vec![
@@ -288,5 +424,65 @@ mod tests {
                 },
             ]
         );
+    }
+
+    // Files stored by an older version (the commit as received) still load,
+    // and removing one removes it there.
+    #[tokio::test]
+    async fn files_in_the_older_layout_load_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = NodeId::new("a").unwrap();
+        let m = Manifest::new("old".into(), 5, 1024, 1, vec![ChunkId::of(b"x")]).unwrap();
+        let meta = RedbMeta::open(dir.path()).unwrap();
+        {
+            let txn = meta.db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(FILES).unwrap();
+                let bytes = encode_commit(&m, &[vec![a.clone()]]).encode_to_vec();
+                t.insert("old", bytes.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let loaded = meta.load_records().unwrap();
+        assert_eq!(
+            loaded,
+            vec![Record::FileCommitted {
+                manifest: m,
+                holders: vec![vec![a]]
+            }]
+        );
+        meta.persist(vec![Record::FileRemoved { name: "old".into() }])
+            .await
+            .unwrap();
+        assert!(meta.load_records().unwrap().is_empty());
+    }
+
+    // A damaged stored file is refused with a reason, never half-loaded.
+    #[test]
+    fn stored_files_are_validated() {
+        let a = NodeId::new("a").unwrap();
+        let b = NodeId::new("b").unwrap();
+        let m = Manifest::new(
+            "f".into(),
+            2048,
+            1024,
+            2,
+            vec![ChunkId::of(b"1"), ChunkId::of(b"2")],
+        )
+        .unwrap();
+        let holders = vec![vec![a.clone(), b.clone()], vec![b, a]];
+        let stored = encode_stored(&m, &holders);
+        assert_eq!(decode_stored(&stored), Ok((m, holders)));
+        let mut short = stored.clone();
+        short.holders.truncate(short.holders.len() - 1);
+        assert!(decode_stored(&short).is_err());
+        let mut bad = stored.clone();
+        let mut h = bad.holders.to_vec();
+        h[1] = 9;
+        bad.holders = h.into();
+        assert!(decode_stored(&bad).unwrap_err().contains("out of range"));
+        let mut odd = stored;
+        odd.chunks.truncate(40);
+        assert!(decode_stored(&odd).is_err());
     }
 }

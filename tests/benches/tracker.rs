@@ -36,7 +36,9 @@ const PART: usize = 1 << 16;
 
 fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
     match std::env::var(name) {
-        Ok(v) => v.parse().with_context(|| format!("{name}={v} is not a number")),
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v} is not a number")),
         Err(_) => Ok(default),
     }
 }
@@ -45,6 +47,8 @@ fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
 /// the node count); file `f` is chunks f*per_file .. (f+1)*per_file.
 struct Layout {
     ids: Vec<Bytes>,
+    /// Per node, the chunks it holds.
+    held: Vec<Vec<u32>>,
     nodes: usize,
     files: usize,
     per_file: usize,
@@ -55,8 +59,15 @@ impl Layout {
         let ids = (0..chunks as u64)
             .map(|g| Bytes::copy_from_slice(blake3::hash(&g.to_le_bytes()).as_bytes()))
             .collect();
+        let mut held = vec![Vec::new(); nodes];
+        for g in 0..chunks {
+            for k in 0..REPLICAS {
+                held[(g + k) % nodes].push(g as u32);
+            }
+        }
         Self {
             ids,
+            held,
             nodes,
             files,
             per_file: chunks / files,
@@ -93,9 +104,9 @@ impl Layout {
 
     /// Node `i`'s whole inventory, in parts.
     fn report(&self, i: usize) -> Vec<pb::RegisterRequest> {
-        let held: Vec<Bytes> = (0..self.ids.len())
-            .filter(|g| (0..REPLICAS).any(|k| (g + k) % self.nodes == i))
-            .map(|g| self.ids[g].clone())
+        let held: Vec<Bytes> = self.held[i]
+            .iter()
+            .map(|&g| self.ids[g as usize].clone())
             .collect();
         let part = |chunks: &[Bytes]| pb::RegisterRequest {
             node_id: self.node_id(i),
@@ -195,10 +206,17 @@ async fn locates(c: &Client, layout: &Layout, n: usize, missing: bool) -> Vec<Du
 }
 
 /// Every node heartbeats once a second, and sends its whole inventory
-/// when the tracker asks (after a restart).
-fn heartbeats(c: Client, layout: Arc<Layout>, sessions: Vec<u64>, stop: Arc<AtomicBool>) {
+/// when the tracker asks (after a restart). Each has a connection of its
+/// own, as real nodes do.
+async fn heartbeats(
+    addr: &str,
+    layout: Arc<Layout>,
+    sessions: Vec<u64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     for (i, session) in sessions.into_iter().enumerate() {
-        let (c, layout, stop) = (c.clone(), layout.clone(), stop.clone());
+        let c = connect(addr).await?;
+        let (layout, stop) = (layout.clone(), stop.clone());
         tokio::spawn(async move {
             let (mut session, mut seq) = (session, 0);
             // Spread over the second, as real nodes are.
@@ -225,6 +243,7 @@ fn heartbeats(c: Client, layout: Arc<Layout>, sessions: Vec<u64>, stop: Arc<Atom
             }
         });
     }
+    Ok(())
 }
 
 async fn status(c: &Client) -> anyhow::Result<pb::StatusResponse> {
@@ -243,7 +262,12 @@ async fn main() -> anyhow::Result<()> {
     let chunks = layout.per_file * files;
 
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("tracker");
+    // BENCH_KEEP=DIR keeps the tracker's database there, to profile a
+    // restart by hand.
+    let data = match std::env::var_os("BENCH_KEEP") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => dir.path().join("tracker"),
+    };
     let addr = p2p_tests::free_addr();
     let mut tracker = start_tracker(&data, &addr)?;
     let c = connect(&addr).await?;
@@ -260,7 +284,7 @@ async fn main() -> anyhow::Result<()> {
         sessions.push(r.into_inner().session);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    heartbeats(c.clone(), layout.clone(), sessions, stop.clone());
+    heartbeats(&addr, layout.clone(), sessions, stop.clone()).await?;
 
     eprintln!("committing...");
     let t = Instant::now();
@@ -294,6 +318,12 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(idle).await;
     let idle_cpu = (cpu_seconds(pid)? - cpu0) / idle.as_secs_f64();
 
+    // What one call costs the tracker, whatever it does: no-op calls as
+    // fast as they go, less the heartbeats' share of that time.
+    let (cpu0, t) = (cpu_seconds(pid)?, Instant::now());
+    let calls = 3000;
+    locates(&c, &layout, calls, true).await;
+    let per_call = (cpu_seconds(pid)? - cpu0 - idle_cpu * t.elapsed().as_secs_f64()) / calls as f64;
     let baseline = locates(&c, &layout, 300, true).await;
     let located = locates(&c, &layout, 300, false).await;
     let mut statuses = Vec::new();
@@ -392,6 +422,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "| CPU with only heartbeats | {:.2} % of a core | < 2 % |",
         idle_cpu * 100.0
+    );
+    println!(
+        "| CPU of one no-op call (baseline) | {:.0} us: {nodes} calls/s would cost {:.2} % | |",
+        per_call * 1e6,
+        per_call * nodes as f64 * 100.0
     );
     println!(
         "| Locate of a missing name (baseline) | p50 {} p99 {} | |",

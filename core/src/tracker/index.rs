@@ -7,14 +7,14 @@
 //! allocation). A record costs [`CHUNK_RECORD_BYTES`] plus about 8 bytes of
 //! hash table; see `Tracker::heap_bytes` for the whole account.
 //!
-//! The hash is keyed (foldhash's quality hasher, seeded by the caller):
-//! chunk ids are chosen by whoever writes the content, and an unkeyed hash
-//! would let a writer grind ids into one bucket. The table is never
-//! iterated, so its order cannot reach an output.
+//! The hash is keyed with two secret words (seeded by the caller): chunk
+//! ids are chosen by whoever writes the content, and an unkeyed hash would
+//! let a writer grind ids into one bucket. An id is already a uniform
+//! BLAKE3 digest, so one folded multiply of its first 16 bytes with the
+//! keys is enough (a general-purpose hasher over all 32 bytes was a tenth
+//! of a restart's time). The table is never iterated, so its order cannot
+//! reach an output.
 
-use std::hash::BuildHasher;
-
-use foldhash::quality::FixedState;
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
@@ -59,10 +59,23 @@ pub const CHUNK_RECORD_BYTES: usize = std::mem::size_of::<ChunkRec>();
 // Most of the tracker's memory is chunk records: keep them small.
 const _: () = assert!(CHUNK_RECORD_BYTES <= 72);
 
+/// 128-bit product of `a` and `b`, its halves folded together.
+fn mix(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+fn hash_with(keys: &[u64; 2], id: &ChunkId) -> u64 {
+    let b = id.as_bytes();
+    let w0 = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+    let w1 = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+    mix(w0 ^ keys[0], w1 ^ keys[1])
+}
+
 /// Chunk records, found by id. Indices of freed records are reused.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ChunkTable {
-    hasher: FixedState,
+    keys: [u64; 2],
     index: HashTable<ChunkIx>,
     recs: Vec<ChunkRec>,
     free: Vec<ChunkIx>,
@@ -70,14 +83,17 @@ pub(crate) struct ChunkTable {
 
 impl ChunkTable {
     pub(crate) fn new(seed: u64) -> Self {
+        // Two words from the seed, so neither is the seed itself.
+        let k0 = mix(seed ^ 0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344);
+        let k1 = mix(seed ^ 0xa409_3822_299f_31d0, 0x082e_fa98_ec4e_6c89);
         Self {
-            hasher: FixedState::with_seed(seed),
+            keys: [k0, k1],
             ..Default::default()
         }
     }
 
     fn hash(&self, id: &ChunkId) -> u64 {
-        self.hasher.hash_one(id.as_bytes())
+        hash_with(&self.keys, id)
     }
 
     pub(crate) fn find(&self, id: &ChunkId) -> Option<ChunkIx> {
@@ -113,10 +129,9 @@ impl ChunkTable {
             }
         };
         let hash = self.hash(&id);
-        let (recs, hasher) = (&self.recs, &self.hasher);
-        self.index.insert_unique(hash, ix, |&i| {
-            hasher.hash_one(recs[i as usize].id.as_bytes())
-        });
+        let (recs, keys) = (&self.recs, &self.keys);
+        self.index
+            .insert_unique(hash, ix, |&i| hash_with(keys, &recs[i as usize].id));
         ix
     }
 
