@@ -834,6 +834,18 @@ impl Tracker {
         Ok(())
     }
 
+    /// A full report broke off (its stream failed): what its parts named
+    /// stays counted, what they did not is still believed held, and the
+    /// node is asked for a full report again at its next heartbeat.
+    pub fn abort_report(&mut self, id: &NodeId) {
+        if let Some(&nx) = self.node_ix.get(id) {
+            let n = self.node_mut(nx);
+            if n.report.take().is_some() {
+                n.needs_full_report = true;
+            }
+        }
+    }
+
     /// The full report is complete: copies it did not name are no longer
     /// counted. Returns the session the node's heartbeats carry from now on.
     pub fn end_report(&mut self, id: &NodeId, now_ms: u64) -> Result<u64, TrackerError> {
@@ -967,8 +979,9 @@ impl Tracker {
             })
             .map(|(id, &nx)| (id.clone(), nx))
             .collect();
-        for &(_, nx) in &dead {
-            self.set_alive(nx, false);
+        for (id, nx) in &dead {
+            self.abort_report(id);
+            self.set_alive(*nx, false);
         }
         self.plan(now_ms);
         dead.into_iter().map(|(id, _)| id).collect()

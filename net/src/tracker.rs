@@ -70,6 +70,13 @@ impl<M: MetaStore> TrackerService<M> {
         })
     }
 
+    /// Compare the tracker's incrementally kept state with a recomputation
+    /// from scratch ([`Tracker::audit`]); `None` if a request holds the
+    /// state now. For the simulator and tests: it walks everything.
+    pub fn try_audit(&self) -> Option<Result<(), String>> {
+        self.state.try_lock().ok().map(|t| t.audit())
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -98,6 +105,35 @@ impl<M: MetaStore> TrackerService<M> {
                 tracing::debug!(queued = backlog.0, in_flight = backlog.1, "repairing");
             }
         }
+    }
+
+    /// Apply a report's parts, `first` and the rest of `parts`; returns
+    /// how many chunk ids they named.
+    async fn report_parts(
+        &self,
+        id: &p2p_core::NodeId,
+        first: pb::RegisterRequest,
+        parts: &mut Streaming<pb::RegisterRequest>,
+    ) -> Result<usize, Status> {
+        let mut total = 0;
+        let mut next = Some(first);
+        while let Some(part) = next {
+            if part.node_id != id.as_str() {
+                return Err(Status::invalid_argument(
+                    "a report's parts must all name the same node",
+                ));
+            }
+            let chunks = convert::chunk_ids(&part.chunks)?;
+            total += chunks.len();
+            // A few thousand at a time under the lock: other requests go
+            // between (a 64K part at once held a Locate up for 100 ms).
+            for batch in chunks.chunks(REPORT_BATCH_CHUNKS) {
+                self.mutate(|t, _| t.report_part(id, batch.to_vec()))
+                    .await?;
+            }
+            next = parts.message().await?;
+        }
+        Ok(total)
     }
 
     /// Run `f` on the state, persist what it recorded, then return its result.
@@ -164,24 +200,19 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let addr = first.addr.clone();
         self.mutate(|t, now| t.begin_report(id.clone(), addr.clone(), now))
             .await?;
-        let mut total = 0;
-        let mut next = Some(first);
-        while let Some(part) = next {
-            if part.node_id != id.as_str() {
-                return Err(Status::invalid_argument(
-                    "a report's parts must all name the same node",
-                ));
+        let total = match self.report_parts(&id, first, &mut parts).await {
+            Ok(total) => total,
+            Err(e) => {
+                // The node reports again; nothing is trimmed meanwhile.
+                let _ = self
+                    .mutate(|t, _| {
+                        t.abort_report(&id);
+                        Ok(())
+                    })
+                    .await;
+                return Err(e);
             }
-            let chunks = convert::chunk_ids(&part.chunks)?;
-            total += chunks.len();
-            // A few thousand at a time under the lock: other requests go
-            // between (a 64K part at once held a Locate up for 100 ms).
-            for batch in chunks.chunks(REPORT_BATCH_CHUNKS) {
-                self.mutate(|t, _| t.report_part(&id, batch.to_vec()))
-                    .await?;
-            }
-            next = parts.message().await?;
-        }
+        };
         let session = self.mutate(|t, now| t.end_report(&id, now)).await?;
         tracing::info!(node = %id, addr = %addr, chunks = total, "node reported its inventory");
         let interval = self.state.lock().await.config().heartbeat_interval_ms;

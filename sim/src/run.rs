@@ -421,6 +421,8 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         .build();
 
     let tracker_meta = MemoryMeta::default();
+    // The tracker process running now, to audit its state at the end.
+    let tracker_service: Arc<std::sync::Mutex<Option<TrackerService<MemoryMeta>>>> = Arc::default();
     let tcfg = TrackerConfig {
         dead_after_ms: cfg.dead_after_ms,
         heartbeat_interval_ms: cfg.heartbeat_ms,
@@ -439,6 +441,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         // process of the binary does (from its seed, not a random one here).
         let starts = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seed = scenario.seed;
+        let running = tracker_service.clone();
         sim.host("tracker", move || {
             let start = starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let tcfg = TrackerConfig {
@@ -446,9 +449,11 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 ..tcfg.clone()
             };
             let (meta, timeouts) = (tracker_meta.clone(), timeouts.clone());
+            let running = running.clone();
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 let service = TrackerService::open(tcfg, meta).await?;
+                *running.lock().expect("tracker handle lock") = Some(service.clone());
                 tokio::spawn(service.clone().run_ticker(heartbeat / 2));
                 server_builder(&timeouts)
                     .add_service(service.into_server())
@@ -608,7 +613,17 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         }
     }
     let sim_ms = sim.elapsed().as_millis() as u64;
+    let audit = tracker_service
+        .lock()
+        .expect("tracker handle lock")
+        .as_ref()
+        .and_then(TrackerService::try_audit);
     let mut s = shared.lock().expect("shared lock");
+    if let Some(Err(e)) = audit {
+        s.violations.push(format!(
+            "the tracker's incremental state differs from a recomputation: {e}"
+        ));
+    }
     if let Some(e) = sim_error {
         s.violations.push(format!(
             "simulation error (panic, host failure or hang): {e}"

@@ -29,6 +29,8 @@ enum Step {
     Begin(usize),
     Part(usize, Vec<u8>),
     End(usize),
+    /// The report's stream broke.
+    Abort(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -45,6 +47,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..6).prop_map(Step::Begin),
         2 => (0usize..6, proptest::collection::vec(0u8..12, 0..4)).prop_map(|(n, c)| Step::Part(n, c)),
         1 => (0usize..6).prop_map(Step::End),
+        1 => (0usize..6).prop_map(Step::Abort),
     ]
 }
 
@@ -113,6 +116,7 @@ proptest! {
                 Step::End(n) => {
                     let _ = t.end_report(&nid(*n), now);
                 }
+                Step::Abort(n) => t.abort_report(&nid(*n)),
                 Step::Restart => {
                     records.extend(std::iter::from_fn(|| t.poll_record()));
                     t = Tracker::restore(config.clone(), records.clone());
