@@ -190,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 chunk_size_bytes: chunk_size,
                 chunks_in_flight: cli.parallel.map_or(defaults.chunks_in_flight, usize::from),
                 fetches_in_flight: cli.parallel.map_or(defaults.fetches_in_flight, usize::from),
+                lease_renew: defaults.lease_renew,
             },
         )
     };

@@ -29,6 +29,9 @@ use crate::limits::{ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS, REPLI
 use crate::manifest::{Manifest, ManifestError, validate_replicas};
 
 pub use index::CHUNK_RECORD_BYTES;
+
+/// Puts in flight the tracker keeps a lease for, at most.
+pub const PUT_LEASES_MAX: usize = 1 << 16;
 use index::{ChunkIx, ChunkTable, FileIx, MANY_FILES, NO_FILE, NodeIx};
 
 /// Timing of failure detection and repair.
@@ -56,6 +59,11 @@ pub struct TrackerConfig {
     /// request comes between one and two intervals after a node registers,
     /// spread by its id, so nodes do not all report at once.
     pub full_report_interval_ms: u64,
+    /// A copy no file references is deleted once it has been so for this
+    /// long, and no put that began before it appeared is still in flight
+    /// (see [`Tracker::touch_put`]). A put whose lease (renewed by every
+    /// allocation) lapses for this long counts as over.
+    pub orphan_grace_ms: u64,
 }
 
 impl Default for TrackerConfig {
@@ -68,6 +76,7 @@ impl Default for TrackerConfig {
             repair_timeout_ms: 60_000,
             session_base: 0,
             full_report_interval_ms: 60 * 60 * 1000,
+            orphan_grace_ms: 60 * 60 * 1000,
         }
     }
 }
@@ -186,6 +195,8 @@ struct Health {
     under: Vec<RoaringBitmap>,
     /// Chunks with more live copies than their factor.
     over: RoaringBitmap,
+    /// Chunks held but referenced by no file.
+    orphans: RoaringBitmap,
     /// Files with a chunk below the file's factor.
     at_risk: BTreeSet<FileIx>,
     /// Chunks some file references.
@@ -194,14 +205,20 @@ struct Health {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
-    /// No file references it, or it has exactly its factor.
+    /// It has exactly its factor, or no file references it and no node
+    /// holds it.
     Settled,
     Under(u8),
     Over,
+    /// Held, but no file references it (a failed put's copy, or one whose
+    /// deletion a tracker restart forgot).
+    Orphan,
 }
 
-fn class(live: u8, factor: u8) -> Class {
-    if factor == 0 || live == factor {
+fn class(live: u8, factor: u8, held: bool) -> Class {
+    if factor == 0 && held {
+        Class::Orphan
+    } else if factor == 0 || live == factor {
         Class::Settled
     } else if live < factor {
         Class::Under(live)
@@ -556,7 +573,12 @@ impl Tracker {
     /// Move `cx` to the class its live copies and factor give it.
     fn set_class(&mut self, cx: ChunkIx, live: u8, factor: u8) {
         let rec = self.chunks.get(cx);
-        let (old, new) = (class(rec.live, rec.factor), class(live, factor));
+        let old = if rec.orphan {
+            Class::Orphan
+        } else {
+            class(rec.live, rec.factor, false)
+        };
+        let new = class(live, factor, !rec.holders.is_empty());
         let id = rec.id;
         if old != new {
             match old {
@@ -566,6 +588,10 @@ impl Tracker {
                 Class::Over => {
                     self.health.over.remove(cx);
                 }
+                Class::Orphan => {
+                    self.health.orphans.remove(cx);
+                    self.heal.left_orphans(cx);
+                }
                 Class::Settled => {}
             }
             match new {
@@ -574,6 +600,9 @@ impl Tracker {
                 }
                 Class::Over => {
                     self.health.over.insert(cx);
+                }
+                Class::Orphan => {
+                    self.health.orphans.insert(cx);
                 }
                 Class::Settled => {}
             }
@@ -590,6 +619,7 @@ impl Tracker {
         let rec = self.chunks.get_mut(cx);
         rec.live = live;
         rec.factor = factor;
+        rec.orphan = new == Class::Orphan;
     }
 
     /// Recount `cx`'s live copies and bring every count that depends on
@@ -715,8 +745,9 @@ impl Tracker {
             self.heal.garbage_dirty = true;
         }
         // A holder that is not alive does not change the live count (a
-        // restart links every holder while all of them are).
-        if self.alive(nx) {
+        // restart links every holder while all of them are), but a first
+        // holder makes an unreferenced chunk an orphan.
+        if self.alive(nx) || self.chunks.get(cx).file == NO_FILE {
             self.reclassify(cx);
         }
     }
@@ -729,7 +760,7 @@ impl Tracker {
         if let Some(n) = self.nodes[nx as usize].as_mut() {
             n.chunks.remove(cx);
         }
-        if self.alive(nx) {
+        if self.alive(nx) || self.chunks.get(cx).file == NO_FILE {
             self.reclassify(cx);
         }
         let rec = self.chunks.get(cx);
@@ -1046,6 +1077,35 @@ impl Tracker {
             heap.extend(chosen.iter().map(|&(load, r)| Reverse((load + 1, r))));
         }
         Ok(placements)
+    }
+
+    /// A put is in flight: `put` (a random id its client chose, not 0)
+    /// allocated, or asked to keep its lease, at `now_ms`. Copies that
+    /// appear after a put in flight began are not collected as orphans:
+    /// they may be that put's, still to be committed.
+    pub fn touch_put(&mut self, put: u64, now_ms: u64) {
+        if put == 0 {
+            return;
+        }
+        if !self.heal.leases.contains_key(&put) && self.heal.leases.len() >= PUT_LEASES_MAX {
+            // Bounded: the lease touched longest ago goes first.
+            if let Some(oldest) = self
+                .heal
+                .leases
+                .iter()
+                .min_by_key(|(id, l)| (l.1, **id))
+                .map(|(id, _)| *id)
+            {
+                self.heal.leases.remove(&oldest);
+            }
+        }
+        let lease = self.heal.leases.entry(put).or_insert((now_ms, now_ms));
+        lease.1 = now_ms;
+    }
+
+    /// The put `put` committed (or gave up): its lease ends.
+    pub fn end_put(&mut self, put: u64) {
+        self.heal.leases.remove(&put);
     }
 
     /// Record a file whose every chunk is durably on `R` distinct registered
@@ -1407,7 +1467,7 @@ impl Tracker {
             .health
             .under
             .iter()
-            .chain([&self.health.over])
+            .chain([&self.health.over, &self.health.orphans])
             .map(RoaringBitmap::serialized_size)
             .sum();
         self.chunks.heap_bytes()

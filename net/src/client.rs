@@ -40,6 +40,9 @@ pub struct ClientConfig {
     pub chunks_in_flight: usize,
     /// Chunk fetches running at once during a get.
     pub fetches_in_flight: usize,
+    /// A put renews its lease with the tracker this often (see
+    /// `AllocateRequest.put`); well under the tracker's orphan grace.
+    pub lease_renew: std::time::Duration,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +51,7 @@ impl Default for ClientConfig {
             chunk_size_bytes: CHUNK_SIZE_DEFAULT_BYTES,
             chunks_in_flight: 4,
             fetches_in_flight: 8,
+            lease_renew: std::time::Duration::from_secs(5 * 60),
         }
     }
 }
@@ -211,6 +215,16 @@ pub struct Located {
     pub candidates: Vec<Vec<Candidate<String>>>,
 }
 
+/// Aborts the task when dropped: a background job that lives exactly as
+/// long as the operation that started it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A client of one tracker.
 pub struct Client<D: Dialer> {
     peers: Arc<Peers<D>>,
@@ -260,6 +274,7 @@ impl<D: Dialer> Client<D> {
 
     async fn allocate(
         &self,
+        put: u64,
         chunk_count: u64,
         replicas: u32,
         exclude: &[NodeRef],
@@ -268,6 +283,7 @@ impl<D: Dialer> Client<D> {
             chunk_count,
             replicas,
             exclude: exclude.iter().map(|n| n.id.to_string()).collect(),
+            put,
         };
         let resp = self
             .tracker_call(|mut t| {
@@ -354,11 +370,34 @@ impl<D: Dialer> Client<D> {
         if n > p2p_core::limits::FILE_CHUNKS_MAX {
             return Err(p2p_core::ManifestError::TooLarge.into());
         }
+        // The put's lease id. Two puts of the same name and size share one,
+        // which only merges their leases.
+        let digest = blake3::hash(format!("{name}\0{size_bytes}\0{replicas}").as_bytes());
+        let put = u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes")).max(1);
         let placements = if n > 0 {
-            self.allocate(n, replicas, &[]).await?
+            self.allocate(put, n, replicas, &[]).await?
         } else {
             vec![]
         };
+        // Renew the lease while the put runs, however long it waits.
+        let _renewer = AbortOnDrop(tokio::spawn({
+            let rpc = self.tracker()?;
+            let every = self.config.lease_renew;
+            async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let req = pb::AllocateRequest {
+                        chunk_count: 0,
+                        replicas,
+                        exclude: vec![],
+                        put,
+                    };
+                    // A failure only means the lease may lapse; the commit
+                    // then reports any holder it lost.
+                    let _ = rpc.clone().allocate(req).await;
+                }
+            }
+        }));
         progress.start(size_bytes);
         let mut ids = Vec::with_capacity(n as usize);
         let mut holders: Vec<Vec<NodeId>> = vec![Vec::new(); n as usize];
@@ -389,7 +428,7 @@ impl<D: Dialer> Client<D> {
             })?;
             let id = ChunkId::of(&data);
             ids.push(id);
-            tasks.push(self.replicate_chunk(i, id, Bytes::from(data), targets, replicas));
+            tasks.push(self.replicate_chunk(put, i, id, Bytes::from(data), targets, replicas));
         }
         while let Some(done) = tasks.next().await {
             settle(done)?;
@@ -400,7 +439,8 @@ impl<D: Dialer> Client<D> {
         }
         let manifest = Manifest::new(name.to_string(), size_bytes, chunk_size, replicas, ids)?;
         // Committing the same manifest again is a no-op, so a repeat is safe.
-        let req = crate::meta::encode_commit(&manifest, &holders);
+        let mut req = crate::meta::encode_commit(&manifest, &holders);
+        req.put = put;
         let resp = self
             .tracker_call(|mut t| {
                 let req = req.clone();
@@ -420,6 +460,7 @@ impl<D: Dialer> Client<D> {
     /// Replicate one chunk to `replicas` nodes, replacing failed targets.
     async fn replicate_chunk(
         &self,
+        put: u64,
         index: usize,
         id: ChunkId,
         data: Bytes,
@@ -455,7 +496,7 @@ impl<D: Dialer> Client<D> {
                             count,
                             "asking the tracker for replacement targets"
                         );
-                        match self.allocate(1, count as u32, &exclude).await {
+                        match self.allocate(put, 1, count as u32, &exclude).await {
                             Ok(mut p) => plan.add_targets(p.remove(0)),
                             Err(e) => {
                                 last_error = e.to_string();

@@ -284,6 +284,7 @@ pub fn encode_commit(
                 node_ids: h.iter().map(|n| n.to_string()).collect(),
             })
             .collect(),
+        put: 0,
     }
 }
 

@@ -301,7 +301,10 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             .map(|n| convert::node_id(n))
             .collect::<Result<_, _>>()?;
         let placements = self
-            .mutate(|t, _| t.allocate(req.chunk_count, req.replicas, &exclude))
+            .mutate(|t, now| {
+                t.touch_put(req.put, now);
+                t.allocate(req.chunk_count, req.replicas, &exclude)
+            })
             .await?;
         Ok(Response::new(pb::AllocateResponse {
             placements: placements
@@ -317,9 +320,16 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let (manifest, holders) = decode_commit(&req.into_inner())?;
+        let req = req.into_inner();
+        let (manifest, holders) = decode_commit(&req)?;
         let name = manifest.name.clone();
-        let hash = self.mutate(|t, _| t.commit(manifest, holders)).await?;
+        let hash = self
+            .mutate(|t, _| {
+                let hash = t.commit(manifest, holders)?;
+                t.end_put(req.put);
+                Ok(hash)
+            })
+            .await?;
         tracing::info!(file = %name, manifest = %hash, "file committed");
         Ok(Response::new(pb::CommitResponse {
             manifest_hash: hash.0.to_vec().into(),

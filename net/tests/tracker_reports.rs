@@ -71,6 +71,7 @@ async fn an_inventory_larger_than_a_message_registers_in_parts() {
             chunks: vec![last],
         }),
         holders: vec![pb::Holders { node_ids: vec![] }],
+        put: 0,
     };
     t.commit(commit).await.unwrap();
 }

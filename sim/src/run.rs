@@ -218,6 +218,7 @@ async fn client_script(
             chunk_size_bytes: cfg.chunk_size_bytes,
             chunks_in_flight: 2,
             fetches_in_flight: 4,
+            lease_renew: Duration::from_millis(400),
         },
     );
     let start = tokio::time::Instant::now();
@@ -433,6 +434,9 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         // Often enough that every scenario has nodes re-send their whole
         // inventory while the workload and the faults go on.
         full_report_interval_ms: 4_000,
+        // Short, so failed puts' copies are collected within a scenario
+        // while other puts are in flight.
+        orphan_grace_ms: 1_500,
     };
     {
         let timeouts = cfg.timeouts.clone();

@@ -99,6 +99,7 @@ impl Layout {
                         .collect(),
                 })
                 .collect(),
+            put: 0,
         }
     }
 

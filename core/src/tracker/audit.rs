@@ -45,6 +45,7 @@ impl Tracker {
 
         let mut under: Vec<BTreeSet<ChunkIx>> = vec![BTreeSet::new(); self.health.under.len()];
         let mut over = BTreeSet::new();
+        let mut orphans = BTreeSet::new();
         let mut short: BTreeMap<FileIx, Vec<u32>> = BTreeMap::new();
         let mut held: BTreeMap<NodeIx, BTreeSet<ChunkIx>> = BTreeMap::new();
         let mut records = 0;
@@ -93,12 +94,22 @@ impl Tracker {
                     rec.id
                 ));
             }
-            match class(live, factor) {
+            let kind = class(live, factor, !rec.holders.is_empty());
+            if rec.orphan != (kind == Class::Orphan) {
+                return Err(format!(
+                    "chunk {}: orphan flag {} is wrong",
+                    rec.id, rec.orphan
+                ));
+            }
+            match kind {
                 Class::Under(k) => {
                     under[k as usize].insert(cx);
                 }
                 Class::Over => {
                     over.insert(cx);
+                }
+                Class::Orphan => {
+                    orphans.insert(cx);
                 }
                 Class::Settled => {}
             }
@@ -125,6 +136,12 @@ impl Tracker {
             if kept != *set {
                 return Err(format!("under[{k}]: {kept:?} kept, {set:?} counted"));
             }
+        }
+        let kept_orphans: BTreeSet<ChunkIx> = self.health.orphans.iter().collect();
+        if kept_orphans != orphans {
+            return Err(format!(
+                "orphans: {kept_orphans:?} kept, {orphans:?} counted"
+            ));
         }
         let kept_over: BTreeSet<ChunkIx> = self.health.over.iter().collect();
         if kept_over != over {

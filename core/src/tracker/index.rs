@@ -45,6 +45,8 @@ pub(crate) struct ChunkRec {
     pub(crate) factor: u8,
     /// Live holders when last classified (see `Tracker::reclassify`).
     pub(crate) live: u8,
+    /// Classified as an orphan: held, but referenced by no file.
+    pub(crate) orphan: bool,
     /// The one file that references it, [`NO_FILE`] or [`MANY_FILES`].
     pub(crate) file: FileIx,
     /// How many times `file` lists it (a file of zeros lists one chunk many
@@ -113,6 +115,7 @@ impl ChunkTable {
             size_bytes: 0,
             factor: 0,
             live: 0,
+            orphan: false,
             file: NO_FILE,
             file_refs: 0,
             holders: SmallVec::new(),

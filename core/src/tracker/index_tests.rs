@@ -31,6 +31,9 @@ enum Step {
     End(usize),
     /// The report's stream broke.
     Abort(usize),
+    /// A put's lease is taken or renewed / ends.
+    Touch(u64),
+    EndPut(u64),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -48,6 +51,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0usize..6, proptest::collection::vec(0u8..12, 0..4)).prop_map(|(n, c)| Step::Part(n, c)),
         1 => (0usize..6).prop_map(Step::End),
         1 => (0usize..6).prop_map(Step::Abort),
+        1 => (1u64..4).prop_map(Step::Touch),
+        1 => (1u64..4).prop_map(Step::EndPut),
     ]
 }
 
@@ -59,7 +64,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     #[test]
     fn incremental_state_equals_a_recomputation(steps in proptest::collection::vec(step(), 1..60)) {
-        let config = TrackerConfig { dead_after_ms: 3_000, ..TrackerConfig::default() };
+        let config = TrackerConfig {
+            dead_after_ms: 3_000,
+            orphan_grace_ms: 5_000,
+            ..TrackerConfig::default()
+        };
         let mut t = Tracker::new(config.clone());
         let mut records = Vec::new();
         let mut now = 0;
@@ -117,6 +126,8 @@ proptest! {
                     let _ = t.end_report(&nid(*n), now);
                 }
                 Step::Abort(n) => t.abort_report(&nid(*n)),
+                Step::Touch(p) => t.touch_put(*p, now),
+                Step::EndPut(p) => t.end_put(*p),
                 Step::Restart => {
                     records.extend(std::iter::from_fn(|| t.poll_record()));
                     t = Tracker::restore(config.clone(), records.clone());

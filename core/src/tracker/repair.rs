@@ -63,6 +63,11 @@ pub(crate) struct HealState {
     under_since: BTreeMap<ChunkIx, u64>,
     /// When each chunk was first seen by the planner above its factor.
     over_since: BTreeMap<ChunkIx, u64>,
+    /// When each orphan (held, referenced by no file) was first seen by the
+    /// planner.
+    orphan_since: BTreeMap<ChunkIx, u64>,
+    /// Puts in flight: (when the lease began, when it was last renewed).
+    pub(crate) leases: BTreeMap<u64, (u64, u64)>,
     /// Chunks no file references any more: every copy is to be deleted.
     garbage: BTreeSet<ChunkId>,
     /// Whether `garbage` may have work: set when a chunk becomes garbage, a
@@ -117,6 +122,11 @@ impl HealState {
     pub(crate) fn left_under(&mut self, cx: ChunkIx, id: &ChunkId) {
         self.under_since.remove(&cx);
         self.repairs.remove(id);
+    }
+
+    /// `cx` is no longer an orphan.
+    pub(crate) fn left_orphans(&mut self, cx: ChunkIx) {
+        self.orphan_since.remove(&cx);
     }
 
     /// `cx` is no longer above its factor.
@@ -265,6 +275,34 @@ impl Tracker {
                 for n in live {
                     self.schedule_delete(&n, chunk);
                 }
+            }
+        }
+
+        // Orphans: delete every live copy of a chunk no file has referenced
+        // for the grace period, unless a put in flight began before it was
+        // seen (the copy may be that put's). A commit racing the deletion
+        // does not count a holder told to delete (see `deleted`).
+        let grace = self.config.orphan_grace_ms;
+        self.heal
+            .leases
+            .retain(|_, (_, last)| now_ms.saturating_sub(*last) < grace);
+        let oldest_put = self.heal.leases.values().map(|l| l.0).min();
+        let orphans: Vec<ChunkIx> = self.health.orphans.iter().take(PLAN_SCAN_MAX).collect();
+        for cx in orphans {
+            let since = *self.heal.orphan_since.entry(cx).or_insert(now_ms);
+            if now_ms.saturating_sub(since) < grace || oldest_put.is_some_and(|p| p <= since) {
+                continue;
+            }
+            let rec = self.chunks.get(cx);
+            let chunk = rec.id;
+            let live: Vec<NodeId> = rec
+                .holders
+                .iter()
+                .filter(|&&nx| self.alive(nx))
+                .map(|&nx| self.node(nx).id.clone())
+                .collect();
+            for n in live {
+                self.schedule_delete(&n, chunk);
             }
         }
 

@@ -391,3 +391,57 @@ fn restart_plans_nothing_until_nodes_report() {
     t.tick(10_300);
     assert!(!t.repairs().is_empty());
 }
+
+// A copy no file references (a failed put's) is deleted once the grace has
+// passed, but not while a put that began before it appeared is in flight;
+// a lease nobody renews lapses.
+#[test]
+fn orphans_are_collected_after_the_grace_unless_a_put_may_commit_them() {
+    let config = TrackerConfig {
+        orphan_grace_ms: 10_000,
+        dead_after_ms: 1_000_000,
+        ..TrackerConfig::default()
+    };
+    let mut t = Tracker::new(config);
+    for i in 0..2 {
+        t.register(nid(i), format!("a{i}"), vec![], 0).unwrap();
+    }
+    let stray = ChunkId::of(b"failed put");
+    // A put begins, uploads, and has not committed.
+    t.touch_put(7, 1_000);
+    t.heartbeat(&nid(0), vec![stray], vec![], 2_000).unwrap();
+    t.tick(2_000);
+    let deletes = |t: &mut Tracker, now| match t.heartbeat(&nid(0), vec![], vec![], now).unwrap() {
+        HeartbeatReply::Ok { commands } => commands,
+        HeartbeatReply::Reregister => panic!("asked to register"),
+    };
+    // Past the grace, but the put is still in flight (renewed): kept.
+    t.touch_put(7, 9_000);
+    t.tick(13_000);
+    assert!(deletes(&mut t, 13_000).is_empty());
+    assert_eq!(t.holders(&stray), BTreeSet::from([nid(0)]));
+    // A put that began after the copy appeared does not protect it.
+    t.touch_put(8, 14_000);
+    t.end_put(7);
+    t.tick(14_000);
+    assert_eq!(
+        deletes(&mut t, 14_000),
+        vec![NodeCommand::Delete { chunk: stray }]
+    );
+    assert!(t.holders(&stray).is_empty());
+    // A lease not renewed for the grace lapses: a copy that appeared under
+    // it is collected after all.
+    let late = ChunkId::of(b"abandoned put");
+    t.touch_put(9, 20_000);
+    t.heartbeat(&nid(1), vec![late], vec![], 21_000).unwrap();
+    t.tick(21_000);
+    t.touch_put(9, 25_000);
+    t.tick(31_500);
+    assert!(
+        t.holders(&late).contains(&nid(1)),
+        "put 9's lease still runs"
+    );
+    t.tick(36_000);
+    assert!(t.holders(&late).is_empty(), "lease lapsed, copy collected");
+    t.audit().unwrap();
+}
