@@ -33,6 +33,7 @@ pub struct TrackerOptions {
     pub heartbeat: Duration,
     pub repair_grace: Duration,
     pub full_report: Duration,
+    pub orphan_grace: Duration,
 }
 
 /// Serve a tracker on `listener` until `shutdown` completes.
@@ -47,6 +48,7 @@ pub async fn run_tracker(
         heartbeat_interval_ms: opts.heartbeat.as_millis() as u64,
         repair_grace_ms: opts.repair_grace.as_millis() as u64,
         full_report_interval_ms: opts.full_report.as_millis() as u64,
+        orphan_grace_ms: opts.orphan_grace.as_millis() as u64,
         // Every tracker process hands out sessions of its own.
         session_base: rand::random::<u64>() >> 1,
         ..TrackerConfig::default()

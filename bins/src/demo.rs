@@ -67,6 +67,7 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
             heartbeat,
             repair_grace: Duration::ZERO,
             full_report: Duration::from_secs(3600),
+            orphan_grace: Duration::from_secs(3600),
         },
         async move {
             let _ = stopped.await;

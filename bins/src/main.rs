@@ -65,6 +65,10 @@ enum Cmd {
         /// what heartbeats missed ("0s": never); spread over the nodes.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         full_report: Duration,
+        /// How long a copy no file references (a failed put's) is kept
+        /// before it is deleted; puts in flight renew leases well within it.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        orphan_grace: Duration,
     },
     /// Run a node: serve chunks and read shell commands on standard input.
     Node {
@@ -202,6 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             heartbeat,
             repair_grace,
             full_report,
+            orphan_grace,
         } => {
             let (l, addr) = daemon::bind(listen).await?;
             let opts = TrackerOptions {
@@ -210,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 heartbeat,
                 repair_grace,
                 full_report,
+                orphan_grace,
             };
             let server = daemon::run_tracker(l, opts, async {
                 let _ = tokio::signal::ctrl_c().await;

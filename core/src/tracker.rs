@@ -388,7 +388,18 @@ impl Tracker {
     /// Rebuild the state from persisted records. Restored nodes count as dead
     /// until they are heard from, and are asked for a full inventory then.
     pub fn restore(config: TrackerConfig, records: impl IntoIterator<Item = Record>) -> Self {
+        Self::restore_sized(config, 0, records)
+    }
+
+    /// [`Tracker::restore`], with room made first for about `chunks_hint`
+    /// chunks (an estimate is fine: it only saves the table's regrowth).
+    pub fn restore_sized(
+        config: TrackerConfig,
+        chunks_hint: usize,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Self {
         let mut t = Self::new(config);
+        t.chunks.reserve(chunks_hint);
         for r in records {
             t.apply(r);
         }

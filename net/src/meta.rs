@@ -18,7 +18,7 @@ use p2p_core::tracker::{Record, Tracker, TrackerConfig};
 use p2p_core::{ChunkId, Manifest, NodeId};
 use p2p_proto as pb;
 use prost::Message;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::convert;
 
@@ -136,14 +136,31 @@ impl RedbMeta {
         Ok(out)
     }
 
+    /// About how many chunks the stored files list, from the tables' sizes
+    /// alone (a stored chunk takes about 39 bytes with three holders; the
+    /// older layout about 70).
+    fn chunks_hint(&self) -> Result<usize, MetaError> {
+        let err = |e: &dyn std::fmt::Display| MetaError::Db {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        };
+        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let bytes = |t: TableDefinition<&str, &[u8]>| -> Result<u64, MetaError> {
+            let table = txn.open_table(t).map_err(|e| err(&e))?;
+            Ok(table.stats().map_err(|e| err(&e))?.stored_bytes())
+        };
+        Ok((bytes(FILES_V2)? / 39 + bytes(FILES)? / 70) as usize)
+    }
+
     fn restore_sync(&self, config: TrackerConfig) -> Result<Tracker, MetaError> {
         // The tracker takes an iterator; the rows arrive through a
         // callback. A bounded channel between a reader thread and this one
         // joins the two without holding every record at once.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Record>(64);
+        let hint = self.chunks_hint()?;
         let me = self.clone();
         let reader = std::thread::spawn(move || me.read_sync(&mut |r| drop(tx.send(r))));
-        let tracker = Tracker::restore(config, rx);
+        let tracker = Tracker::restore_sized(config, hint, rx);
         match reader.join() {
             Ok(Ok(())) => Ok(tracker),
             Ok(Err(e)) => Err(e),

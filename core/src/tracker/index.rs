@@ -138,6 +138,15 @@ impl ChunkTable {
         ix
     }
 
+    /// Room for `more` records without growing (a restart knows roughly
+    /// how many it will read: growing the table rehashes everything).
+    pub(crate) fn reserve(&mut self, more: usize) {
+        self.recs.reserve(more);
+        let (recs, keys) = (&self.recs, &self.keys);
+        self.index
+            .reserve(more, |&i| hash_with(keys, &recs[i as usize].id));
+    }
+
     /// Forget a record that no file references and no node holds.
     pub(crate) fn remove(&mut self, ix: ChunkIx) {
         let rec = &self.recs[ix as usize];
