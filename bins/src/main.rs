@@ -378,11 +378,22 @@ fn one_malloc_arena() {
     }
 }
 
+/// A one-shot command piped into `head` stops quietly when the reader goes,
+/// as other Unix tools do (Rust ignores SIGPIPE, so `println!` panicked).
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called before any other thread starts; only resets a signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.cmd, Cmd::Tracker { .. } | Cmd::Node { .. });
     if !daemon {
         one_malloc_arena();
+        default_sigpipe();
     }
     init_logs(cli.verbose, daemon);
     let runtime = match tokio::runtime::Runtime::new() {

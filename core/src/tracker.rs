@@ -203,6 +203,18 @@ struct Health {
     referenced: u64,
 }
 
+impl Health {
+    /// The set a class of chunks is kept in (none for settled chunks).
+    fn set_of(&mut self, class: Class) -> Option<&mut RoaringBitmap> {
+        match class {
+            Class::Under(k) => Some(&mut self.under[k as usize]),
+            Class::Over => Some(&mut self.over),
+            Class::Orphan => Some(&mut self.orphans),
+            Class::Settled => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     /// It has exactly its factor, or no file references it and no node
@@ -556,6 +568,17 @@ impl Tracker {
             .unwrap_or(0)
     }
 
+    /// The live holders of `cx`, in node id order.
+    fn live_holder_ids(&self, cx: ChunkIx) -> Vec<NodeId> {
+        self.chunks
+            .get(cx)
+            .holders
+            .iter()
+            .filter(|&&nx| self.alive(nx))
+            .map(|&nx| self.node(nx).id.clone())
+            .collect()
+    }
+
     fn holder_ids(&self, cx: ChunkIx) -> BTreeSet<NodeId> {
         self.chunks
             .get(cx)
@@ -592,30 +615,14 @@ impl Tracker {
         let new = class(live, factor, !rec.holders.is_empty());
         let id = rec.id;
         if old != new {
-            match old {
-                Class::Under(k) => {
-                    self.health.under[k as usize].remove(cx);
-                }
-                Class::Over => {
-                    self.health.over.remove(cx);
-                }
-                Class::Orphan => {
-                    self.health.orphans.remove(cx);
-                    self.heal.left_orphans(cx);
-                }
-                Class::Settled => {}
+            if let Some(set) = self.health.set_of(old) {
+                set.remove(cx);
             }
-            match new {
-                Class::Under(k) => {
-                    self.health.under[k as usize].insert(cx);
-                }
-                Class::Over => {
-                    self.health.over.insert(cx);
-                }
-                Class::Orphan => {
-                    self.health.orphans.insert(cx);
-                }
-                Class::Settled => {}
+            if let Some(set) = self.health.set_of(new) {
+                set.insert(cx);
+            }
+            if old == Class::Orphan {
+                self.heal.left_orphans(cx);
             }
             if matches!(old, Class::Under(_)) && !matches!(new, Class::Under(_)) {
                 // Back at its factor (a holder returned, a copy landed
@@ -1156,14 +1163,7 @@ impl Tracker {
             if set.len() < manifest.replicas as usize
                 && let Some(cx) = self.chunks.find(chunk)
             {
-                set.extend(
-                    self.chunks
-                        .get(cx)
-                        .holders
-                        .iter()
-                        .filter(|&&nx| self.alive(nx))
-                        .map(|&nx| self.node(nx).id.clone()),
-                );
+                set.extend(self.live_holder_ids(cx));
             }
             if set.len() < manifest.replicas as usize {
                 return Err(TrackerError::NotEnoughHolders {

@@ -192,6 +192,15 @@ impl Tracker {
             .insert(chunk);
     }
 
+    /// Schedule the deletion of every live copy of `cx`; dead holders are
+    /// told when they come back.
+    fn delete_live_copies(&mut self, cx: ChunkIx) {
+        let chunk = self.chunks.get(cx).id;
+        for n in self.live_holder_ids(cx) {
+            self.schedule_delete(&n, chunk);
+        }
+    }
+
     /// Nodes with a deletion of `chunk` pending or unconfirmed.
     pub(crate) fn deleting_nodes(&self, chunk: &ChunkId) -> Vec<NodeId> {
         self.node_ix
@@ -264,17 +273,7 @@ impl Tracker {
                     self.heal.garbage.remove(&chunk);
                     continue;
                 }
-                let live: Vec<NodeId> = self
-                    .chunks
-                    .get(cx)
-                    .holders
-                    .iter()
-                    .filter(|&&nx| self.alive(nx))
-                    .map(|&nx| self.node(nx).id.clone())
-                    .collect();
-                for n in live {
-                    self.schedule_delete(&n, chunk);
-                }
+                self.delete_live_copies(cx);
             }
         }
 
@@ -293,17 +292,7 @@ impl Tracker {
             if now_ms.saturating_sub(since) < grace || oldest_put.is_some_and(|p| p <= since) {
                 continue;
             }
-            let rec = self.chunks.get(cx);
-            let chunk = rec.id;
-            let live: Vec<NodeId> = rec
-                .holders
-                .iter()
-                .filter(|&&nx| self.alive(nx))
-                .map(|&nx| self.node(nx).id.clone())
-                .collect();
-            for n in live {
-                self.schedule_delete(&n, chunk);
-            }
+            self.delete_live_copies(cx);
         }
 
         // Copies above the factor: trim the most loaded holders' copies,
