@@ -498,10 +498,18 @@ impl Tracker {
                     }
                 };
                 self.by_name.insert(manifest.name.clone(), fx);
+                // A restored record names each of a few nodes thousands of
+                // times through one shared string: look each up once, by
+                // the string's address.
+                let mut known: BTreeMap<usize, Option<NodeIx>> = BTreeMap::new();
                 for (i, &cx) in chunks.iter().enumerate() {
                     self.add_ref(cx, fx, manifest.chunk_len(i));
                     for n in holders.get(i).into_iter().flatten() {
-                        if let Some(&nx) = self.node_ix.get(n) {
+                        let at = n.as_str().as_ptr() as usize;
+                        let nx = *known
+                            .entry(at)
+                            .or_insert_with(|| self.node_ix.get(n).copied());
+                        if let Some(nx) = nx {
                             self.link(nx, cx);
                         }
                     }
