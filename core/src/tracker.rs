@@ -189,7 +189,7 @@ impl FileEntry {
 /// [`Tracker::reclassify`] whenever a chunk's holders, their liveness or its
 /// factor change: the repair planner and `status` read these and never walk
 /// the chunk table.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Health {
     /// `under[k]`: chunks with exactly `k` live copies, fewer than their factor.
     under: Vec<RoaringBitmap>,
@@ -201,6 +201,18 @@ struct Health {
     at_risk: BTreeSet<FileIx>,
     /// Chunks some file references.
     referenced: u64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            under: vec![RoaringBitmap::new(); REPLICAS_MAX as usize],
+            over: RoaringBitmap::new(),
+            orphans: RoaringBitmap::new(),
+            at_risk: BTreeSet::new(),
+            referenced: 0,
+        }
+    }
 }
 
 impl Health {
@@ -388,10 +400,6 @@ impl Tracker {
             // Keyed by the process's random session base, so nobody outside
             // can grind chunk ids into one bucket.
             chunks: ChunkTable::new(config.session_base ^ 0x9e37_79b9_7f4a_7c15),
-            health: Health {
-                under: vec![RoaringBitmap::new(); REPLICAS_MAX as usize],
-                ..Health::default()
-            },
             config,
             ..Default::default()
         }
