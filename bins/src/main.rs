@@ -170,11 +170,13 @@ fn init_logs(verbose: u8, daemon: bool) {
         .init();
 }
 
+/// Print `v` on standard output. A reader that went away (`| head`) is not
+/// an error worth a panic; SIGPIPE stays ignored, as Rust sets it, because
+/// a peer closing a socket must not kill the process.
 fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("json values serialize")
-    );
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v).expect("json values serialize");
+    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -378,22 +380,11 @@ fn one_malloc_arena() {
     }
 }
 
-/// A one-shot command piped into `head` stops quietly when the reader goes,
-/// as other Unix tools do (Rust ignores SIGPIPE, so `println!` panicked).
-fn default_sigpipe() {
-    #[cfg(unix)]
-    // SAFETY: called before any other thread starts; only resets a signal.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.cmd, Cmd::Tracker { .. } | Cmd::Node { .. });
     if !daemon {
         one_malloc_arena();
-        default_sigpipe();
     }
     init_logs(cli.verbose, daemon);
     let runtime = match tokio::runtime::Runtime::new() {
