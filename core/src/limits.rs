@@ -38,5 +38,8 @@ pub const LIST_PAGE_MAX_FILES: usize = 1000;
 /// Full reports the tracker takes at once; the others wait their turn (a
 /// restarted tracker is not flooded by every node's inventory at once).
 pub const REPORTS_AT_ONCE_MAX: usize = 4;
+/// Puts in flight the tracker keeps a lease for, at most (the lease
+/// renewed longest ago goes first).
+pub const PUT_LEASES_MAX: usize = 1 << 16;
 /// Largest message the tracker decodes (a full inventory report).
 pub const TRACKER_MESSAGE_SIZE_MAX_BYTES: usize = 48 * 1024 * 1024;

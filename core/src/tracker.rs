@@ -25,13 +25,12 @@ use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
 use crate::id::{ChunkId, ManifestHash, NodeId};
-use crate::limits::{ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS, REPLICAS_MAX};
+use crate::limits::{
+    ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS, PUT_LEASES_MAX, REPLICAS_MAX,
+};
 use crate::manifest::{Manifest, ManifestError, validate_replicas};
 
 pub use index::CHUNK_RECORD_BYTES;
-
-/// Puts in flight the tracker keeps a lease for, at most.
-pub const PUT_LEASES_MAX: usize = 1 << 16;
 use index::{ChunkIx, ChunkTable, FileIx, MANY_FILES, NO_FILE, NodeIx};
 
 /// Timing of failure detection and repair.
@@ -492,7 +491,7 @@ impl Tracker {
                     chunk_size_bytes: manifest.chunk_size_bytes,
                     replicas: manifest.replicas,
                     hash: manifest.hash(),
-                    chunks: chunks.clone(),
+                    chunks,
                     short: vec![0; manifest.replicas as usize],
                 };
                 let fx = match self.free_files.pop() {
@@ -510,7 +509,8 @@ impl Tracker {
                 // times through one shared string: look each up once, by
                 // the string's address.
                 let mut known: BTreeMap<usize, Option<NodeIx>> = BTreeMap::new();
-                for (i, &cx) in chunks.iter().enumerate() {
+                for i in 0..manifest.chunks.len() {
+                    let cx = self.file(fx).chunks[i];
                     self.add_ref(cx, fx, manifest.chunk_len(i));
                     for n in holders.get(i).into_iter().flatten() {
                         let at = n.as_str().as_ptr() as usize;
@@ -529,7 +529,7 @@ impl Tracker {
     }
 
     /// Forget the file `name`; chunks no other file references become
-    /// garbage, to be deleted from every holder.
+    /// orphans, to be deleted from every holder at once.
     fn drop_file(&mut self, name: &str) {
         let Some(fx) = self.by_name.remove(name) else {
             return;
@@ -704,7 +704,8 @@ impl Tracker {
     }
 
     /// File `fx` lists `cx` once less. A chunk no file references any more
-    /// is garbage: every copy is to be deleted.
+    /// is forgotten if nobody holds it, otherwise an orphan whose copies go
+    /// at once.
     fn remove_ref(&mut self, cx: ChunkIx, fx: FileIx) {
         let live = self.chunks.get(cx).live;
         self.count_in_file(fx, live, -1);
@@ -737,11 +738,10 @@ impl Tracker {
         let factor = self.factor_of(cx);
         self.set_class(cx, live, factor);
         if factor == 0 {
-            let rec = self.chunks.get(cx);
-            if rec.holders.is_empty() {
+            if self.chunks.get(cx).holders.is_empty() {
                 self.chunks.remove(cx);
             } else {
-                self.heal.add_garbage(rec.id);
+                self.heal.removed(cx);
             }
         }
     }
@@ -755,10 +755,6 @@ impl Tracker {
         let held: Vec<ChunkIx> = n.chunks.iter().collect();
         for cx in held {
             self.reclassify(cx);
-        }
-        if alive {
-            // Garbage it holds can now be deleted.
-            self.heal.garbage_dirty = true;
         }
     }
 
@@ -774,9 +770,6 @@ impl Tracker {
         // Chunk indices mostly arrive in increasing order: append if so.
         if held.try_push(cx).is_err() {
             held.insert(cx);
-        }
-        if self.chunks.get(cx).file == NO_FILE {
-            self.heal.garbage_dirty = true;
         }
         // A holder that is not alive does not change the live count (a
         // restart links every holder while all of them are), but a first
@@ -834,7 +827,7 @@ impl Tracker {
             return Err(TrackerError::Inventory(chunks.len()));
         }
         self.begin_report(id.clone(), addr, now_ms)?;
-        self.report_part(&id, chunks)?;
+        self.report_part(&id, &chunks)?;
         self.end_report(&id, now_ms)
     }
 
@@ -874,7 +867,7 @@ impl Tracker {
     }
 
     /// Part of a full report: `chunks` are on the node's disk.
-    pub fn report_part(&mut self, id: &NodeId, chunks: Vec<ChunkId>) -> Result<(), TrackerError> {
+    pub fn report_part(&mut self, id: &NodeId, chunks: &[ChunkId]) -> Result<(), TrackerError> {
         if chunks.len() > INVENTORY_MAX_CHUNKS {
             return Err(TrackerError::Inventory(chunks.len()));
         }
@@ -886,7 +879,7 @@ impl Tracker {
             return Err(TrackerError::NoReport(id.clone()));
         }
         let mut seen = Vec::with_capacity(chunks.len());
-        for c in chunks {
+        for &c in chunks {
             if self.heal.deleting(&c, id) {
                 continue;
             }
@@ -1066,9 +1059,14 @@ impl Tracker {
     }
 
     fn node_ref(&self, id: &NodeId) -> NodeRef {
+        self.node_ref_at(self.node_ix[id])
+    }
+
+    fn node_ref_at(&self, nx: NodeIx) -> NodeRef {
+        let n = self.node(nx);
         NodeRef {
-            id: id.clone(),
-            addr: self.node(self.node_ix[id]).addr.clone(),
+            id: n.id.clone(),
+            addr: n.addr.clone(),
         }
     }
 
@@ -1229,16 +1227,6 @@ impl Tracker {
             .get(name)
             .ok_or_else(|| TrackerError::UnknownFile(name.to_string()))?;
         let f = self.file(fx);
-        let refs: Vec<Option<NodeRef>> = self
-            .nodes
-            .iter()
-            .map(|n| {
-                n.as_ref().map(|n| NodeRef {
-                    id: n.id.clone(),
-                    addr: n.addr.clone(),
-                })
-            })
-            .collect();
         let locations = f
             .chunks
             .iter()
@@ -1248,7 +1236,7 @@ impl Tracker {
                     suspect: Vec::new(),
                 };
                 for &nx in &self.chunks.get(cx).holders {
-                    let r = refs[nx as usize].clone().expect("holders are registered");
+                    let r = self.node_ref_at(nx);
                     if self.alive(nx) {
                         loc.live.push(r);
                     } else {
@@ -1470,9 +1458,8 @@ impl Tracker {
     }
 
     /// Heap bytes the chunk-proportional state holds: the chunk table,
-    /// manifests, node inventories and health sets. What `status` reports
-    /// and the memory test bounds; a process's RSS adds the allocator's
-    /// slack.
+    /// manifests, node inventories and health sets. What the memory test
+    /// bounds; a process's RSS adds the allocator's slack.
     pub fn heap_bytes(&self) -> usize {
         let files: usize = self
             .files

@@ -128,8 +128,7 @@ impl<M: MetaStore> TrackerService<M> {
             // A few thousand at a time under the lock: other requests go
             // between (a 64K part at once held a Locate up for 100 ms).
             for batch in chunks.chunks(REPORT_BATCH_CHUNKS) {
-                self.mutate(|t, _| t.report_part(id, batch.to_vec()))
-                    .await?;
+                self.mutate(|t, _| t.report_part(id, batch)).await?;
             }
             next = parts.message().await?;
         }

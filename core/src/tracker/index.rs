@@ -107,9 +107,16 @@ impl ChunkTable {
 
     /// The record of `id`, created empty if there is none.
     pub(crate) fn find_or_insert(&mut self, id: ChunkId) -> ChunkIx {
-        if let Some(ix) = self.find(&id) {
-            return ix;
-        }
+        let hash = self.hash(&id);
+        let (recs, keys) = (&self.recs, &self.keys);
+        let vacant = match self.index.entry(
+            hash,
+            |&ix| recs[ix as usize].id == id,
+            |&ix| hash_with(keys, &recs[ix as usize].id),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(found) => return *found.get(),
+            hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
+        };
         let rec = ChunkRec {
             id,
             size_bytes: 0,
@@ -131,10 +138,7 @@ impl ChunkTable {
                 (self.recs.len() - 1) as ChunkIx
             }
         };
-        let hash = self.hash(&id);
-        let (recs, keys) = (&self.recs, &self.keys);
-        self.index
-            .insert_unique(hash, ix, |&i| hash_with(keys, &recs[i as usize].id));
+        vacant.insert(ix);
         ix
     }
 

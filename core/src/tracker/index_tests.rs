@@ -120,7 +120,8 @@ proptest! {
                     t.begin_report(nid(*n), format!("a{n}"), now).unwrap();
                 }
                 Step::Part(n, tags) => {
-                    let _ = t.report_part(&nid(*n), tags.iter().map(|&c| chunk(c)).collect());
+                    let tags: Vec<ChunkId> = tags.iter().map(|&c| chunk(c)).collect();
+                    let _ = t.report_part(&nid(*n), &tags);
                 }
                 Step::End(n) => {
                     let _ = t.end_report(&nid(*n), now);

@@ -5,8 +5,8 @@
 //! date as copies come and go) and:
 //! - takes chunks with fewer live copies than their factor by urgency,
 //!   fewest live copies first (at most [`PLAN_SCAN_MAX`] a tick, and only
-//!   while some node can still receive a copy). A chunk with one copy left is planned at
-//!   once; one with two or more waits `repair_grace_ms` from the moment it
+//!   while some node can still receive a copy). A chunk with one copy left
+//!   is planned at once; one with two or more waits `repair_grace_ms` from the moment it
 //!   was first seen under its factor, so a short outage causes no storm.
 //! - plans a repair per missing copy: a live holder (the source) copies the
 //!   chunk to a live node that does not hold it (the target, least loaded
@@ -20,13 +20,20 @@
 //!   after its chunks were repaired): the most loaded holders delete theirs,
 //!   once the surplus has lasted `dead_after_ms` and while every holder that
 //!   keeps its copy was heard from within two heartbeats.
-//! - deletes every copy of a chunk no file references any more (`rm`).
+//! - deletes every copy of an orphan (a chunk held that no file references):
+//!   at once when `rm` removed its last file, otherwise once it has been an
+//!   orphan for `orphan_grace_ms` and no put in flight began before (see
+//!   [`Tracker::touch_put`]). The orphan and surplus sets are scanned from
+//!   where the last pass stopped, so copies that must wait (dead holders, a
+//!   grace not yet over) never hide the ones after them.
 //!
 //! A deletion is remembered for [`TOMBSTONE_MS`]: a put that raced with it
 //! (it stored the chunk on that node before the delete arrived) does not
 //! count that node as a holder when it commits.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use roaring::RoaringBitmap;
 
 use super::index::{ChunkIx, NodeIx};
 use super::{NodeCommand, Tracker};
@@ -63,16 +70,15 @@ pub(crate) struct HealState {
     under_since: BTreeMap<ChunkIx, u64>,
     /// When each chunk was first seen by the planner above its factor.
     over_since: BTreeMap<ChunkIx, u64>,
-    /// When each orphan (held, referenced by no file) was first seen by the
-    /// planner.
-    orphan_since: BTreeMap<ChunkIx, u64>,
+    /// Orphans (held, referenced by no file) the planner has seen, and
+    /// when they are due for deletion.
+    orphan_since: BTreeMap<ChunkIx, OrphanSince>,
+    /// Where the next planning pass resumes in the orphan and surplus
+    /// sets, so entries that must wait never hide the ones after them.
+    orphan_cursor: ChunkIx,
+    over_cursor: ChunkIx,
     /// Puts in flight: (when the lease began, when it was last renewed).
     pub(crate) leases: BTreeMap<u64, (u64, u64)>,
-    /// Chunks no file references any more: every copy is to be deleted.
-    garbage: BTreeSet<ChunkId>,
-    /// Whether `garbage` may have work: set when a chunk becomes garbage, a
-    /// node comes back, or a node reports a chunk no file references.
-    pub(crate) garbage_dirty: bool,
     /// Deletions waiting for the holder's next heartbeat.
     deletes: BTreeMap<NodeId, BTreeSet<ChunkId>>,
     /// Deletions sent, by chunk and node, with when.
@@ -145,10 +151,10 @@ impl HealState {
         self.unconfirmed.remove(node);
     }
 
-    /// No file references `chunk` any more.
-    pub(crate) fn add_garbage(&mut self, chunk: ChunkId) {
-        self.garbage.insert(chunk);
-        self.garbage_dirty = true;
+    /// The last file that referenced orphan `cx` was removed: its copies
+    /// go at once, without the grace a copy of unknown origin gets.
+    pub(crate) fn removed(&mut self, cx: ChunkIx) {
+        self.orphan_since.insert(cx, OrphanSince::Removed);
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -169,6 +175,28 @@ impl HealState {
         }
         (sending, receiving)
     }
+}
+
+/// When an orphan is due for deletion.
+#[derive(Debug, Clone, Copy)]
+enum OrphanSince {
+    /// Its last file was removed (`rm`): delete at once.
+    Removed,
+    /// First seen by the planner then: delete after the grace, unless a
+    /// put in flight began before it.
+    Seen(u64),
+}
+
+/// At most `PLAN_SCAN_MAX` members of `set`, from `cursor` on and then
+/// from the start; `cursor` moves past the last one taken.
+fn scan(set: &RoaringBitmap, cursor: &mut ChunkIx) -> Vec<ChunkIx> {
+    let taken: Vec<ChunkIx> = set
+        .range(*cursor..)
+        .chain(set.range(..*cursor))
+        .take(PLAN_SCAN_MAX)
+        .collect();
+    *cursor = taken.last().map_or(0, |&last| last.wrapping_add(1));
+    taken
 }
 
 /// A repair as the tracker sees it, for tests and traces.
@@ -212,8 +240,8 @@ impl Tracker {
 
     /// Plan repairs, trims and deletions. `tick` calls it; a driver may
     /// call it early (when repairs finished) so the next copies start sooner.
-    /// Its cost is the repairs in flight, the garbage when some appeared,
-    /// and at most [`PLAN_SCAN_MAX`] chunks of each health set: an idle
+    /// Its cost is the repairs in flight and at most [`PLAN_SCAN_MAX`]
+    /// chunks of each health set: an idle
     /// cluster costs next to nothing here, whatever it stores.
     pub fn plan(&mut self, now_ms: u64) {
         let timeout = self.config.repair_timeout_ms;
@@ -259,50 +287,41 @@ impl Tracker {
             }
         }
 
-        // Chunks of removed files: delete every live copy; dead holders are
-        // told when they come back.
-        if std::mem::take(&mut self.heal.garbage_dirty) {
-            let garbage: Vec<ChunkId> = self.heal.garbage.iter().copied().collect();
-            for chunk in garbage {
-                let Some(cx) = self.chunks.find(&chunk) else {
-                    self.heal.garbage.remove(&chunk);
-                    continue;
-                };
-                if self.chunks.get(cx).factor > 0 {
-                    // Referenced again by a newer file.
-                    self.heal.garbage.remove(&chunk);
-                    continue;
-                }
-                self.delete_live_copies(cx);
-            }
-        }
-
-        // Orphans: delete every live copy of a chunk no file has referenced
-        // for the grace period, unless a put in flight began before it was
-        // seen (the copy may be that put's). A commit racing the deletion
-        // does not count a holder told to delete (see `deleted`).
+        // Orphans: delete every live copy (dead holders are told when they
+        // come back) of a chunk whose last file was removed, or that no
+        // file has referenced for the grace period and no put in flight
+        // began before (the copy may be that put's). A commit racing the
+        // deletion does not count a holder told to delete (see `deleted`).
         let grace = self.config.orphan_grace_ms;
         self.heal
             .leases
             .retain(|_, (_, last)| now_ms.saturating_sub(*last) < grace);
         let oldest_put = self.heal.leases.values().map(|l| l.0).min();
-        let orphans: Vec<ChunkIx> = self.health.orphans.iter().take(PLAN_SCAN_MAX).collect();
-        for cx in orphans {
-            let since = *self.heal.orphan_since.entry(cx).or_insert(now_ms);
-            if now_ms.saturating_sub(since) < grace || oldest_put.is_some_and(|p| p <= since) {
-                continue;
+        for cx in scan(&self.health.orphans, &mut self.heal.orphan_cursor) {
+            let due = match *self
+                .heal
+                .orphan_since
+                .entry(cx)
+                .or_insert(OrphanSince::Seen(now_ms))
+            {
+                OrphanSince::Removed => true,
+                OrphanSince::Seen(at) => {
+                    now_ms.saturating_sub(at) >= grace && oldest_put.is_none_or(|p| p > at)
+                }
+            };
+            if due {
+                self.delete_live_copies(cx);
             }
-            self.delete_live_copies(cx);
         }
 
         // Copies above the factor: trim the most loaded holders' copies,
         // but not while a full report is under way: a copy counted on the
         // reporting node may be one it no longer has.
         let reporting = self.nodes.iter().flatten().any(|n| n.report.is_some());
-        let over: Vec<ChunkIx> = if reporting {
+        let over = if reporting {
             Vec::new()
         } else {
-            self.health.over.iter().take(PLAN_SCAN_MAX).collect()
+            scan(&self.health.over, &mut self.heal.over_cursor)
         };
         let mut trims: Vec<(NodeId, ChunkId)> = Vec::new();
         let fresh = self.config.heartbeat_interval_ms.saturating_mul(2);

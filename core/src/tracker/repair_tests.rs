@@ -277,6 +277,27 @@ fn remove_deletes_unshared_chunks() {
     assert_eq!(w.t.status(w.now).chunks, 2);
 }
 
+// A holder that was down when its file was removed deletes its copies once
+// it is back, without waiting for the orphan grace.
+#[test]
+fn removed_files_copies_go_from_holders_that_come_back() {
+    let mut w = World::new(3, fast());
+    let a = w.put("a", "x", 2, 3);
+    w.kill(2);
+    w.settle(5);
+    w.t.remove("a").unwrap();
+    w.settle(2);
+    for c in &a.chunks {
+        assert!(w.held[&nid(2)].contains(c), "down, so not told yet");
+        assert_eq!(w.copies_of(c), 0);
+    }
+    w.down.clear();
+    w.settle(3);
+    for c in &a.chunks {
+        assert!(!w.held[&nid(2)].contains(c), "deleted once back");
+    }
+}
+
 // A put that stored a chunk on a node just told to delete it does not count
 // that node when it commits.
 #[test]

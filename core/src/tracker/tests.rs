@@ -276,8 +276,8 @@ fn report_in_parts_replaces_the_inventory_at_its_end() {
         t.heartbeat(&nid(0), vec![], vec![], 2).unwrap(),
         HeartbeatReply::Reregister
     );
-    t.report_part(&nid(0), vec![a]).unwrap();
-    t.report_part(&nid(0), vec![b]).unwrap();
+    t.report_part(&nid(0), &[a]).unwrap();
+    t.report_part(&nid(0), &[b]).unwrap();
     // Not reported yet, still counted.
     assert!(t.holders(&c).contains(&nid(0)));
     let session = t.end_report(&nid(0), 3).unwrap();
@@ -286,7 +286,7 @@ fn report_in_parts_replaces_the_inventory_at_its_end() {
     assert_eq!(t.sequence(&nid(0), session, 1), Sequence::Fresh);
     assert_eq!(t.status(3).under_replicated, 1);
     assert_eq!(
-        t.report_part(&nid(0), vec![c]),
+        t.report_part(&nid(0), &[c]),
         Err(TrackerError::NoReport(nid(0)))
     );
     t.audit().unwrap();
