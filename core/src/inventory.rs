@@ -6,8 +6,8 @@ use crate::id::ChunkId;
 
 /// A node's chunk inventory with an outbox of unreported changes.
 ///
-/// Drive contract: call [`Inventory::added`]/[`Inventory::removed`] as the
-/// store changes; at each heartbeat, [`Inventory::take_delta`] gives what to
+/// Drive contract: call [`Inventory::added`] for every upload stored and
+/// [`Inventory::removed`] for every copy lost; at each heartbeat, [`Inventory::take_delta`] gives what to
 /// send. If the heartbeat fails, [`Inventory::restore_delta`] puts it back; if
 /// the tracker asks for a full report, send [`Inventory::all`] with a register.
 #[derive(Debug, Default, Clone)]
@@ -32,11 +32,13 @@ impl Inventory {
         }
     }
 
+    /// `id` was written here (an upload, new or not): reported as added
+    /// at the next heartbeat even if it was held already, so the tracker
+    /// learns that a put may be counting on this copy (see [`crate::ack`]).
     pub fn added(&mut self, id: ChunkId) {
-        if self.held.insert(id) {
-            self.unreported_removed.remove(&id);
-            self.unreported_added.insert(id);
-        }
+        self.held.insert(id);
+        self.unreported_removed.remove(&id);
+        self.unreported_added.insert(id);
     }
 
     pub fn removed(&mut self, id: ChunkId) {
@@ -97,9 +99,10 @@ impl Inventory {
         }
     }
 
-    /// A full report was sent: nothing is pending any more.
+    /// A full report was sent: no removal is pending any more. Additions
+    /// still are: a full report does not cancel a deletion the tracker has
+    /// yet to send, and the heartbeat after it must (see [`crate::ack`]).
     pub fn reported_all(&mut self) {
-        self.unreported_added.clear();
         self.unreported_removed.clear();
     }
 }

@@ -16,7 +16,10 @@
 //! - [`get_plan`]: which holder to ask for which chunk, retries, completion.
 //! - [`put_plan`]: fan-out replication of one chunk to `R` holders.
 //! - [`inventory`]: what a node holds and what it has yet to report.
+//! - [`ack`]: when a stored copy may be deleted without losing a put's
+//!   acknowledged copy (shared by nodes and the tracker).
 
+pub mod ack;
 pub mod chunking;
 pub mod get_plan;
 pub mod id;

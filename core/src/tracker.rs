@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
+use crate::ack::{self, Stamp};
 use crate::id::{ChunkId, ManifestHash, NodeId};
 use crate::limits::{
     ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS, PUT_LEASES_MAX, REPLICAS_MAX,
@@ -478,7 +479,7 @@ impl Tracker {
             }
             Record::FileCommitted { manifest, holders } => {
                 if self.by_name.contains_key(&manifest.name) {
-                    self.drop_file(&manifest.name.clone());
+                    self.drop_file(&manifest.name.clone(), None);
                 }
                 let chunks: Vec<ChunkIx> = manifest
                     .chunks
@@ -523,20 +524,22 @@ impl Tracker {
                     }
                 }
             }
-            Record::FileRemoved { name } => self.drop_file(name),
+            Record::FileRemoved { name } => self.drop_file(name, None),
         }
         self.outbox.push_back(record);
     }
 
     /// Forget the file `name`; chunks no other file references become
-    /// orphans, to be deleted from every holder at once.
-    fn drop_file(&mut self, name: &str) {
+    /// orphans, to be deleted from every holder at once, or (a replaced
+    /// version, which readers may still be fetching) once the orphan grace
+    /// from `kept_from` is over.
+    fn drop_file(&mut self, name: &str, kept_from: Option<u64>) {
         let Some(fx) = self.by_name.remove(name) else {
             return;
         };
         let chunks = std::mem::take(&mut self.file_mut(fx).chunks);
         for &cx in &chunks {
-            self.remove_ref(cx, fx);
+            self.remove_ref(cx, fx, kept_from);
         }
         self.files[fx as usize] = None;
         self.free_files.push(fx);
@@ -705,8 +708,8 @@ impl Tracker {
 
     /// File `fx` lists `cx` once less. A chunk no file references any more
     /// is forgotten if nobody holds it, otherwise an orphan whose copies go
-    /// at once.
-    fn remove_ref(&mut self, cx: ChunkIx, fx: FileIx) {
+    /// at once, or after the grace from `kept_from`.
+    fn remove_ref(&mut self, cx: ChunkIx, fx: FileIx, kept_from: Option<u64>) {
         let live = self.chunks.get(cx).live;
         self.count_in_file(fx, live, -1);
         let rec = self.chunks.get_mut(cx);
@@ -740,6 +743,8 @@ impl Tracker {
         if factor == 0 {
             if self.chunks.get(cx).holders.is_empty() {
                 self.chunks.remove(cx);
+            } else if let Some(at) = kept_from {
+                self.heal.orphan_wait(cx, at);
             } else {
                 self.heal.removed(cx);
             }
@@ -1013,9 +1018,23 @@ impl Tracker {
             .into_iter()
             .filter(|c| !removed.contains(c))
             .collect();
-        for c in lost.into_iter().chain(added) {
+        // An added chunk was written by an upload, perhaps a put's that
+        // will count this copy: a deletion of it not sent yet is cancelled,
+        // and an orphan waits its grace again (see `crate::ack`). This
+        // happens before this reply's commands are taken.
+        for &c in &added {
+            self.heal.cancel_delete(id, &c);
+        }
+        for c in lost.into_iter().chain(added.iter().copied()) {
             if !self.heal.deleting(&c, id) {
                 self.link_id(id, c);
+            }
+        }
+        for c in &added {
+            if let Some(cx) = self.chunks.find(c)
+                && self.chunks.get(cx).file == NO_FILE
+            {
+                self.heal.orphan_wait(cx, now_ms);
             }
         }
         Ok(HeartbeatReply::Ok {
@@ -1142,20 +1161,51 @@ impl Tracker {
 
     /// Record a file whose every chunk is durably on `R` distinct registered
     /// nodes. Committing the same manifest twice is a no-op; a different
-    /// manifest under an existing name is refused.
+    /// manifest under an existing name is refused. The same as
+    /// [`Tracker::commit_with`] with no acknowledgement stamps and no
+    /// replacing.
     pub fn commit(
         &mut self,
         manifest: Manifest,
         holders: Vec<Vec<NodeId>>,
     ) -> Result<ManifestHash, TrackerError> {
+        let holders = holders
+            .into_iter()
+            .map(|h| h.into_iter().map(|n| (n, Stamp::default())).collect())
+            .collect();
+        self.commit_with(manifest, holders, false, 0)
+    }
+
+    /// Record a file whose every chunk is durably on `R` distinct registered
+    /// nodes: `holders[i]` are the nodes that acknowledged chunk `i`, each
+    /// with the [`Stamp`] of its acknowledgement. Committing the same
+    /// manifest twice is a no-op. A different manifest under an existing
+    /// name is refused unless `replace`: then readers see the old version
+    /// or this one, and the old version's chunks no other file uses are
+    /// kept for the orphan grace from `now_ms`, so gets that located it
+    /// can finish.
+    ///
+    /// A holder that was sent a deletion of its chunk counts only if it
+    /// acknowledged late enough to skip that deletion ([`ack::survives`]);
+    /// a deletion of a committed chunk not sent yet is cancelled, on every
+    /// node, since the chunk is referenced again.
+    pub fn commit_with(
+        &mut self,
+        manifest: Manifest,
+        holders: Vec<Vec<(NodeId, Stamp)>>,
+        replace: bool,
+        now_ms: u64,
+    ) -> Result<ManifestHash, TrackerError> {
         manifest.validate()?;
         let hash = manifest.hash();
-        if let Some(&fx) = self.by_name.get(&manifest.name) {
-            return if self.file(fx).hash == hash {
-                Ok(hash)
-            } else {
-                Err(TrackerError::FileExists(manifest.name))
-            };
+        let existing = self.by_name.get(&manifest.name).copied();
+        if let Some(fx) = existing {
+            if self.file(fx).hash == hash {
+                return Ok(hash);
+            }
+            if !replace {
+                return Err(TrackerError::FileExists(manifest.name));
+            }
         }
         if holders.len() != manifest.chunks.len() {
             return Err(TrackerError::NotEnoughHolders {
@@ -1165,20 +1215,34 @@ impl Tracker {
             });
         }
         let mut clean = Vec::with_capacity(holders.len());
+        let mut cancel: Vec<(NodeId, ChunkId)> = Vec::new();
         for (i, h) in holders.into_iter().enumerate() {
             let chunk = &manifest.chunks[i];
-            // A holder told to delete this chunk since may no longer have
-            // it (an `rm` or a trim raced with this put): it does not count,
-            // but live holders that reported the chunk themselves do.
-            let mut set: BTreeSet<NodeId> = h
-                .into_iter()
-                .filter(|n| self.node_ix.contains_key(n) && !self.heal.deleted(chunk, n))
-                .collect();
-            if set.len() < manifest.replicas as usize
-                && let Some(cx) = self.chunks.find(chunk)
-            {
+            let pending = if self.heal.deletes_pending() > 0 {
+                self.heal.pending_deletes(chunk)
+            } else {
+                Vec::new()
+            };
+            let mut set: BTreeSet<NodeId> = BTreeSet::new();
+            for (n, stamp) in h {
+                let Some(&nx) = self.node_ix.get(&n) else {
+                    continue;
+                };
+                let counts = pending.contains(&n)
+                    || self
+                        .heal
+                        .tombstone(chunk, &n)
+                        .is_none_or(|sent| ack::survives(stamp, sent, self.node(nx).session));
+                if counts {
+                    set.insert(n);
+                }
+            }
+            // Live holders that reported the chunk themselves count too, and
+            // so do those whose deletion is cancelled below.
+            if let Some(cx) = self.chunks.find(chunk) {
                 set.extend(self.live_holder_ids(cx));
             }
+            set.extend(pending.iter().filter(|n| self.is_alive(n)).cloned());
             if set.len() < manifest.replicas as usize {
                 return Err(TrackerError::NotEnoughHolders {
                     chunk: i,
@@ -1186,7 +1250,15 @@ impl Tracker {
                     wanted: manifest.replicas,
                 });
             }
+            cancel.extend(pending.into_iter().map(|n| (n, *chunk)));
             clean.push(set.into_iter().collect());
+        }
+        for (n, chunk) in cancel {
+            self.heal.cancel_delete(&n, &chunk);
+            self.link_id(&n, chunk);
+        }
+        if existing.is_some() {
+            self.drop_file(&manifest.name, Some(now_ms));
         }
         self.apply(Record::FileCommitted {
             manifest,
@@ -1499,6 +1571,8 @@ mod chaos_tests;
 mod index;
 #[cfg(test)]
 mod index_tests;
+#[cfg(test)]
+mod lifecycle_tests;
 pub mod repair;
 #[cfg(test)]
 mod repair_tests;

@@ -333,7 +333,7 @@ fn late_report_of_a_trimmed_copy_does_not_cost_the_last_copy() {
     w.own(0);
     w.own(0);
     // n01 reports the copy again (a report restored after a failed
-    // heartbeat) before its deletion is sent.
+    // heartbeat, or a fresh upload) before its deletion is sent.
     let n = w.nodes.get_mut(&nid(1)).unwrap();
     n.inv.removed(chunk);
     n.inv.added(chunk);
@@ -341,9 +341,14 @@ fn late_report_of_a_trimmed_copy_does_not_cost_the_last_copy() {
         w.round(&normal);
         assert!(w.vanished().is_empty(), "the last copy was deleted");
     }
-    assert_eq!(w.t.holders(&chunk), BTreeSet::from([nid(0)]));
-    assert!(w.nodes[&nid(0)].disk.contains(&chunk));
-    assert!(!w.nodes[&nid(1)].disk.contains(&chunk));
+    // The re-report reads as a fresh write, which cancels the deletion not
+    // yet sent (see `crate::ack`): whichever copies stay, the tracker counts
+    // only copies that are there.
+    let holders = w.t.holders(&chunk);
+    assert!(!holders.is_empty());
+    for h in &holders {
+        assert!(w.nodes[h].disk.contains(&chunk), "{h} counted, not held");
+    }
 }
 
 // A heartbeat overtaken by a newer one is ignored; one from another

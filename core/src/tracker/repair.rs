@@ -27,9 +27,11 @@
 //!   where the last pass stopped, so copies that must wait (dead holders, a
 //!   grace not yet over) never hide the ones after them.
 //!
-//! A deletion is remembered for [`TOMBSTONE_MS`]: a put that raced with it
-//! (it stored the chunk on that node before the delete arrived) does not
-//! count that node as a holder when it commits.
+//! A deletion is remembered for [`TOMBSTONE_MS`], with the heartbeat whose
+//! reply carried it: a put that raced with it counts that node as a holder
+//! when it commits only if the node acknowledged the upload late enough to
+//! skip the delete (see [`crate::ack`]). A deletion not sent yet is
+//! cancelled by a commit or an upload of the chunk.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -37,6 +39,7 @@ use roaring::RoaringBitmap;
 
 use super::index::{ChunkIx, NodeIx};
 use super::{NodeCommand, Tracker};
+use crate::ack::Stamp;
 use crate::id::{ChunkId, NodeId};
 
 /// How long a deletion is remembered against racing commits.
@@ -81,8 +84,9 @@ pub(crate) struct HealState {
     pub(crate) leases: BTreeMap<u64, (u64, u64)>,
     /// Deletions waiting for the holder's next heartbeat.
     deletes: BTreeMap<NodeId, BTreeSet<ChunkId>>,
-    /// Deletions sent, by chunk and node, with when.
-    tombstones: BTreeMap<(ChunkId, NodeId), u64>,
+    /// Deletions sent, by chunk and node: when, and the heartbeat whose
+    /// reply carried it (see [`crate::ack`]).
+    tombstones: BTreeMap<(ChunkId, NodeId), (u64, Stamp)>,
     /// The same, oldest first, so expiry costs what expires.
     tombstone_queue: VecDeque<(u64, ChunkId, NodeId)>,
     /// Deletions sent whose outcome the node has not reported yet: until
@@ -91,10 +95,41 @@ pub(crate) struct HealState {
 }
 
 impl HealState {
-    /// Whether `node` was told to delete `chunk` recently.
-    pub(crate) fn deleted(&self, chunk: &ChunkId, node: &NodeId) -> bool {
-        self.tombstones.contains_key(&(*chunk, node.clone()))
-            || self.deletes.get(node).is_some_and(|d| d.contains(chunk))
+    /// The heartbeat in whose reply `node` was last told to delete
+    /// `chunk`, if that was recent.
+    pub(crate) fn tombstone(&self, chunk: &ChunkId, node: &NodeId) -> Option<Stamp> {
+        self.tombstones
+            .get(&(*chunk, node.clone()))
+            .map(|&(_, stamp)| stamp)
+    }
+
+    /// Cancel a deletion of `chunk` on `node` that has not been sent yet;
+    /// returns whether there was one.
+    pub(crate) fn cancel_delete(&mut self, node: &NodeId, chunk: &ChunkId) -> bool {
+        let Some(d) = self.deletes.get_mut(node) else {
+            return false;
+        };
+        let had = d.remove(chunk);
+        if d.is_empty() {
+            self.deletes.remove(node);
+        }
+        had
+    }
+
+    /// Nodes with a deletion of `chunk` not sent yet.
+    pub(crate) fn pending_deletes(&self, chunk: &ChunkId) -> Vec<NodeId> {
+        self.deletes
+            .iter()
+            .filter(|(_, d)| d.contains(chunk))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// A copy of orphan `cx` was just written (a put may be about to
+    /// reference it), or its file was replaced (a reader may still be
+    /// fetching it): it waits the whole grace from `now_ms`.
+    pub(crate) fn orphan_wait(&mut self, cx: ChunkIx, now_ms: u64) {
+        self.orphan_since.insert(cx, OrphanSince::Seen(now_ms));
     }
 
     /// Whether a deletion of `chunk` on `node` is waiting to be sent or has
@@ -110,12 +145,7 @@ impl HealState {
 
     /// `node` reported `chunk` gone: a deletion not sent yet is moot.
     pub(crate) fn gone(&mut self, node: &NodeId, chunk: &ChunkId) {
-        if let Some(d) = self.deletes.get_mut(node) {
-            d.remove(chunk);
-            if d.is_empty() {
-                self.deletes.remove(node);
-            }
-        }
+        self.cancel_delete(node, chunk);
     }
 
     /// `node` reported after its last commands: every deletion they carried
@@ -251,7 +281,7 @@ impl Tracker {
             }
             let (at, chunk, node) = self.heal.tombstone_queue.pop_front().expect("front exists");
             let key = (chunk, node);
-            if self.heal.tombstones.get(&key) == Some(&at) {
+            if self.heal.tombstones.get(&key).map(|t| t.0) == Some(at) {
                 self.heal.tombstones.remove(&key);
             }
         }
@@ -474,12 +504,22 @@ impl Tracker {
     /// The commands for `node`, taken at its heartbeat.
     pub(crate) fn take_commands(&mut self, node: &NodeId, now_ms: u64) -> Vec<NodeCommand> {
         let mut out = Vec::new();
+        // The heartbeat this reply answers (see `Tracker::sequence`).
+        let stamp = self.node_ix.get(node).map_or_else(Stamp::default, |&nx| {
+            let n = self.node(nx);
+            Stamp {
+                session: n.session,
+                seq: n.last_seq,
+            }
+        });
         if let Some(chunks) = self.heal.deletes.get_mut(node) {
             while out.len() < COMMANDS_PER_REPLY {
                 let Some(chunk) = chunks.pop_first() else {
                     break;
                 };
-                self.heal.tombstones.insert((chunk, node.clone()), now_ms);
+                self.heal
+                    .tombstones
+                    .insert((chunk, node.clone()), (now_ms, stamp));
                 self.heal
                     .tombstone_queue
                     .push_back((now_ms, chunk, node.clone()));
