@@ -122,7 +122,7 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
     let want = file_hash(&input)?;
     let t_put = Instant::now();
     let put = client
-        .put_file(&input, Some("demo.bin"), opts.replicas, &NoProgress)
+        .put_file(&input, Some("demo.bin"), opts.replicas, false, &NoProgress)
         .await?;
     let put_s = t_put.elapsed().as_secs_f64();
     println!(

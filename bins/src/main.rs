@@ -105,6 +105,10 @@ enum Cmd {
         /// Chunk size in bytes.
         #[arg(long, default_value_t = CHUNK_SIZE_DEFAULT_BYTES, hide = true)]
         chunk_size: u64,
+        /// Replace a file of the same name atomically: readers get the old
+        /// version or the new one, whole.
+        #[arg(long)]
+        replace: bool,
         #[arg(long)]
         json: bool,
     },
@@ -273,11 +277,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ref name,
             replicas,
             chunk_size,
+            replace,
             json,
         } => {
             let bar = output::Bar::new("put");
             let r = client(chunk_size)
-                .put_file(path, name.as_deref(), replicas, &bar)
+                .put_file(path, name.as_deref(), replicas, replace, &bar)
                 .await?;
             if json {
                 print_json(&output::put_json(&r));

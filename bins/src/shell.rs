@@ -73,7 +73,7 @@ async fn run_command(
             };
             let bar = output::Bar::new("put");
             let r = client
-                .put_file(Path::new(path), None, replicas, &bar)
+                .put_file(Path::new(path), None, replicas, false, &bar)
                 .await?;
             println!("{}", output::put_text(&r));
         }

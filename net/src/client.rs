@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use p2p_core::ack::Stamp;
 use p2p_core::chunking::{chunk_count, chunk_offset};
 use p2p_core::get_plan::{Candidate, FetchFailure, GetOutcome, GetPlan};
 use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, UPLOAD_PIECE_SIZE_BYTES};
@@ -86,11 +87,12 @@ pub struct GetReport {
     pub retries: usize,
 }
 
-/// One chunk's replication result.
+/// One chunk's replication result: its holders, each with the stamp of
+/// its acknowledgement.
 struct ChunkDone {
     index: usize,
     len: u64,
-    holders: Result<Vec<NodeId>, ClientError>,
+    holders: Result<Vec<(NodeId, Stamp)>, ClientError>,
     retries: usize,
 }
 
@@ -106,13 +108,14 @@ fn connection_broke(s: &Status) -> bool {
 
 /// Upload one chunk to one node: a header, then pieces of at most
 /// [`UPLOAD_PIECE_SIZE_BYTES`].
-/// Returns once the node has verified the hash and synced the chunk.
+/// Returns once the node has verified the hash and synced the chunk, with
+/// the stamp of its acknowledgement (see `p2p_core::ack`).
 pub async fn upload_chunk<D: Dialer>(
     peers: &Peers<D>,
     addr: &str,
     id: ChunkId,
     data: Bytes,
-) -> Result<(), ClientError> {
+) -> Result<Stamp, ClientError> {
     let mut node = peers.node(addr)?;
     let header = pb::PutChunkRequest {
         msg: Some(pb::put_chunk_request::Msg::Header(pb::PutChunkHeader {
@@ -140,7 +143,10 @@ pub async fn upload_chunk<D: Dialer>(
             msg: "did not store the chunk".into(),
         });
     }
-    Ok(())
+    Ok(resp.stamp.map_or_else(Stamp::default, |s| Stamp {
+        session: s.session,
+        seq: s.seq,
+    }))
 }
 
 /// Fetch one chunk, verifying length and hash as pieces arrive, and write
@@ -321,12 +327,14 @@ impl<D: Dialer> Client<D> {
     }
 
     /// Store the file at `path` under `name` (default: its file name) with
-    /// `replicas` copies of every chunk.
+    /// `replicas` copies of every chunk; with `replace`, in place of a file
+    /// of that name (see [`Client::put_reader`]).
     pub async fn put_file(
         &self,
         path: &Path,
         name: Option<&str>,
         replicas: u32,
+        replace: bool,
         progress: &dyn Progress,
     ) -> Result<PutReport, ClientError> {
         let rerr = |err| ClientError::ReadInput {
@@ -347,22 +355,35 @@ impl<D: Dialer> Client<D> {
         if !meta.is_file() {
             return Err(rerr(std::io::Error::other("not a regular file")));
         }
-        self.put_reader(file, meta.len(), &name, replicas, progress, path)
+        self.put_reader(file, meta.len(), &name, replicas, replace, progress, path)
             .await
     }
 
-    /// Store `size_bytes` bytes read from `reader` under `name`.
+    /// Store `size_bytes` bytes read from `reader` under `name`. An existing
+    /// file of that name is refused before any byte moves, unless
+    /// `replace`: then the new version takes its place atomically when it
+    /// commits, and the old one's chunks are kept for the tracker's orphan
+    /// grace so gets already under way can finish.
+    #[allow(clippy::too_many_arguments)]
     pub async fn put_reader(
         &self,
         mut reader: impl AsyncRead + Unpin + Send,
         size_bytes: u64,
         name: &str,
         replicas: u32,
+        replace: bool,
         progress: &dyn Progress,
         source: &Path,
     ) -> Result<PutReport, ClientError> {
         validate_name(name)?;
         validate_replicas(replicas)?;
+        if !replace {
+            match self.locate(name).await {
+                Ok(_) => return Err(ClientError::FileExists(name.to_string())),
+                Err(ClientError::UnknownFile(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let chunk_size = self.config.chunk_size_bytes;
         validate_chunk_size(chunk_size)?;
         let n = chunk_count(size_bytes, chunk_size);
@@ -400,7 +421,9 @@ impl<D: Dialer> Client<D> {
         }));
         progress.start(size_bytes);
         let mut ids = Vec::with_capacity(n as usize);
-        let mut holders: Vec<Vec<NodeId>> = vec![Vec::new(); n as usize];
+        let mut holders: Vec<Vec<(NodeId, Stamp)>> = vec![Vec::new(); n as usize];
+        // Nodes that ran out of space: no later chunk of this put goes there.
+        let full = std::sync::Mutex::new(BTreeSet::new());
         let mut tasks = FuturesUnordered::new();
         let rerr = |err| ClientError::ReadInput {
             path: source.to_path_buf(),
@@ -428,7 +451,15 @@ impl<D: Dialer> Client<D> {
             })?;
             let id = ChunkId::of(&data);
             ids.push(id);
-            tasks.push(self.replicate_chunk(put, i, id, Bytes::from(data), targets, replicas));
+            tasks.push(self.replicate_chunk(
+                put,
+                i,
+                id,
+                Bytes::from(data),
+                targets,
+                replicas,
+                &full,
+            ));
         }
         while let Some(done) = tasks.next().await {
             settle(done)?;
@@ -439,34 +470,55 @@ impl<D: Dialer> Client<D> {
         }
         let manifest = Manifest::new(name.to_string(), size_bytes, chunk_size, replicas, ids)?;
         // Committing the same manifest again is a no-op, so a repeat is safe.
-        let mut req = crate::meta::encode_commit(&manifest, &holders);
+        let ids: Vec<Vec<NodeId>> = holders
+            .iter()
+            .map(|h| h.iter().map(|(n, _)| n.clone()).collect())
+            .collect();
+        let mut req = crate::meta::encode_commit(&manifest, &ids);
+        for (pb, h) in req.holders.iter_mut().zip(&holders) {
+            pb.stamps = h
+                .iter()
+                .map(|(_, s)| pb::Stamp {
+                    session: s.session,
+                    seq: s.seq,
+                })
+                .collect();
+        }
         req.put = put;
+        req.replace = replace;
         let resp = self
             .tracker_call(|mut t| {
                 let req = req.clone();
                 async move { t.commit(req).await }
             })
             .await
-            .map_err(|s| self.tracker_err(s))?;
+            .map_err(|s| match s.code() {
+                tonic::Code::AlreadyExists => ClientError::FileExists(name.to_string()),
+                _ => self.tracker_err(s),
+            })?;
         progress.finish();
         Ok(PutReport {
             manifest,
             manifest_hash: hex::encode(&resp.manifest_hash),
-            holders,
+            holders: ids,
             retries,
         })
     }
 
-    /// Replicate one chunk to `replicas` nodes, replacing failed targets.
+    /// Replicate one chunk to `replicas` nodes, replacing failed targets
+    /// and avoiding nodes known to be `full`.
+    #[allow(clippy::too_many_arguments)]
     async fn replicate_chunk(
         &self,
         put: u64,
         index: usize,
         id: ChunkId,
         data: Bytes,
-        targets: Vec<NodeRef>,
+        mut targets: Vec<NodeRef>,
         replicas: u32,
+        full: &std::sync::Mutex<BTreeSet<NodeRef>>,
     ) -> ChunkDone {
+        targets.retain(|t| !full.lock().expect("full lock").contains(t));
         let len = data.len() as u64;
         let mut retries = 0;
         let done = |holders, retries| ChunkDone {
@@ -476,6 +528,7 @@ impl<D: Dialer> Client<D> {
             retries,
         };
         let mut plan = ReplicaPut::new(targets, replicas as usize, replicas as usize + 2);
+        let mut stamps: std::collections::BTreeMap<NodeId, Stamp> = Default::default();
         let mut uploads = FuturesUnordered::new();
         let mut last_error = String::from("no node accepted it");
         loop {
@@ -496,6 +549,8 @@ impl<D: Dialer> Client<D> {
                             count,
                             "asking the tracker for replacement targets"
                         );
+                        let mut exclude = exclude;
+                        exclude.extend(full.lock().expect("full lock").iter().cloned());
                         match self.allocate(put, 1, count as u32, &exclude).await {
                             Ok(mut p) => plan.add_targets(p.remove(0)),
                             Err(e) => {
@@ -508,7 +563,14 @@ impl<D: Dialer> Client<D> {
             }
             match plan.outcome() {
                 Some(PutOutcome::Stored(h)) => {
-                    return done(Ok(h.into_iter().map(|n| n.id).collect()), retries);
+                    let acked = h
+                        .into_iter()
+                        .map(|n| {
+                            let stamp = stamps.get(&n.id).copied().unwrap_or_default();
+                            (n.id, stamp)
+                        })
+                        .collect();
+                    return done(Ok(acked), retries);
                 }
                 Some(PutOutcome::Failed { .. }) => {
                     let e = ClientError::PutFailed {
@@ -521,8 +583,14 @@ impl<D: Dialer> Client<D> {
                 None => {}
             }
             match uploads.next().await {
-                Some((target, Ok(()))) => plan.handle_acked(&target),
+                Some((target, Ok(stamp))) => {
+                    stamps.insert(target.id.clone(), stamp);
+                    plan.handle_acked(&target);
+                }
                 Some((target, Err(e))) => {
+                    if matches!(e, ClientError::NodeFull { .. }) {
+                        full.lock().expect("full lock").insert(target.clone());
+                    }
                     tracing::warn!(chunk = index, node = %target.id, error = %e, "upload failed; replacing target");
                     last_error = e.to_string();
                     retries += 1;

@@ -35,6 +35,12 @@ pub enum ClientError {
     /// No file by that name.
     #[error("no such file: {0:?}")]
     UnknownFile(String),
+    /// A put of a name that exists, without `--replace`.
+    #[error("a file named {0:?} already exists (put --replace replaces it)")]
+    FileExists(String),
+    /// A node has no room for a chunk.
+    #[error("node at {addr} is full: {msg}")]
+    NodeFull { addr: String, msg: String },
     /// A node refused or failed a request.
     #[error("node at {addr}: {msg}")]
     Node { addr: String, msg: String },
@@ -101,6 +107,12 @@ impl ClientError {
 
     /// Map a status from a node.
     pub fn from_node(addr: &str, status: tonic::Status) -> Self {
+        if status.code() == tonic::Code::ResourceExhausted {
+            return Self::NodeFull {
+                addr: addr.to_string(),
+                msg: status_line(&status),
+            };
+        }
         Self::Node {
             addr: addr.to_string(),
             msg: status_line(&status),

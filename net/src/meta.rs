@@ -299,9 +299,11 @@ pub fn encode_commit(
             .iter()
             .map(|h| pb::Holders {
                 node_ids: h.iter().map(|n| n.to_string()).collect(),
+                stamps: vec![],
             })
             .collect(),
         put: 0,
+        replace: false,
     }
 }
 

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use p2p_core::ChunkId;
 use p2p_core::NodeId;
+use p2p_core::ack::{AckBook, Stamp};
 use p2p_core::inventory::Inventory;
 use p2p_core::limits::{
     CHUNK_SIZE_MAX_BYTES, MESSAGE_SIZE_MAX_BYTES, PIECE_SIZE_BYTES, REPORT_PART_CHUNKS,
@@ -74,6 +75,12 @@ struct Inner<S: ChunkStore, D: Dialer> {
     store: S,
     peers: Peers<D>,
     inventory: std::sync::Mutex<Inventory>,
+    /// Upload acknowledgements and the heartbeat sequence (see
+    /// `p2p_core::ack`). Locked before `inventory` when both are.
+    book: std::sync::Mutex<AckBook>,
+    /// An upload's rename and acknowledgement, and a tracker's delete of
+    /// the same chunk, never interleave: one lock per shard of chunk ids.
+    gates: Vec<tokio::sync::Mutex<()>>,
     reads: Arc<Semaphore>,
     repairs: Arc<Semaphore>,
     /// Repair copies under way, by chunk and target, so a resent command is
@@ -101,9 +108,13 @@ impl<S: ChunkStore, D: Dialer> Clone for NodeService<S, D> {
     }
 }
 
+/// Shards of the per-chunk gate (see `Inner::gates`).
+const GATES: usize = 64;
+
 fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::NotFound(id) => Status::not_found(format!("chunk {id} not held here")),
+        e if e.is_disk_full() => Status::resource_exhausted(e.to_string()),
         e => Status::internal(e.to_string()),
     }
 }
@@ -128,6 +139,8 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 store,
                 peers: Peers::new(dialer),
                 inventory: std::sync::Mutex::new(Inventory::new(held)),
+                book: std::sync::Mutex::new(AckBook::default()),
+                gates: (0..GATES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 reads: Arc::new(Semaphore::new(config.serve_concurrency.max(1))),
                 repairs: Arc::new(Semaphore::new(config.repair_concurrency.max(1))),
                 copying: std::sync::Mutex::new(BTreeSet::new()),
@@ -166,6 +179,14 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         self.inner.inventory.lock().expect("inventory lock")
     }
 
+    fn book(&self) -> std::sync::MutexGuard<'_, AckBook> {
+        self.inner.book.lock().expect("ack book lock")
+    }
+
+    fn gate(&self, id: &ChunkId) -> &tokio::sync::Mutex<()> {
+        &self.inner.gates[id.as_bytes()[0] as usize % GATES]
+    }
+
     /// The gRPC server wrapper, with message sizes bounded.
     pub fn into_server(self) -> pb::node_server::NodeServer<Self> {
         pb::node_server::NodeServer::new(self)
@@ -184,13 +205,9 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         let mut failing = false;
         let mut interval = self.inner.config.heartbeat_interval;
         let mut shutdown = self.shutdown_signal();
-        // The registration's session, and the number of the last heartbeat
-        // sent in it: the tracker ignores one overtaken by a newer one.
-        let (mut session, mut seq) = (0, 0);
         loop {
             let result = if registered {
-                seq += 1;
-                self.heartbeat_once(session, seq).await.map(|reregister| {
+                self.heartbeat_once().await.map(|reregister| {
                     if reregister {
                         tracing::info!("tracker asked for a full inventory");
                         registered = false;
@@ -199,7 +216,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             } else {
                 self.register_once().await.map(|(ms, s)| {
                     registered = true;
-                    (session, seq) = (s, 0);
+                    self.book().registered(s);
                     if ms > 0 {
                         interval =
                             Duration::from_millis(ms).min(self.inner.config.heartbeat_interval);
@@ -259,9 +276,17 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         Ok((resp.heartbeat_interval_ms, resp.session))
     }
 
-    /// One heartbeat; `Ok(true)` if the tracker wants a full report.
-    async fn heartbeat_once(&self, session: u64, seq: u64) -> Result<bool, ClientError> {
-        let delta = self.inventory().take_delta();
+    /// One heartbeat, numbered in the registration's session (the tracker
+    /// ignores one overtaken by a newer one); `Ok(true)` if the tracker
+    /// wants a full report.
+    async fn heartbeat_once(&self) -> Result<bool, ClientError> {
+        // Every upload acknowledged before this heartbeat's number was
+        // taken is in its report (see `p2p_core::ack`).
+        let (stamp, delta) = {
+            let mut book = self.book();
+            let stamp = book.next_heartbeat();
+            (stamp, self.inventory().take_delta())
+        };
         let outcomes =
             std::mem::take(&mut *self.inner.repair_outcomes.lock().expect("outcomes lock"));
         let pairs =
@@ -272,14 +297,20 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             removed: convert::chunk_bytes(&delta.removed),
             failed: pairs(&outcomes.failed),
             repaired: pairs(&outcomes.made),
-            session,
-            seq,
+            session: stamp.session,
+            seq: stamp.seq,
         };
-        match self.tracker_client()?.heartbeat(req).await {
+        let result = self.tracker_client()?.heartbeat(req).await;
+        let result = match result {
             Ok(resp) => {
                 let resp = resp.into_inner();
+                if resp.reregister {
+                    // Not applied: the uploads it reported go again, after
+                    // the full report (which does not cancel deletions).
+                    self.inventory().restore_delta(delta);
+                }
                 for c in resp.commands {
-                    self.command(c).await;
+                    self.command(c, stamp).await;
                 }
                 Ok(resp.reregister)
             }
@@ -292,18 +323,27 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 pending.failed.extend(outcomes.failed);
                 Err(ClientError::from_tracker(&self.inner.tracker_addr, s))
             }
-        }
+        };
+        self.book().replied(stamp);
+        result
     }
 
-    /// Carry out one command from the tracker. Deletes happen at once;
-    /// copies run in the background, a bounded number at a time.
-    async fn command(&self, c: pb::Command) {
+    /// Carry out one command from the reply to heartbeat `reply`. Deletes
+    /// happen at once, unless an upload of the chunk was acknowledged since
+    /// that heartbeat (see `p2p_core::ack`); copies run in the background,
+    /// a bounded number at a time.
+    async fn command(&self, c: pb::Command, reply: Stamp) {
         match c.kind {
             Some(pb::command::Kind::Delete(d)) => {
                 let Ok(id) = convert::chunk_id(&d.chunk) else {
                     tracing::warn!("tracker sent a delete with a malformed chunk id");
                     return;
                 };
+                let _gate = self.gate(&id).lock().await;
+                if !self.book().may_delete(&id, reply) {
+                    tracing::debug!(chunk = %id, "kept: an upload since may count on it");
+                    return;
+                }
                 match self.inner.store.remove(&id).await {
                     Ok(()) | Err(StoreError::NotFound(_)) => {
                         tracing::debug!(chunk = %id, "deleted as the tracker asked");
@@ -367,7 +407,9 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .read_verified(chunk)
             .await
             .map_err(|s| ClientError::from_node(&self.inner.addr, s))?;
-        crate::client::upload_chunk(&self.inner.peers, target, *chunk, data).await
+        crate::client::upload_chunk(&self.inner.peers, target, *chunk, data)
+            .await
+            .map(drop)
     }
 
     /// Verify every chunk, forever, reading at most `scrub_bytes_per_sec`.
@@ -581,9 +623,23 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
         let mut writer = self.inner.store.create(&id).await.map_err(store_status)?;
         match self.receive(&mut stream, id, h.size, &mut writer).await {
             Ok(()) => {
+                // In place and acknowledged under the chunk's gate, so a
+                // delete of it runs wholly before or wholly after.
+                let _gate = self.gate(&id).lock().await;
                 writer.commit().await.map_err(store_status)?;
-                self.inventory().added(id);
-                Ok(Response::new(pb::PutChunkResponse { stored: true }))
+                let stamp = {
+                    let mut book = self.book();
+                    let stamp = book.acked(id);
+                    self.inventory().added(id);
+                    stamp
+                };
+                Ok(Response::new(pb::PutChunkResponse {
+                    stored: true,
+                    stamp: Some(pb::Stamp {
+                        session: stamp.session,
+                        seq: stamp.seq,
+                    }),
+                }))
             }
             Err(s) => {
                 writer.abort().await;

@@ -37,6 +37,15 @@ pub enum StoreError {
     Corrupt(ChunkId),
 }
 
+impl StoreError {
+    /// The disk (or the quota) is full: the chunk belongs elsewhere.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::StorageFull
+                || source.kind() == std::io::ErrorKind::QuotaExceeded)
+    }
+}
+
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
         op,
@@ -209,6 +218,7 @@ impl ChunkStore for DiskStore {
             file,
             tmp,
             dest: self.path_of(id),
+            committed: false,
         }))
     }
 
@@ -241,10 +251,23 @@ impl ChunkStore for DiskStore {
     }
 }
 
+/// A chunk being written. Its temporary file is removed on every way out
+/// but a successful commit: an error, an abort, or the upload's task being
+/// dropped (the client went away), so a failed upload leaves nothing on a
+/// disk that may well be full.
 struct DiskWriter {
     file: tokio::fs::File,
     tmp: PathBuf,
     dest: PathBuf,
+    committed: bool,
+}
+
+impl Drop for DiskWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[async_trait]
@@ -270,12 +293,12 @@ impl ChunkWriter for DiskWriter {
         tokio::fs::rename(&self.tmp, &self.dest)
             .await
             .map_err(io("rename", &self.tmp))?;
+        self.committed = true;
         sync_dir(dir).await
     }
 
     async fn abort(self: Box<Self>) {
-        drop(self.file);
-        let _ = tokio::fs::remove_file(&self.tmp).await;
+        // Dropping removes the temporary file.
     }
 }
 
@@ -314,6 +337,25 @@ mod tests {
         store.remove(&id).await.unwrap();
         store.remove(&id).await.unwrap();
         assert!(store.list().await.unwrap().is_empty());
+    }
+
+    // A writer dropped half-way (its upload's task was cancelled when the
+    // client went away) leaves no temporary file.
+    #[tokio::test]
+    async fn dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).await.unwrap();
+        let mut w = store.create(&ChunkId::of(b"whole")).await.unwrap();
+        w.write(b"half").await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            1
+        );
+        drop(w);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     // Leftover temp files from a crash are cleaned on open, never listed.

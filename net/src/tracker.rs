@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use p2p_core::ack::Stamp;
 use p2p_core::limits::{LIST_PAGE_MAX_FILES, REPORTS_AT_ONCE_MAX, TRACKER_MESSAGE_SIZE_MAX_BYTES};
 use p2p_core::tracker::{HeartbeatReply, Sequence, Tracker, TrackerConfig, TrackerError};
 use p2p_proto as pb;
@@ -321,10 +322,31 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let req = req.into_inner();
         let (manifest, holders) = decode_commit(&req)?;
+        let mut acked = Vec::with_capacity(holders.len());
+        for (ids, pb) in holders.into_iter().zip(&req.holders) {
+            if !pb.stamps.is_empty() && pb.stamps.len() != ids.len() {
+                return Err(Status::invalid_argument(
+                    "a commit's stamps do not match its holders",
+                ));
+            }
+            let stamp = |i: usize| {
+                pb.stamps.get(i).map_or_else(Stamp::default, |s| Stamp {
+                    session: s.session,
+                    seq: s.seq,
+                })
+            };
+            acked.push(
+                ids.into_iter()
+                    .enumerate()
+                    .map(|(i, n)| (n, stamp(i)))
+                    .collect(),
+            );
+        }
         let name = manifest.name.clone();
+        let replace = req.replace;
         let hash = self
-            .mutate(|t, _| {
-                let hash = t.commit(manifest, holders)?;
+            .mutate(|t, now| {
+                let hash = t.commit_with(manifest, acked, replace, now)?;
                 t.end_put(req.put);
                 Ok(hash)
             })

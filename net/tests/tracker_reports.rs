@@ -70,8 +70,12 @@ async fn an_inventory_larger_than_a_message_registers_in_parts() {
             replicas: 1,
             chunks: vec![last],
         }),
-        holders: vec![pb::Holders { node_ids: vec![] }],
+        holders: vec![pb::Holders {
+            node_ids: vec![],
+            stamps: vec![],
+        }],
         put: 0,
+        replace: false,
     };
     t.commit(commit).await.unwrap();
 }

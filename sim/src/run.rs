@@ -254,6 +254,7 @@ async fn client_script(
                         data.data.len() as u64,
                         &name,
                         data.replicas.into(),
+                        false,
                         &NoProgress,
                         std::path::Path::new(&name),
                     )

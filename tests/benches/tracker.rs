@@ -97,9 +97,11 @@ impl Layout {
                     node_ids: (0..REPLICAS)
                         .map(|k| self.node_id((g + k) % self.nodes))
                         .collect(),
+                    stamps: vec![],
                 })
                 .collect(),
             put: 0,
+            replace: false,
         }
     }
 

@@ -36,7 +36,11 @@ fn manifest(name: usize, k: usize) -> Manifest {
 #[derive(Debug, Clone)]
 enum Step {
     /// A put of content `k` under name `name` allocates its targets.
-    Put { name: usize, k: usize, replace: bool },
+    Put {
+        name: usize,
+        k: usize,
+        replace: bool,
+    },
     /// The `p`-th put in flight uploads its next copy.
     Upload(usize),
     /// The `p`-th put in flight commits (all its copies uploaded or not).
@@ -45,7 +49,11 @@ enum Step {
     /// Node `i` heartbeats; `uploads`: puts in flight upload every copy
     /// meant for it between the send and the reply; `lose`: the reply is
     /// lost.
-    Heartbeat { i: usize, uploads: bool, lose: bool },
+    Heartbeat {
+        i: usize,
+        uploads: bool,
+        lose: bool,
+    },
     Tick,
 }
 
@@ -320,12 +328,8 @@ fn replaced_version_is_kept_for_the_grace_then_deleted() {
     while !w.puts[0].todo.is_empty() {
         w.upload(0);
     }
-    let refused = w.t.commit_with(
-        w.puts[0].m.clone(),
-        w.puts[0].acks.clone(),
-        false,
-        w.now,
-    );
+    let refused =
+        w.t.commit_with(w.puts[0].m.clone(), w.puts[0].acks.clone(), false, w.now);
     assert!(matches!(refused, Err(TrackerError::FileExists(_))));
     w.puts[0].replace = true;
     w.commit(0);
