@@ -378,8 +378,18 @@ impl<D: Dialer> Client<D> {
         validate_name(name)?;
         validate_replicas(replicas)?;
         if !replace {
+            // Refuse before moving a byte, unless the file there may be
+            // this very one (putting it again is a no-op the commit sees).
             match self.locate(name).await {
-                Ok(_) => return Err(ClientError::FileExists(name.to_string())),
+                Ok(l) => {
+                    let m = &l.manifest;
+                    let same_shape = m.size_bytes == size_bytes
+                        && m.replicas == replicas
+                        && m.chunk_size_bytes == self.config.chunk_size_bytes;
+                    if !same_shape {
+                        return Err(ClientError::FileExists(name.to_string()));
+                    }
+                }
                 Err(ClientError::UnknownFile(_)) => {}
                 Err(e) => return Err(e),
             }

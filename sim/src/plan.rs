@@ -30,15 +30,21 @@ impl fmt::Display for Target {
 /// One thing that happens at a scheduled time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Client `client` stores file `f{file}` of `size` bytes with `replicas` copies.
+    /// Client `client` stores version `version` of file `f{file}` (`size`
+    /// bytes the first time that version is put, the same bytes after) with
+    /// `replicas` copies; with `replace`, in place of what the name holds.
     Put {
         file: u8,
         size: u32,
         replicas: u8,
         client: u8,
+        version: u8,
+        replace: bool,
     },
     /// Client `client` reads file `f{file}` back.
     Get { file: u8, client: u8 },
+    /// Client `client` removes file `f{file}`.
+    Rm { file: u8, client: u8 },
     /// The host stops at once (its disk survives).
     Crash(Target),
     /// A crashed host starts again on its disk.
@@ -69,7 +75,9 @@ impl Action {
     /// The client that performs it, if it is a client operation.
     pub fn client(&self) -> Option<u8> {
         match self {
-            Action::Put { client, .. } | Action::Get { client, .. } => Some(*client),
+            Action::Put { client, .. } | Action::Get { client, .. } | Action::Rm { client, .. } => {
+                Some(*client)
+            }
             _ => None,
         }
     }
@@ -110,9 +118,20 @@ fn party(nodes: u8) -> impl Strategy<Value = Target> {
 
 fn action(nodes: u8) -> impl Strategy<Value = Action> {
     prop_oneof![
-        4 => (0u8..4, prop_oneof![Just(0u32), 1u32..20_000], 1u8..=3, 0..CLIENTS)
-            .prop_map(|(file, size, replicas, client)| Action::Put { file, size, replicas, client }),
+        4 => (
+            (0u8..4, prop_oneof![Just(0u32), 1u32..20_000], 1u8..=3, 0..CLIENTS),
+            (0u8..2, any::<bool>()),
+        )
+            .prop_map(|((file, size, replicas, client), (version, replace))| Action::Put {
+                file,
+                size,
+                replicas,
+                client,
+                version,
+                replace,
+            }),
         3 => (0u8..4, 0..CLIENTS).prop_map(|(file, client)| Action::Get { file, client }),
+        2 => (0u8..4, 0..CLIENTS).prop_map(|(file, client)| Action::Rm { file, client }),
         2 => target(nodes).prop_map(Action::Crash),
         2 => target(nodes).prop_map(Action::Restart),
         1 => (party(nodes), party(nodes)).prop_map(|(a, b)| Action::Partition(a, b)),
@@ -166,8 +185,20 @@ impl fmt::Display for Action {
                 size,
                 replicas,
                 client,
-            } => write!(f, "put(f{file},{size},{replicas},client{client})"),
+                version,
+                replace,
+            } => {
+                write!(f, "put(f{file},{size},{replicas},client{client}")?;
+                if *version != 0 || *replace {
+                    write!(f, ",v{version}")?;
+                }
+                if *replace {
+                    f.write_str(",replace")?;
+                }
+                f.write_str(")")
+            }
             Action::Get { file, client } => write!(f, "get(f{file},client{client})"),
+            Action::Rm { file, client } => write!(f, "rm(f{file},client{client})"),
             Action::Crash(t) => write!(f, "crash({t})"),
             Action::Restart(t) => write!(f, "restart({t})"),
             Action::Partition(a, b) => write!(f, "partition({a},{b})"),
@@ -239,10 +270,30 @@ impl std::str::FromStr for Action {
             .filter(|a| !a.is_empty())
             .collect();
         match (name, args.as_slice()) {
-            ("put", [f, size, r, c]) => Ok(Action::Put {
+            ("put", [f, size, r, c, more @ ..]) if more.len() <= 2 => {
+                let version = match more.first() {
+                    Some(v) => parse_num(
+                        v.strip_prefix('v')
+                            .ok_or_else(|| format!("bad version {v:?}"))?,
+                    )?,
+                    None => 0,
+                };
+                let replace = match more.get(1) {
+                    Some(&"replace") => true,
+                    Some(w) => return Err(format!("bad put option {w:?}")),
+                    None => false,
+                };
+                Ok(Action::Put {
+                    file: parse_file(f)?,
+                    size: parse_num(size)?,
+                    replicas: parse_num(r)?,
+                    client: parse_client(c)?,
+                    version,
+                    replace,
+                })
+            }
+            ("rm", [f, c]) => Ok(Action::Rm {
                 file: parse_file(f)?,
-                size: parse_num(size)?,
-                replicas: parse_num(r)?,
                 client: parse_client(c)?,
             }),
             ("get", [f, c]) => Ok(Action::Get {

@@ -94,13 +94,114 @@ impl Report {
     }
 }
 
+/// One version of a file: its bytes, and what its last acknowledged put said.
 #[derive(Debug, Clone)]
-struct FileRecord {
+struct Version {
     data: Arc<Vec<u8>>,
     replicas: u8,
     acked: bool,
-    /// Host names that acknowledged each chunk.
+    /// Host names that acknowledged each chunk, in its last acknowledged put.
     holders: Vec<Vec<String>>,
+}
+
+/// What the checker knows of one name.
+#[derive(Debug, Clone)]
+struct NameRecord {
+    /// Every version ever put under the name.
+    versions: BTreeMap<u8, Version>,
+    /// What the name may hold now (`None`: no file), from the puts and
+    /// removals that completed: one value after an operation that ran
+    /// alone and succeeded, more when operations overlapped or failed (a
+    /// failed put may still have committed).
+    possible: BTreeSet<Option<u8>>,
+    /// Puts and removals of the name under way.
+    in_flight: BTreeSet<u64>,
+    /// Operations that overlapped another on the same name.
+    tainted: BTreeSet<u64>,
+    /// Bumped whenever a put or removal of the name starts or ends.
+    epoch: u64,
+    /// The version its last acknowledged put stored.
+    last_acked: Option<u8>,
+}
+
+impl Default for NameRecord {
+    fn default() -> Self {
+        Self {
+            versions: BTreeMap::new(),
+            possible: BTreeSet::from([None]),
+            in_flight: BTreeSet::new(),
+            tainted: BTreeSet::new(),
+            epoch: 0,
+            last_acked: None,
+        }
+    }
+}
+
+impl NameRecord {
+    /// A put or removal starts: returns its id.
+    fn begin(&mut self, id: u64) {
+        if !self.in_flight.is_empty() {
+            self.tainted.extend(self.in_flight.iter().copied());
+            self.tainted.insert(id);
+        }
+        self.in_flight.insert(id);
+        self.epoch += 1;
+    }
+
+    /// Operation `id` ended; `now` is what the name holds after it if it
+    /// ran alone (`Some(x)`: it took effect; the name holds `x`), or
+    /// `None` if it may or may not have. Returns whether it ran alone.
+    fn end(&mut self, id: u64, now: Option<Option<u8>>, maybe: Option<Option<u8>>) -> bool {
+        self.in_flight.remove(&id);
+        self.epoch += 1;
+        let alone = !self.tainted.remove(&id);
+        if let Some(value) = now {
+            if alone {
+                self.possible = BTreeSet::from([value]);
+            } else {
+                self.possible.insert(value);
+            }
+        }
+        if let Some(value) = maybe {
+            self.possible.insert(value);
+        }
+        alone
+    }
+
+    /// The version whose bytes these are: one the name may hold if any
+    /// (two versions may have the same bytes).
+    fn version_of(&self, bytes: &[u8]) -> Option<u8> {
+        let same = || {
+            self.versions
+                .iter()
+                .filter(|(_, v)| *v.data == bytes)
+                .map(|(k, _)| *k)
+        };
+        same()
+            .find(|k| self.possible.contains(&Some(*k)))
+            .or_else(|| same().next())
+    }
+
+    /// The one acknowledged version the name surely holds.
+    fn surely(&self) -> Option<(u8, &Version)> {
+        match self.possible.iter().collect::<Vec<_>>().as_slice() {
+            [Some(v)] => self
+                .versions
+                .get(v)
+                .filter(|rec| rec.acked)
+                .map(|rec| (*v, rec)),
+            _ => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let each: Vec<String> = self
+            .possible
+            .iter()
+            .map(|p| p.map_or("none".to_string(), |v| format!("v{v}")))
+            .collect();
+        each.join("|")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,11 +217,12 @@ enum Phase {
 
 struct Shared {
     trace: Vec<String>,
-    files: BTreeMap<u8, FileRecord>,
+    names: BTreeMap<u8, NameRecord>,
+    next_op: u64,
     destroyed: BTreeSet<String>,
-    /// Files a destruction left with a chunk on no surviving disk: truly
+    /// Versions a destruction left with a chunk on no surviving disk: truly
     /// gone, so an expected loss rather than a bug.
-    gone: BTreeSet<u8>,
+    gone: BTreeSet<(u8, u8)>,
     chunk_size: u64,
     violations: Vec<String>,
     expected_losses: Vec<String>,
@@ -130,33 +232,50 @@ struct Shared {
 type SharedRef = Arc<Mutex<Shared>>;
 
 impl Shared {
-    /// Whether `file` may be lost without a bug: every holder that
-    /// acknowledged one of its chunks was destroyed, or a destruction left a
-    /// chunk on no surviving disk.
-    fn doomed(&self, file: u8, rec: &FileRecord) -> bool {
-        self.gone.contains(&file)
-            || rec
-                .holders
-                .iter()
-                .any(|h| h.iter().all(|n| self.destroyed.contains(n)))
+    /// Whether name `file` may be lost without a bug: a version it may hold
+    /// is gone from every surviving disk, or every holder that acknowledged
+    /// one of its chunks was destroyed.
+    fn doomed(&self, file: u8) -> bool {
+        let Some(rec) = self.names.get(&file) else {
+            return false;
+        };
+        rec.possible.iter().flatten().any(|v| {
+            self.gone.contains(&(file, *v))
+                || rec.versions.get(v).is_some_and(|ver| {
+                    ver.holders
+                        .iter()
+                        .any(|h| h.iter().all(|n| self.destroyed.contains(n)))
+                })
+        })
     }
 
-    /// After a destruction: mark files with a chunk left on no surviving disk.
+    /// After a destruction: mark versions with a chunk left on no surviving
+    /// disk.
     fn mark_gone(&mut self, stores: &BTreeMap<String, MemStore>) {
         let surviving: Vec<&MemStore> = stores
             .iter()
             .filter(|(h, _)| !self.destroyed.contains(*h))
             .map(|(_, st)| st)
             .collect();
-        for (file, rec) in &self.files {
-            let lost = rec.data.chunks(self.chunk_size as usize).any(|piece| {
-                let id = p2p_core::ChunkId::of(piece);
-                !surviving.iter().any(|st| st.holds_intact(&id))
-            });
-            if lost {
-                self.gone.insert(*file);
+        for (file, rec) in &self.names {
+            for (v, ver) in &rec.versions {
+                let lost = ver.data.chunks(self.chunk_size as usize).any(|piece| {
+                    let id = p2p_core::ChunkId::of(piece);
+                    !surviving.iter().any(|st| st.holds_intact(&id))
+                });
+                if lost {
+                    self.gone.insert((*file, *v));
+                }
             }
         }
+    }
+
+    /// Start a put or removal of `file`.
+    fn begin(&mut self, file: u8) -> u64 {
+        self.next_op += 1;
+        let id = self.next_op;
+        self.names.entry(file).or_default().begin(id);
+        id
     }
 }
 
@@ -172,8 +291,10 @@ fn sim_ms() -> u64 {
     turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
 }
 
-fn file_data(seed: u64, file: u8, size: u32) -> Vec<u8> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (u64::from(file) << 56) ^ 0x5eed);
+fn file_data(seed: u64, file: u8, version: u8, size: u32) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ (u64::from(file) << 56) ^ (u64::from(version) << 48) ^ 0x5eed,
+    );
     let mut data = vec![0u8; size as usize];
     rng.fill_bytes(&mut data);
     data
@@ -200,6 +321,69 @@ async fn get_bytes(
         msg: "a fetch still holds the output".into(),
     })?;
     Ok(sink.into_bytes())
+}
+
+/// Check what a get of `file` returned against what the name may hold.
+/// `strict`: no put or removal of the name ran during the get, so the
+/// answer must be one of the values it may hold; otherwise it may be any
+/// version ever put, or none. `must_read`: faults have healed, so a get
+/// of a file the name holds must succeed. Returns the trace line.
+fn judge_get(
+    s: &mut Shared,
+    label: &str,
+    file: u8,
+    got: Result<Vec<u8>, p2p_net::ClientError>,
+    strict: bool,
+    must_read: bool,
+) -> String {
+    let name = format!("f{file}");
+    let doomed = s.doomed(file);
+    let rec = s.names.get(&file).cloned().unwrap_or_default();
+    let violation = |s: &mut Shared, v: String| {
+        s.violations.push(format!("{label} get {name}: {v}"));
+    };
+    match got {
+        Ok(bytes) => match rec.version_of(&bytes) {
+            Some(v) if !strict || rec.possible.contains(&Some(v)) => {
+                format!("{label} get {name} -> ok, v{v} {}B verified", bytes.len())
+            }
+            Some(v) => {
+                violation(
+                    s,
+                    format!("returned v{v}, but the name holds {}", rec.describe()),
+                );
+                format!("{label} get {name} -> STALE v{v}")
+            }
+            None => {
+                violation(
+                    s,
+                    format!(
+                        "returned {} bytes that were never put under that name",
+                        bytes.len()
+                    ),
+                );
+                format!("{label} get {name} -> WRONG BYTES")
+            }
+        },
+        Err(p2p_net::ClientError::UnknownFile(_)) if !strict || rec.possible.contains(&None) => {
+            format!("{label} get {name} -> no such file, as expected")
+        }
+        Err(e) if doomed => {
+            s.expected_losses.push(name.clone());
+            format!(
+                "{label} get {name} -> lost as expected (every holder of a chunk destroyed): {}",
+                short(&e)
+            )
+        }
+        Err(e) if must_read => {
+            violation(
+                s,
+                format!("the name holds {} but the get failed: {e}", rec.describe()),
+            );
+            format!("{label} get {name} -> LOST: {}", short(&e))
+        }
+        Err(e) => format!("{label} get {name} -> error: {}", short(&e)),
+    }
 }
 
 /// The operations of client `me`, in order; client 0 then runs the final checks.
@@ -233,19 +417,27 @@ async fn client_script(
                 file,
                 size,
                 replicas,
+                version,
+                replace,
                 ..
             } => {
-                let data = {
+                let (op, data) = {
                     let mut s = shared.lock().expect("shared lock");
-                    s.files
-                        .entry(file)
-                        .or_insert_with(|| FileRecord {
-                            data: Arc::new(file_data(scenario.seed, file, size)),
+                    let op = s.begin(file);
+                    let data = s
+                        .names
+                        .get_mut(&file)
+                        .expect("begun above")
+                        .versions
+                        .entry(version)
+                        .or_insert_with(|| Version {
+                            data: Arc::new(file_data(scenario.seed, file, version, size)),
                             replicas,
                             acked: false,
                             holders: vec![],
                         })
-                        .clone()
+                        .clone();
+                    (op, data)
                 };
                 let name = format!("f{file}");
                 let r = client
@@ -254,67 +446,106 @@ async fn client_script(
                         data.data.len() as u64,
                         &name,
                         data.replicas.into(),
-                        false,
+                        replace,
                         &NoProgress,
                         std::path::Path::new(&name),
                     )
                     .await;
-                let line = match r {
-                    Ok(report) => {
-                        let mut s = shared.lock().expect("shared lock");
-                        let rec = s.files.get_mut(&file).expect("recorded above");
-                        rec.acked = true;
-                        rec.holders = report
-                            .holders
-                            .iter()
-                            .map(|h| h.iter().map(|n| n.to_string()).collect())
-                            .collect();
-                        format!(
-                            "client{me} put {name} {}B R={} -> ok, {} chunks",
-                            data.data.len(),
-                            data.replicas,
-                            report.manifest.chunks.len()
-                        )
+                let how = if replace { " --replace" } else { "" };
+                let line = {
+                    let mut s = shared.lock().expect("shared lock");
+                    let rec = s.names.get_mut(&file).expect("begun above");
+                    match r {
+                        Ok(report) => {
+                            rec.end(op, Some(Some(version)), None);
+                            rec.last_acked = Some(version);
+                            let ver = rec.versions.get_mut(&version).expect("recorded above");
+                            ver.acked = true;
+                            ver.holders = report
+                                .holders
+                                .iter()
+                                .map(|h| h.iter().map(|n| n.to_string()).collect())
+                                .collect();
+                            format!(
+                                "client{me} put {name} v{version}{how} {}B R={} -> ok, {} chunks",
+                                data.data.len(),
+                                data.replicas,
+                                report.manifest.chunks.len()
+                            )
+                        }
+                        Err(e) => {
+                            // Refused for an existing name: it took no effect.
+                            let maybe = !matches!(e, p2p_net::ClientError::FileExists(_));
+                            rec.end(op, None, maybe.then_some(Some(version)));
+                            format!(
+                                "client{me} put {name} v{version}{how} {}B R={} -> error: {}",
+                                data.data.len(),
+                                data.replicas,
+                                short(&e)
+                            )
+                        }
                     }
-                    Err(e) => format!(
-                        "put {name} {}B R={} -> error: {}",
-                        data.data.len(),
-                        data.replicas,
-                        short(&e)
-                    ),
+                };
+                log(&shared, sim_ms(), line);
+            }
+            Action::Rm { file, .. } => {
+                let op = shared.lock().expect("shared lock").begin(file);
+                let name = format!("f{file}");
+                let r = client.remove(&name).await;
+                let line = {
+                    let mut s = shared.lock().expect("shared lock");
+                    let rec = s.names.get_mut(&file).expect("begun above");
+                    match r {
+                        Ok(()) => {
+                            rec.end(op, Some(None), None);
+                            format!("client{me} rm {name} -> ok")
+                        }
+                        Err(p2p_net::ClientError::UnknownFile(_)) => {
+                            let held = rec.describe();
+                            let sure = rec.possible.contains(&None);
+                            if rec.end(op, Some(None), None) && !sure {
+                                s.violations.push(format!(
+                                    "rm {name} found no such file, but the name holds {held}"
+                                ));
+                            }
+                            format!("client{me} rm {name} -> no such file")
+                        }
+                        Err(e) => {
+                            rec.end(op, None, Some(None));
+                            format!("client{me} rm {name} -> error: {}", short(&e))
+                        }
+                    }
                 };
                 log(&shared, sim_ms(), line);
             }
             Action::Get { file, .. } => {
                 let name = format!("f{file}");
-                let got = get_bytes(&client, &name).await;
-                // Read once the get is over: a put that started while it
-                // ran may be what it read.
-                let expected = shared
-                    .lock()
-                    .expect("shared lock")
-                    .files
-                    .get(&file)
-                    .cloned();
-                let line = match (got, expected) {
-                    (Ok(bytes), Some(rec)) if bytes == *rec.data => {
-                        format!("client{me} get {name} -> ok, {}B verified", bytes.len())
-                    }
-                    (Ok(bytes), _) => {
-                        let v = format!(
-                            "get {name} returned {} bytes that were never put under that name",
-                            bytes.len()
-                        );
-                        shared
-                            .lock()
-                            .expect("shared lock")
-                            .violations
-                            .push(v.clone());
-                        format!("client{me} get {name} -> WRONG BYTES")
-                    }
-                    (Err(e), _) => format!("client{me} get {name} -> error: {}", short(&e)),
+                let before = {
+                    let s = shared.lock().expect("shared lock");
+                    s.names
+                        .get(&file)
+                        .map(|r| (r.epoch, r.in_flight.is_empty()))
                 };
-                log(&shared, sim_ms(), line);
+                let got = get_bytes(&client, &name).await;
+                let mut s = shared.lock().expect("shared lock");
+                let after = s.names.get(&file).map(|r| r.epoch);
+                let strict = matches!(before, Some((e, true)) if Some(e) == after);
+                let line = if before.is_none() && after.is_none() {
+                    match got {
+                        Ok(bytes) => {
+                            s.violations.push(format!(
+                                "get {name} returned {} bytes of a name never put",
+                                bytes.len()
+                            ));
+                            format!("client{me} get {name} -> WRONG BYTES")
+                        }
+                        Err(e) => format!("client{me} get {name} -> error: {}", short(&e)),
+                    }
+                } else {
+                    judge_get(&mut s, &format!("client{me}"), file, got, strict, false)
+                };
+                let at = sim_ms();
+                s.trace.push(format!("{at:>6}ms {line}"));
             }
             _ => unreachable!("filtered to client operations"),
         }
@@ -323,8 +554,9 @@ async fn client_script(
     if me != 0 {
         return Ok(());
     }
-    // Final check: every fault has healed; every acknowledged file must read
-    // back byte-identical, unless every holder of one of its chunks was destroyed.
+    // Final check: every fault has healed; every name must read back as
+    // what it holds (an acknowledged version, byte-identical, or no file),
+    // unless every holder of one of its chunks was destroyed.
     let final_at = u64::from(FAULT_WINDOW_MS) + cfg.settle_ms;
     tokio::time::sleep_until(start + Duration::from_millis(final_at)).await;
     check_all(&client, &shared, "final").await;
@@ -336,11 +568,11 @@ async fn client_script(
     // Degraded check: with R-1 nodes down, every file still reads back.
     let (acked_min_r, destroyed) = {
         let s = shared.lock().expect("shared lock");
+        // Over every version any name may hold.
         let min_r = s
-            .files
+            .names
             .values()
-            .filter(|f| f.acked)
-            .map(|f| f.replicas)
+            .flat_map(|r| r.possible.iter().flatten().map(|v| r.versions[v].replicas))
             .min();
         (min_r, !s.destroyed.is_empty())
     };
@@ -356,43 +588,28 @@ async fn client_script(
     Ok(())
 }
 
+/// Every name ever put, read back and judged strictly (nothing is in
+/// flight any more). Names that surely hold nothing are read too: a
+/// removed file must stay removed.
 async fn check_all(client: &Client<SimDialer>, shared: &SharedRef, label: &str) {
-    let files: Vec<(u8, FileRecord)> = {
+    let files: Vec<u8> = {
         let s = shared.lock().expect("shared lock");
-        s.files
+        s.names
             .iter()
-            .filter(|(_, f)| f.acked)
-            .map(|(k, f)| (*k, f.clone()))
+            .filter(|(_, r)| {
+                // A name only failed puts touched may hold nothing or a
+                // version no put acknowledged: nothing to require.
+                r.possible
+                    .iter()
+                    .any(|p| p.is_none_or(|v| r.versions.get(&v).is_some_and(|x| x.acked)))
+            })
+            .map(|(k, _)| *k)
             .collect()
     };
-    for (file, rec) in files {
-        let name = format!("f{file}");
-        let doomed = shared.lock().expect("shared lock").doomed(file, &rec);
-        let result = get_bytes(client, &name).await;
+    for file in files {
+        let result = get_bytes(client, &format!("f{file}")).await;
         let mut s = shared.lock().expect("shared lock");
-        let line = match result {
-            Ok(bytes) if bytes == *rec.data => {
-                format!("{label} get {name} -> ok, {}B verified", bytes.len())
-            }
-            Ok(_) => {
-                s.violations
-                    .push(format!("{label} get {name} returned wrong bytes"));
-                format!("{label} get {name} -> WRONG BYTES")
-            }
-            Err(e) if doomed => {
-                s.expected_losses.push(name.clone());
-                format!(
-                    "{label} get {name} -> lost as expected (every holder of a chunk destroyed): {}",
-                    short(&e)
-                )
-            }
-            Err(e) => {
-                s.violations.push(format!(
-                    "{label} get {name}: acknowledged file unreadable: {e}"
-                ));
-                format!("{label} get {name} -> LOST: {}", short(&e))
-            }
-        };
+        let line = judge_get(&mut s, label, file, result, true, true);
         s.trace.push(format!("{:>6}ms {line}", sim_ms()));
     }
 }
@@ -405,7 +622,8 @@ fn host_name(t: Target) -> String {
 pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     let shared: SharedRef = Arc::new(Mutex::new(Shared {
         trace: vec![],
-        files: BTreeMap::new(),
+        names: BTreeMap::new(),
+        next_op: 0,
         destroyed: BTreeSet::new(),
         gone: BTreeSet::new(),
         chunk_size: cfg.chunk_size_bytes,
@@ -659,8 +877,11 @@ fn under_replicated(
         .map(|(_, st)| st)
         .collect();
     let mut short = Vec::new();
-    for (file, rec) in s.files.iter().filter(|(_, f)| f.acked) {
-        if s.doomed(*file, rec) {
+    for (file, rec) in &s.names {
+        let Some((_, rec)) = rec.surely() else {
+            continue;
+        };
+        if s.doomed(*file) {
             continue;
         }
         let want = usize::from(rec.replicas).min(live.len());
@@ -735,10 +956,12 @@ fn apply_fault(
         Action::DestroyHolders { file } => {
             let holders: BTreeSet<String> = {
                 let s = shared.lock().expect("shared lock");
-                match s.files.get(file) {
-                    Some(f) if f.acked && !f.holders.is_empty() => {
-                        f.holders[0].iter().cloned().collect()
-                    }
+                let last = s
+                    .names
+                    .get(file)
+                    .and_then(|r| r.last_acked.and_then(|v| r.versions.get(&v)));
+                match last {
+                    Some(f) if !f.holders.is_empty() => f.holders[0].iter().cloned().collect(),
                     _ => {
                         return format!(
                             "destroy holders of f{file} (no acknowledged put with chunks)"
@@ -767,7 +990,10 @@ fn apply_fault(
         Action::LoseHolder { file } => {
             let victim = {
                 let s = shared.lock().expect("shared lock");
-                let Some(rec) = s.files.get(file) else {
+                let Some(rec) = s.names.get(file).and_then(|r| {
+                    let v = r.last_acked.or_else(|| r.versions.keys().next().copied())?;
+                    r.versions.get(&v)
+                }) else {
                     return format!("lose a holder of f{file} (never put)");
                 };
                 let Some(first) = rec.data.chunks(s.chunk_size as usize).next() else {
@@ -798,13 +1024,15 @@ fn apply_fault(
             let mut s = shared.lock().expect("shared lock");
             s.destroyed.insert(h.clone());
             s.mark_gone(stores);
-            let gone = if s.gone.contains(file) {
+            let gone = if s.gone.iter().any(|(f, _)| f == file) {
                 ", no copy left"
             } else {
                 ""
             };
             format!("lose {h} (holder of f{file}; crashed, disk lost{gone})")
         }
-        Action::Put { .. } | Action::Get { .. } => unreachable!("client operations are not faults"),
+        Action::Put { .. } | Action::Get { .. } | Action::Rm { .. } => {
+            unreachable!("client operations are not faults")
+        }
     }
 }
