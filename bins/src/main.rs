@@ -307,6 +307,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "chunks": r.manifest.chunks.len(),
                     "output": out,
                     "retries": r.retries,
+                    "reused": r.reused_bytes,
+                    "fetched": r.fetched_bytes,
                 }));
             } else {
                 println!("{}", output::get_text(&r, &out));

@@ -84,17 +84,23 @@ pub fn put_json(r: &PutReport) -> serde_json::Value {
 }
 
 pub fn get_text(r: &GetReport, out: &std::path::Path) -> String {
+    let mut notes = String::new();
+    if r.reused_bytes > 0 {
+        notes += &format!(
+            ", resumed: {} already here reused, {} fetched",
+            human_bytes(r.reused_bytes),
+            human_bytes(r.fetched_bytes)
+        );
+    }
+    if r.retries > 0 {
+        notes += &format!(", {} fetches retried elsewhere", r.retries);
+    }
     format!(
-        "wrote {} to {} ({}, {} chunks{})",
+        "wrote {} to {} ({}, {} chunks{notes})",
         r.manifest.name,
         out.display(),
         human_bytes(r.manifest.size_bytes),
         r.manifest.chunks.len(),
-        if r.retries > 0 {
-            format!(", {} fetches retried elsewhere", r.retries)
-        } else {
-            String::new()
-        }
     )
 }
 

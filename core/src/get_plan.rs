@@ -197,6 +197,19 @@ impl<H: Ord + Clone> GetPlan<H> {
         cand
     }
 
+    /// Chunk `chunk` is already at hand (a resumed download verified it):
+    /// it is never fetched. Only a chunk still waiting is affected.
+    pub fn have(&mut self, chunk: usize) {
+        if !self.waiting.remove(&chunk) {
+            return;
+        }
+        self.chunks[chunk].state = State::Done;
+        self.done += 1;
+        if self.done == self.chunks.len() && self.outcome.is_none() {
+            self.outcome = Some(GetOutcome::Complete);
+        }
+    }
+
     /// Chunk `chunk` arrived intact from `from`. Reports that match no fetch
     /// in flight are ignored, so a chunk completes exactly once.
     pub fn handle_done(&mut self, chunk: usize, from: &H) {
@@ -262,6 +275,34 @@ mod tests {
             *from.entry(f.from).or_insert(0) += 1;
         }
         assert_eq!(from.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    }
+
+    // Chunks a resumed download already has are never fetched; with all of
+    // them at hand the plan completes without a fetch, even with no holder.
+    #[test]
+    fn chunks_at_hand_are_not_fetched() {
+        let mut p = GetPlan::new(vec![cands(&[1, 2]); 4], 8, 4);
+        p.have(1);
+        p.have(3);
+        p.have(3);
+        let mut fetched = Vec::new();
+        while let Some(f) = p.poll_fetch() {
+            fetched.push(f.chunk);
+        }
+        assert_eq!(fetched, vec![0, 2]);
+        let from = fetched_from(&p, 0);
+        p.handle_done(0, &from);
+        assert_eq!(p.done(), 3);
+        let mut all: GetPlan<u8> = GetPlan::new(vec![vec![]; 2], 8, 4);
+        all.have(0);
+        all.have(1);
+        assert_eq!(all.poll_fetch(), None);
+        assert_eq!(all.poll_outcome(), Some(GetOutcome::Complete));
+    }
+
+    fn fetched_from(p: &GetPlan<u8>, chunk: usize) -> u8 {
+        let c = &p.chunks[chunk];
+        c.candidates[c.in_flight_from.expect("in flight")].holder
     }
 
     // A holder believed dead is tried only after the live ones failed.

@@ -1,6 +1,6 @@
 //! What a node holds, and the changes it has not yet reported to the tracker.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::id::ChunkId;
 
@@ -13,7 +13,8 @@ use crate::id::ChunkId;
 #[derive(Debug, Default, Clone)]
 pub struct Inventory {
     held: BTreeSet<ChunkId>,
-    unreported_added: BTreeSet<ChunkId>,
+    /// Written since the last report, with the put each was for (0: none).
+    unreported_added: BTreeMap<ChunkId, u64>,
     unreported_removed: BTreeSet<ChunkId>,
 }
 
@@ -21,6 +22,8 @@ pub struct Inventory {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Delta {
     pub added: Vec<ChunkId>,
+    /// The put each added chunk was written for (0: none), in order.
+    pub added_puts: Vec<u64>,
     pub removed: Vec<ChunkId>,
 }
 
@@ -32,13 +35,17 @@ impl Inventory {
         }
     }
 
-    /// `id` was written here (an upload, new or not): reported as added
-    /// at the next heartbeat even if it was held already, so the tracker
-    /// learns that a put may be counting on this copy (see [`crate::ack`]).
-    pub fn added(&mut self, id: ChunkId) {
+    /// `id` was written here (an upload, new or not) for put `put` (0:
+    /// none, such as a repair copy): reported as added at the next
+    /// heartbeat even if it was held already, so the tracker learns that a
+    /// put may be counting on this copy (see [`crate::ack`]).
+    pub fn added(&mut self, id: ChunkId, put: u64) {
         self.held.insert(id);
         self.unreported_removed.remove(&id);
-        self.unreported_added.insert(id);
+        let p = self.unreported_added.entry(id).or_insert(put);
+        if put != 0 {
+            *p = put;
+        }
     }
 
     pub fn removed(&mut self, id: ChunkId) {
@@ -75,10 +82,12 @@ impl Inventory {
 
     /// Take the unreported changes; a full report also clears them.
     pub fn take_delta(&mut self) -> Delta {
+        let (added, added_puts) = std::mem::take(&mut self.unreported_added)
+            .into_iter()
+            .unzip();
         Delta {
-            added: std::mem::take(&mut self.unreported_added)
-                .into_iter()
-                .collect(),
+            added,
+            added_puts,
             removed: std::mem::take(&mut self.unreported_removed)
                 .into_iter()
                 .collect(),
@@ -87,13 +96,17 @@ impl Inventory {
 
     /// A report failed: keep its changes for the next one (newer changes win).
     pub fn restore_delta(&mut self, delta: Delta) {
-        for id in delta.added {
+        for (i, id) in delta.added.into_iter().enumerate() {
             if self.held.contains(&id) && !self.unreported_removed.contains(&id) {
-                self.unreported_added.insert(id);
+                let put = delta.added_puts.get(i).copied().unwrap_or(0);
+                let p = self.unreported_added.entry(id).or_insert(put);
+                if *p == 0 {
+                    *p = put;
+                }
             }
         }
         for id in delta.removed {
-            if !self.held.contains(&id) && !self.unreported_added.contains(&id) {
+            if !self.held.contains(&id) && !self.unreported_added.contains_key(&id) {
                 self.unreported_removed.insert(id);
             }
         }
@@ -117,14 +130,15 @@ mod tests {
         let a = ChunkId::of(b"a");
         let b = ChunkId::of(b"b");
         let mut inv = Inventory::default();
-        inv.added(a);
-        inv.added(b);
+        inv.added(a, 7);
+        inv.added(b, 0);
         let d = inv.take_delta();
         assert_eq!(d.added.len(), 2);
         inv.removed(b);
         inv.restore_delta(d);
         let d2 = inv.take_delta();
         assert_eq!(d2.added, vec![a]);
+        assert_eq!(d2.added_puts, vec![7]);
         assert_eq!(d2.removed, vec![b]);
         assert!(inv.take_delta().added.is_empty());
     }

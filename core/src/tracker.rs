@@ -1018,28 +1018,35 @@ impl Tracker {
             .into_iter()
             .filter(|c| !removed.contains(c))
             .collect();
-        // An added chunk was written by an upload, perhaps a put's that
-        // will count this copy: a deletion of it not sent yet is cancelled,
-        // and an orphan waits its grace again (see `crate::ack`). This
-        // happens before this reply's commands are taken.
-        for &c in &added {
-            self.heal.cancel_delete(id, &c);
-        }
-        for c in lost.into_iter().chain(added.iter().copied()) {
+        for c in lost.into_iter().chain(added) {
             if !self.heal.deleting(&c, id) {
                 self.link_id(id, c);
             }
         }
-        for c in &added {
+        Ok(HeartbeatReply::Ok {
+            commands: self.take_commands(id, now_ms),
+        })
+    }
+
+    /// Uploads `node` stored since its last heartbeat, each with the put it
+    /// was for (0: none, such as a repair copy). Call it with each fresh
+    /// heartbeat, before [`Tracker::heartbeat`]. A copy written for a put
+    /// still in flight may be counted by that put's commit: a deletion of
+    /// it not sent yet is cancelled, and an orphan waits its grace again
+    /// (see [`crate::ack`]). A copy of a put that has committed changes
+    /// nothing: deletions decided since (an `rm` right after the put) stand.
+    pub fn touched(&mut self, node: &NodeId, chunks: &[(ChunkId, u64)], now_ms: u64) {
+        for (c, put) in chunks {
+            if *put == 0 || !self.heal.leases.contains_key(put) {
+                continue;
+            }
+            self.heal.cancel_delete(node, c);
             if let Some(cx) = self.chunks.find(c)
                 && self.chunks.get(cx).file == NO_FILE
             {
                 self.heal.orphan_wait(cx, now_ms);
             }
         }
-        Ok(HeartbeatReply::Ok {
-            commands: self.take_commands(id, now_ms),
-        })
     }
 
     /// Declare nodes dead that have been silent longer than `dead_after_ms`,
@@ -1150,7 +1157,15 @@ impl Tracker {
                 self.heal.leases.remove(&oldest);
             }
         }
-        let lease = self.heal.leases.entry(put).or_insert((now_ms, now_ms));
+        if !self.heal.leases.contains_key(&put) {
+            self.heal.leases_begun += 1;
+        }
+        let begun = self.heal.leases_begun;
+        let lease = self
+            .heal
+            .leases
+            .entry(put)
+            .or_insert((now_ms, now_ms, begun));
         lease.1 = now_ms;
     }
 

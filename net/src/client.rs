@@ -85,6 +85,11 @@ pub struct GetReport {
     pub manifest: Manifest,
     /// Fetches that failed and were retried elsewhere.
     pub retries: usize,
+    /// Bytes of chunks an interrupted get of the same version had already
+    /// written and verified, kept rather than fetched again.
+    pub reused_bytes: u64,
+    /// Bytes received from nodes (failed attempts included).
+    pub fetched_bytes: u64,
 }
 
 /// One chunk's replication result: its holders, each with the stamp of
@@ -115,12 +120,14 @@ pub async fn upload_chunk<D: Dialer>(
     addr: &str,
     id: ChunkId,
     data: Bytes,
+    put: u64,
 ) -> Result<Stamp, ClientError> {
     let mut node = peers.node(addr)?;
     let header = pb::PutChunkRequest {
         msg: Some(pb::put_chunk_request::Msg::Header(pb::PutChunkHeader {
             chunk: Bytes::copy_from_slice(id.as_bytes()),
             size: data.len() as u64,
+            put,
         })),
     };
     let len = data.len();
@@ -158,6 +165,7 @@ async fn fetch_chunk<D: Dialer>(
     len: u64,
     sink: &dyn Sink,
     base: u64,
+    received_total: &std::sync::atomic::AtomicU64,
 ) -> Result<(), (FetchFailure, String)> {
     let unreachable = |m: String| (FetchFailure::Unreachable, m);
     let mut node = peers.node(addr).map_err(|e| unreachable(e.to_string()))?;
@@ -186,6 +194,10 @@ async fn fetch_chunk<D: Dialer>(
             .map_err(classify)?;
         let Some(piece) = msg else { break };
         received += piece.data.len() as u64;
+        received_total.fetch_add(
+            piece.data.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if received > len {
             return Err((
                 FetchFailure::Bad,
@@ -549,7 +561,7 @@ impl<D: Dialer> Client<D> {
                         let data = data.clone();
                         let peers = self.peers.clone();
                         uploads.push(async move {
-                            let r = upload_chunk(&peers, &target.addr, id, data).await;
+                            let r = upload_chunk(&peers, &target.addr, id, data, put).await;
                             (target, r)
                         });
                     }
@@ -679,17 +691,36 @@ impl<D: Dialer> Client<D> {
         sink: Arc<dyn Sink>,
         progress: &dyn Progress,
     ) -> Result<GetReport, ClientError> {
+        self.fetch_missing(located, sink, progress, &[]).await
+    }
+
+    /// Fetch every chunk of `located` into `sink`, verified, but those
+    /// `have` marks as already there.
+    pub async fn fetch_missing(
+        &self,
+        located: &Located,
+        sink: Arc<dyn Sink>,
+        progress: &dyn Progress,
+        have: &[bool],
+    ) -> Result<GetReport, ClientError> {
         let m = &located.manifest;
         let mut plan = GetPlan::new(
             located.candidates.clone(),
             self.config.fetches_in_flight.max(1),
             8,
         );
+        let mut reused_bytes = 0;
+        for (i, _) in have.iter().enumerate().filter(|(_, h)| **h) {
+            plan.have(i);
+            reused_bytes += m.chunk_len(i);
+        }
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         // Each fetch is its own task, so hashing and writing pieces of
         // several chunks run on every core rather than in this one future.
         let mut fetches = tokio::task::JoinSet::new();
         let mut retries = 0;
         progress.start(m.size_bytes);
+        progress.advance(reused_bytes);
         loop {
             while let Some(f) = plan.poll_fetch() {
                 let id = m.chunks[f.chunk];
@@ -697,8 +728,10 @@ impl<D: Dialer> Client<D> {
                 let base = chunk_offset(m.chunk_size_bytes, f.chunk as u64);
                 let peers = self.peers.clone();
                 let sink = sink.clone();
+                let received = received.clone();
                 fetches.spawn(async move {
-                    let r = fetch_chunk(&peers, &f.from, id, len, sink.as_ref(), base).await;
+                    let r =
+                        fetch_chunk(&peers, &f.from, id, len, sink.as_ref(), base, &received).await;
                     (f, len, r)
                 });
             }
@@ -746,11 +779,18 @@ impl<D: Dialer> Client<D> {
         Ok(GetReport {
             manifest: m.clone(),
             retries,
+            reused_bytes,
+            fetched_bytes: received.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
     /// Download `name` into `out`, atomically: the file appears only once
-    /// every chunk arrived intact.
+    /// every chunk arrived intact. The bytes go to a temporary file named
+    /// after `out` and the file's version; a get that is interrupted leaves
+    /// it, and the next get of the same version into `out` keeps every
+    /// chunk it verifies there and fetches only the rest. Temporary files
+    /// in that directory no get will resume (another version of `out`, or
+    /// older than a day) are removed.
     pub async fn get_file(
         &self,
         name: &str,
@@ -758,8 +798,17 @@ impl<D: Dialer> Client<D> {
         progress: &dyn Progress,
     ) -> Result<GetReport, ClientError> {
         let located = self.locate(name).await?;
-        let sink = Arc::new(FileSink::create(out, located.manifest.size_bytes)?);
-        let report = self.fetch_into(&located, sink.clone(), progress).await?;
+        let m = &located.manifest;
+        let version = hex::encode(&m.hash().0[..8]);
+        let sink = Arc::new(FileSink::open(out, m.size_bytes, &version)?);
+        let swept = sink.sweep();
+        if swept > 0 {
+            tracing::info!(swept, "removed temporary files no get will resume");
+        }
+        let have = sink.verified(m).await?;
+        let report = self
+            .fetch_missing(&located, sink.clone(), progress, &have)
+            .await?;
         sink.finish().await?;
         Ok(report)
     }

@@ -294,6 +294,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         let req = pb::HeartbeatRequest {
             node_id: self.inner.id.to_string(),
             added: convert::chunk_bytes(&delta.added),
+            added_puts: delta.added_puts.clone(),
             removed: convert::chunk_bytes(&delta.removed),
             failed: pairs(&outcomes.failed),
             repaired: pairs(&outcomes.made),
@@ -407,7 +408,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .read_verified(chunk)
             .await
             .map_err(|s| ClientError::from_node(&self.inner.addr, s))?;
-        crate::client::upload_chunk(&self.inner.peers, target, *chunk, data)
+        crate::client::upload_chunk(&self.inner.peers, target, *chunk, data, 0)
             .await
             .map(drop)
     }
@@ -630,7 +631,7 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
                 let stamp = {
                     let mut book = self.book();
                     let stamp = book.acked(id);
-                    self.inventory().added(id);
+                    self.inventory().added(id, h.put);
                     stamp
                 };
                 Ok(Response::new(pb::PutChunkResponse {

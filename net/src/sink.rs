@@ -82,8 +82,10 @@ struct Pool {
 type WriterResult = std::io::Result<std::fs::File>;
 
 /// A temporary file next to the destination, renamed into place by
-/// [`FileSink::finish`]; dropped unfinished, it is removed. See the module
-/// docs for how it writes.
+/// [`FileSink::finish`]. Its name is the destination's and the file
+/// version's, so a get of the same version into the same place that was
+/// interrupted (killed, or failed) finds it again and keeps what it holds
+/// (see [`FileSink::open`]). See the module docs for how it writes.
 pub struct FileSink {
     pool: Arc<Pool>,
     queue: Mutex<Option<mpsc::UnboundedSender<Write>>>,
@@ -93,10 +95,34 @@ pub struct FileSink {
     tmp: PathBuf,
     dest: PathBuf,
     finished: std::sync::atomic::AtomicBool,
+    /// Held open for its lock: one get at a time writes this file.
+    _lock: std::fs::File,
+    /// Whether the temporary file was there already (a resumed get).
+    resumed: bool,
+}
+
+/// Suffix of a get's temporary file: `.<output name>.<version>.p2p-part`.
+const PART_SUFFIX: &str = ".p2p-part";
+
+/// Temporary files older than this are removed by the next get into their
+/// directory: no get will resume them.
+pub const PART_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// Take the lock on a get's temporary file without waiting.
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor `file` owns; it reads no
+    // memory of ours.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 impl FileSink {
-    pub fn create(dest: &Path, size_bytes: u64) -> Result<Self, ClientError> {
+    /// The output of a get of file version `version` (any stable short
+    /// string, e.g. the manifest hash) into `dest`, `size_bytes` long. A
+    /// temporary file an earlier get of the same version into `dest` left
+    /// is opened again, not emptied: [`FileSink::verified`] says which
+    /// chunks it already holds intact.
+    pub fn open(dest: &Path, size_bytes: u64, version: &str) -> Result<Self, ClientError> {
         let werr = |err| ClientError::WriteOutput {
             path: dest.to_path_buf(),
             err,
@@ -117,16 +143,23 @@ impl FileSink {
             _ => PathBuf::from("."),
         };
         let tmp = dir.join(format!(
-            ".{}.p2p-{}-{}.tmp",
+            ".{}.{version}{PART_SUFFIX}",
             file_name.to_string_lossy(),
-            std::process::id(),
-            rand::random::<u32>()
         ));
+        let resumed = tmp.exists();
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(false)
             .open(&tmp)
             .map_err(werr)?;
+        // A handle of its own: the lock goes with it, not with the writer's.
+        let lock = std::fs::File::open(&tmp).map_err(werr)?;
+        if !try_lock(&lock) {
+            return Err(werr(std::io::Error::other(
+                "another get is writing this output now",
+            )));
+        }
         let cleanup = |e| {
             let _ = std::fs::remove_file(&tmp);
             werr(e)
@@ -163,7 +196,93 @@ impl FileSink {
             tmp,
             dest: dest.to_path_buf(),
             finished: Default::default(),
+            _lock: lock,
+            resumed,
         })
+    }
+
+    /// Where the bytes go until [`FileSink::finish`].
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Which chunks of `manifest` the temporary file already holds intact
+    /// (each read back and checked against its hash): none unless an
+    /// earlier get of this version into this output was interrupted.
+    pub async fn verified(&self, manifest: &p2p_core::Manifest) -> Result<Vec<bool>, ClientError> {
+        let n = manifest.chunks.len();
+        if !self.resumed {
+            return Ok(vec![false; n]);
+        }
+        let werr = |err| ClientError::WriteOutput {
+            path: self.dest.clone(),
+            err,
+        };
+        let (path, manifest) = (self.tmp.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            let mut buf = vec![0u8; manifest.chunk_size_bytes as usize];
+            (0..n)
+                .map(|i| {
+                    let len = manifest.chunk_len(i) as usize;
+                    let at = p2p_core::chunking::chunk_offset(manifest.chunk_size_bytes, i as u64);
+                    file.read_exact_at(&mut buf[..len], at)?;
+                    Ok(p2p_core::ChunkId::of(&buf[..len]) == manifest.chunks[i])
+                })
+                .collect::<std::io::Result<Vec<bool>>>()
+        })
+        .await
+        .map_err(|e| werr(std::io::Error::other(e)))?
+        .map_err(werr)
+    }
+
+    /// Remove the temporary files in this output's directory that no get
+    /// will resume: those of other versions of this output, and any older
+    /// than [`PART_MAX_AGE`] (a get that is writing one holds its lock, and
+    /// it is left alone). Returns how many went.
+    pub fn sweep(&self) -> usize {
+        let Some(dir) = self.tmp.parent() else {
+            return 0;
+        };
+        let Some(own) = self
+            .dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+        else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let part = name.starts_with('.') && name.ends_with(PART_SUFFIX);
+            // Left by gets before resumable ones: `.<name>.p2p-<pid>-<n>.tmp`.
+            let legacy = name.starts_with('.') && name.contains(".p2p-") && name.ends_with(".tmp");
+            if path == self.tmp || !(part || legacy) {
+                continue;
+            }
+            let other_version = part && name.starts_with(&format!(".{own}."));
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > PART_MAX_AGE);
+            if !(other_version || old) {
+                continue;
+            }
+            let free = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .is_ok_and(|f| try_lock(&f));
+            if free && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Wait for every queued write, sync the data and rename the file into
@@ -206,12 +325,17 @@ impl FileSink {
 }
 
 impl Drop for FileSink {
+    /// Unfinished, the temporary file stays for the next get to resume
+    /// (and that get's sweep, or the one after a day, removes it). The
+    /// writes already queued (a few buffers) land first.
     fn drop(&mut self) {
         if !self.finished.load(std::sync::atomic::Ordering::SeqCst) {
             if let Ok(mut q) = self.queue.lock() {
                 q.take();
             }
-            let _ = std::fs::remove_file(&self.tmp);
+            if let Some(w) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+                let _ = w.join();
+            }
         }
     }
 }
@@ -333,7 +457,7 @@ mod tests {
         let dest = dir.path().join("out.bin");
         let size = 3 * WRITE_BUFFER_BYTES + 12_345;
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        let sink = Arc::new(FileSink::create(&dest, size as u64).unwrap());
+        let sink = Arc::new(FileSink::open(&dest, size as u64, "v1").unwrap());
         let cuts = [
             (WRITE_BUFFER_BYTES, 2 * WRITE_BUFFER_BYTES + 100),
             (0, WRITE_BUFFER_BYTES),
@@ -360,16 +484,75 @@ mod tests {
         assert_eq!(leftovers, 1, "only the output remains");
     }
 
-    // An unfinished sink leaves nothing behind.
-    #[tokio::test]
-    async fn dropped_unfinished_leaves_nothing() {
+    // An unfinished sink keeps its bytes for the next get of the same
+    // version into the same place, which finds the intact chunks (and only
+    // those); a second get at once is refused; another version's leftover
+    // and stale ones are swept, a locked one is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interrupted_output_is_resumed_and_leftovers_swept() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out.bin");
-        let sink = FileSink::create(&dest, 10).unwrap();
-        sink.write_at(0, Bytes::from_static(b"0123456789"))
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let chunks: Vec<p2p_core::ChunkId> = data.chunks(4096).map(p2p_core::ChunkId::of).collect();
+        let m = p2p_core::Manifest::new("out.bin".into(), 10_000, 4096, 1, chunks).unwrap();
+
+        let sink = FileSink::open(&dest, 10_000, "v1").unwrap();
+        assert_eq!(sink.verified(&m).await.unwrap(), vec![false; 3]);
+        // Chunk 0 whole, chunk 2 half: then the get dies.
+        sink.write_at(0, Bytes::copy_from_slice(&data[..4096]))
             .await
             .unwrap();
+        sink.write_at(8192, Bytes::copy_from_slice(&data[8192..9000]))
+            .await
+            .unwrap();
+        let busy = FileSink::open(&dest, 10_000, "v1");
+        assert!(busy.is_err(), "two gets into one output at once");
         drop(sink);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        std::fs::write(dir.path().join(".out.bin.v0.p2p-part"), b"old version").unwrap();
+        std::fs::write(dir.path().join(".other.bin.v9.p2p-part"), b"fresh").unwrap();
+        let stale = dir.path().join(".gone.bin.v2.p2p-part");
+        std::fs::write(&stale, b"stale").unwrap();
+        let day_ago =
+            std::time::SystemTime::now() - PART_MAX_AGE - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+        let held = dir.path().join(".held.bin.v3.p2p-part");
+        std::fs::write(&held, b"in use").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&held)
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+        let holder = std::fs::File::options().write(true).open(&held).unwrap();
+        assert!(try_lock(&holder));
+
+        let sink = FileSink::open(&dest, 10_000, "v1").unwrap();
+        assert_eq!(sink.verified(&m).await.unwrap(), vec![true, false, false]);
+        assert_eq!(sink.sweep(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".held.bin.v3.p2p-part",
+                ".other.bin.v9.p2p-part",
+                ".out.bin.v1.p2p-part"
+            ]
+        );
+        sink.write_at(4096, Bytes::copy_from_slice(&data[4096..]))
+            .await
+            .unwrap();
+        sink.finish().await.unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        assert!(!sink.temp_path().exists());
     }
 }

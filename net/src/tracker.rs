@@ -229,6 +229,16 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let req = req.into_inner();
         let id = convert::node_id(&req.node_id)?;
         let added = convert::chunk_ids(&req.added)?;
+        if !req.added_puts.is_empty() && req.added_puts.len() != added.len() {
+            return Err(Status::invalid_argument(
+                "a heartbeat's added_puts do not match its added chunks",
+            ));
+        }
+        let touched: Vec<(p2p_core::ChunkId, u64)> = added
+            .iter()
+            .copied()
+            .zip(req.added_puts.iter().copied())
+            .collect();
         let removed = convert::chunk_ids(&req.removed)?;
         let failed = convert::handed_from_pb(&req.failed)?;
         let repaired = convert::handed_from_pb(&req.repaired)?;
@@ -253,6 +263,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
                     // Plan the next repairs now, so this reply carries them.
                     t.plan(now);
                 }
+                t.touched(&id, &touched, now);
                 t.heartbeat(&id, added, removed, now)
             })
             .await?;

@@ -52,6 +52,7 @@ fn header(chunk: &[u8], size: u64) -> pb::PutChunkRequest {
         msg: Some(Msg::Header(pb::PutChunkHeader {
             chunk: Bytes::copy_from_slice(chunk),
             size,
+            put: 0,
         })),
     }
 }

@@ -189,9 +189,15 @@ impl Cluster {
     }
 
     pub fn add_node(&mut self) -> anyhow::Result<usize> {
+        let data = self.dir.path().join(format!("node{}", self.nodes.len()));
+        self.add_node_at(data)
+    }
+
+    /// Start a node whose data directory is `data` (which may be a mount
+    /// of its own).
+    pub fn add_node_at(&mut self, data: PathBuf) -> anyhow::Result<usize> {
         let i = self.nodes.len();
         let addr = free_addr();
-        let data = self.dir.path().join(format!("node{i}"));
         let log = self.dir.path().join(format!("node{i}.log"));
         let child = spawn(
             &[

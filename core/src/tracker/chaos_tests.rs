@@ -120,7 +120,7 @@ impl Chaos {
     fn store(&mut self, node: &NodeId, chunk: ChunkId) {
         let n = self.nodes.get_mut(node).unwrap();
         if n.disk.insert(chunk) {
-            n.inv.added(chunk);
+            n.inv.added(chunk, 0);
         }
     }
 
@@ -135,7 +135,7 @@ impl Chaos {
             |node, c| {
                 let n = nodes.get_mut(node).unwrap();
                 if n.disk.insert(c) {
-                    n.inv.added(c);
+                    n.inv.added(c, 0);
                 }
             },
         );
@@ -336,7 +336,7 @@ fn late_report_of_a_trimmed_copy_does_not_cost_the_last_copy() {
     // heartbeat, or a fresh upload) before its deletion is sent.
     let n = w.nodes.get_mut(&nid(1)).unwrap();
     n.inv.removed(chunk);
-    n.inv.added(chunk);
+    n.inv.added(chunk, 0);
     for _ in 0..5 {
         w.round(&normal);
         assert!(w.vanished().is_empty(), "the last copy was deleted");

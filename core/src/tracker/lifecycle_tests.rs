@@ -77,6 +77,8 @@ struct Node {
 }
 
 struct InFlight {
+    /// Its lease id with the tracker.
+    id: u64,
     m: Manifest,
     replace: bool,
     /// Copies still to upload: (chunk index, node).
@@ -90,6 +92,7 @@ struct World {
     puts: Vec<InFlight>,
     now: u64,
     commits: usize,
+    next_put: u64,
 }
 
 impl World {
@@ -119,6 +122,7 @@ impl World {
             puts: Vec::new(),
             now: 0,
             commits: 0,
+            next_put: 0,
         }
     }
 
@@ -126,13 +130,15 @@ impl World {
         let Ok(placement) = self.t.allocate(2, 3, &BTreeSet::new()) else {
             return;
         };
-        self.t.touch_put(1 + self.puts.len() as u64, self.now);
+        self.next_put += 1;
+        self.t.touch_put(self.next_put, self.now);
         let todo = placement
             .iter()
             .enumerate()
             .flat_map(|(i, p)| p.iter().map(move |r| (i, r.id.clone())))
             .collect();
         self.puts.push(InFlight {
+            id: self.next_put,
             m,
             replace,
             todo,
@@ -149,7 +155,7 @@ impl World {
         let chunk = put.m.chunks[i];
         let n = self.nodes.get_mut(&node).unwrap();
         n.disk.insert(chunk);
-        n.inv.added(chunk);
+        n.inv.added(chunk, put.id);
         let stamp = n.book.acked(chunk);
         put.acks[i].push((node, stamp));
     }
@@ -159,6 +165,8 @@ impl World {
         let r = self
             .t
             .commit_with(put.m.clone(), put.acks, put.replace, self.now);
+        // The client ends its lease whatever the outcome.
+        self.t.end_put(put.id);
         if r.is_ok() {
             self.commits += 1;
         }
@@ -169,10 +177,18 @@ impl World {
         let delta = n.inv.take_delta();
         let stamp = n.book.next_heartbeat();
         let reply = match self.t.sequence(id, stamp.session, stamp.seq) {
-            Sequence::Fresh => self
-                .t
-                .heartbeat(id, delta.added.clone(), delta.removed.clone(), self.now)
-                .unwrap(),
+            Sequence::Fresh => {
+                let touched: Vec<(ChunkId, u64)> = delta
+                    .added
+                    .iter()
+                    .copied()
+                    .zip(delta.added_puts.iter().copied())
+                    .collect();
+                self.t.touched(id, &touched, self.now);
+                self.t
+                    .heartbeat(id, delta.added.clone(), delta.removed.clone(), self.now)
+                    .unwrap()
+            }
             _ => unreachable!("every heartbeat here is fresh"),
         };
         if uploads {
@@ -293,7 +309,7 @@ fn put_rm_put_again_commits_at_once() {
                 w.now += 1_000;
                 // The client renews its put's lease, as it does every
                 // `lease_renew`.
-                w.t.touch_put(1, w.now);
+                w.t.touch_put(w.puts[0].id, w.now);
                 w.t.tick(w.now);
                 for i in 0..NODES {
                     w.heartbeat(&nid(i), false, false);
@@ -333,8 +349,6 @@ fn replaced_version_is_kept_for_the_grace_then_deleted() {
     assert!(matches!(refused, Err(TrackerError::FileExists(_))));
     w.puts[0].replace = true;
     w.commit(0);
-    w.t.end_put(1);
-    w.t.end_put(2);
     let old = content(0)[0];
     let held = |w: &World| w.nodes.values().filter(|n| n.disk.contains(&old)).count();
     assert_eq!(held(&w), 3);
@@ -356,4 +370,77 @@ fn replaced_version_is_kept_for_the_grace_then_deleted() {
     assert_eq!(held(&w), 0, "kept after the grace");
     assert_eq!(w.t.locate("f0").unwrap().manifest.chunks, content(2));
     w.check().unwrap();
+}
+
+// An rm right after a put, while another put (begun after the rm) is in
+// flight: the first put's copies are reported (touched) after the rm, but
+// their put has committed, so the deletions stand and every copy goes at
+// once.
+#[test]
+fn rm_right_after_a_put_deletes_its_copies_at_once() {
+    let mut w = World::new();
+    w.start_put(manifest(0, 0), false);
+    while !w.puts[0].todo.is_empty() {
+        w.upload(0);
+    }
+    w.commit(0);
+    w.t.remove("f0").unwrap();
+    // Begun after the rm, so the deletions need not wait for it.
+    w.start_put(manifest(1, 2), false);
+    for _ in 0..3 {
+        w.now += 100;
+        w.t.tick(w.now);
+        for i in 0..NODES {
+            w.heartbeat(&nid(i), false, false);
+        }
+    }
+    for c in content(0) {
+        let left = w.nodes.values().filter(|n| n.disk.contains(&c)).count();
+        assert_eq!(left, 0, "copies of a removed file kept");
+    }
+    w.check().unwrap();
+}
+
+// A put in flight that stored copies of chunks another file also has,
+// which is then removed: the put began before the removal, so those
+// copies stay until it commits, and it commits.
+#[test]
+fn rm_of_a_file_sharing_chunks_with_a_put_in_flight() {
+    let mut w = World::new();
+    w.start_put(manifest(0, 0), false);
+    while !w.puts[0].todo.is_empty() {
+        w.upload(0);
+    }
+    w.commit(0);
+    // Content 1 shares chunk 1 with content 0.
+    w.start_put(manifest(1, 1), false);
+    while !w.puts[0].todo.is_empty() {
+        w.upload(0);
+    }
+    for i in 0..NODES {
+        w.heartbeat(&nid(i), false, false);
+    }
+    w.t.remove("f0").unwrap();
+    for _ in 0..3 {
+        w.now += 100;
+        w.t.touch_put(w.puts[0].id, w.now);
+        w.t.tick(w.now);
+        for i in 0..NODES {
+            w.heartbeat(&nid(i), false, false);
+        }
+    }
+    let before = w.commits;
+    w.commit(0);
+    assert_eq!(w.commits, before + 1);
+    w.check().unwrap();
+    // Chunk 0, of the removed file only, went once the put was over.
+    for _ in 0..3 {
+        w.now += 100;
+        w.t.tick(w.now);
+        for i in 0..NODES {
+            w.heartbeat(&nid(i), false, false);
+        }
+    }
+    let only_removed = content(0)[0];
+    assert!(w.nodes.values().all(|n| !n.disk.contains(&only_removed)));
 }

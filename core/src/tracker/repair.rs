@@ -80,8 +80,11 @@ pub(crate) struct HealState {
     /// sets, so entries that must wait never hide the ones after them.
     orphan_cursor: ChunkIx,
     over_cursor: ChunkIx,
-    /// Puts in flight: (when the lease began, when it was last renewed).
-    pub(crate) leases: BTreeMap<u64, (u64, u64)>,
+    /// Puts in flight: (when the lease began, when it was last renewed,
+    /// its number in the order leases began).
+    pub(crate) leases: BTreeMap<u64, (u64, u64, u64)>,
+    /// Leases begun so far: numbers them.
+    pub(crate) leases_begun: u64,
     /// Deletions waiting for the holder's next heartbeat.
     deletes: BTreeMap<NodeId, BTreeSet<ChunkId>>,
     /// Deletions sent, by chunk and node: when, and the heartbeat whose
@@ -125,9 +128,9 @@ impl HealState {
             .collect()
     }
 
-    /// A copy of orphan `cx` was just written (a put may be about to
-    /// reference it), or its file was replaced (a reader may still be
-    /// fetching it): it waits the whole grace from `now_ms`.
+    /// A copy of orphan `cx` was just written by a put in flight (which
+    /// may be about to reference it), or its file was replaced (a reader
+    /// may still be fetching it): it waits the whole grace from `now_ms`.
     pub(crate) fn orphan_wait(&mut self, cx: ChunkIx, now_ms: u64) {
         self.orphan_since.insert(cx, OrphanSince::Seen(now_ms));
     }
@@ -182,9 +185,12 @@ impl HealState {
     }
 
     /// The last file that referenced orphan `cx` was removed: its copies
-    /// go at once, without the grace a copy of unknown origin gets.
+    /// go without the grace a copy of unknown origin gets, once no put that
+    /// began before the removal is in flight (it may have stored a copy to
+    /// count, of a file that shares the chunk).
     pub(crate) fn removed(&mut self, cx: ChunkIx) {
-        self.orphan_since.insert(cx, OrphanSince::Removed);
+        self.orphan_since
+            .insert(cx, OrphanSince::Removed(self.leases_begun));
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -210,8 +216,9 @@ impl HealState {
 /// When an orphan is due for deletion.
 #[derive(Debug, Clone, Copy)]
 enum OrphanSince {
-    /// Its last file was removed (`rm`): delete at once.
-    Removed,
+    /// Its last file was removed (`rm`) when this many put leases had
+    /// begun: delete as soon as every put in flight began after.
+    Removed(u64),
     /// First seen by the planner then: delete after the grace, unless a
     /// put in flight began before it.
     Seen(u64),
@@ -325,8 +332,9 @@ impl Tracker {
         let grace = self.config.orphan_grace_ms;
         self.heal
             .leases
-            .retain(|_, (_, last)| now_ms.saturating_sub(*last) < grace);
+            .retain(|_, (_, last, _)| now_ms.saturating_sub(*last) < grace);
         let oldest_put = self.heal.leases.values().map(|l| l.0).min();
+        let oldest_lease = self.heal.leases.values().map(|l| l.2).min();
         for cx in scan(&self.health.orphans, &mut self.heal.orphan_cursor) {
             let due = match *self
                 .heal
@@ -334,7 +342,7 @@ impl Tracker {
                 .entry(cx)
                 .or_insert(OrphanSince::Seen(now_ms))
             {
-                OrphanSince::Removed => true,
+                OrphanSince::Removed(begun) => oldest_lease.is_none_or(|l| l > begun),
                 OrphanSince::Seen(at) => {
                     now_ms.saturating_sub(at) >= grace && oldest_put.is_none_or(|p| p > at)
                 }
