@@ -92,6 +92,9 @@ struct Inner<S: ChunkStore, D: Dialer> {
     report_soon: tokio::sync::Notify,
     config: NodeConfig,
     leave_lock: tokio::sync::Mutex<()>,
+    /// A leave is under way: the node must not register again, or the
+    /// tracker would count it (and place chunks on it) after it has left.
+    leaving: std::sync::atomic::AtomicBool,
     shutdown: watch::Sender<bool>,
 }
 
@@ -148,6 +151,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 report_soon: tokio::sync::Notify::new(),
                 config,
                 leave_lock: tokio::sync::Mutex::new(()),
+                leaving: std::sync::atomic::AtomicBool::new(false),
                 shutdown,
             }),
         })
@@ -206,7 +210,16 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         let mut interval = self.inner.config.heartbeat_interval;
         let mut shutdown = self.shutdown_signal();
         loop {
-            let result = if registered {
+            if *shutdown.borrow() {
+                return;
+            }
+            let leaving = self.inner.leaving.load(std::sync::atomic::Ordering::SeqCst);
+            let result = if !registered && leaving {
+                // The tracker forgot this node (it left, or is about to):
+                // registering again would bring it back. Wait for the
+                // leave to finish, or to fail.
+                Ok(())
+            } else if registered {
                 self.heartbeat_once().await.map(|reregister| {
                     if reregister {
                         tracing::info!("tracker asked for a full inventory");
@@ -235,7 +248,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 }
                 Err(_) => {}
             }
-            if !registered && !failing {
+            if !registered && !failing && !leaving {
                 continue;
             }
             tokio::select! {
@@ -528,6 +541,24 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .leave_lock
             .try_lock()
             .map_err(|_| ClientError::Leave("a leave is already under way".into()))?;
+        self.inner
+            .leaving
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = self.leave_rounds(force, progress).await;
+        if r.is_err() {
+            // It stays: heartbeats may register it again.
+            self.inner
+                .leaving
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+
+    async fn leave_rounds(
+        &self,
+        force: bool,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<(), ClientError> {
         let tracker_err = |s| ClientError::from_tracker(&self.inner.tracker_addr, s);
         let mut still = 0;
         const ROUNDS: usize = 3;

@@ -78,6 +78,12 @@ impl<M: MetaStore> TrackerService<M> {
         self.state.try_lock().ok().map(|t| t.audit())
     }
 
+    /// Read the tracker's state; `None` if a request holds it now. For the
+    /// simulator's checker.
+    pub fn try_inspect<T>(&self, f: impl FnOnce(&Tracker) -> T) -> Option<T> {
+        self.state.try_lock().ok().map(|t| f(&t))
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

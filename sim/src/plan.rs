@@ -15,7 +15,7 @@ pub enum Target {
 }
 
 /// Client hosts in every scenario: operations are spread over them.
-pub const CLIENTS: u8 = 2;
+pub const CLIENTS: u8 = 3;
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,6 +45,16 @@ pub enum Action {
     Get { file: u8, client: u8 },
     /// Client `client` removes file `f{file}`.
     Rm { file: u8, client: u8 },
+    /// Client `client` lists every file.
+    Ls { client: u8 },
+    /// Client `client` asks node `node` to hand its chunks over and leave
+    /// for good; with `force`, it leaves even if some cannot be handed over.
+    Leave { node: u8, client: u8, force: bool },
+    /// The host stops at once (its disk survives) and starts again after
+    /// `down_ms` (or at the heal, whichever comes first).
+    CrashFor { target: Target, down_ms: u16 },
+    /// Messages between the two hosts are dropped for `ms`.
+    PartitionFor { a: Target, b: Target, ms: u16 },
     /// The host stops at once (its disk survives).
     Crash(Target),
     /// A crashed host starts again on its disk.
@@ -75,9 +85,11 @@ impl Action {
     /// The client that performs it, if it is a client operation.
     pub fn client(&self) -> Option<u8> {
         match self {
-            Action::Put { client, .. } | Action::Get { client, .. } | Action::Rm { client, .. } => {
-                Some(*client)
-            }
+            Action::Put { client, .. }
+            | Action::Get { client, .. }
+            | Action::Rm { client, .. }
+            | Action::Ls { client }
+            | Action::Leave { client, .. } => Some(*client),
             _ => None,
         }
     }
@@ -116,45 +128,145 @@ fn party(nodes: u8) -> impl Strategy<Value = Target> {
     ]
 }
 
-fn action(nodes: u8) -> impl Strategy<Value = Action> {
-    prop_oneof![
-        4 => (
-            (0u8..4, prop_oneof![Just(0u32), 1u32..20_000], 1u8..=3, 0..CLIENTS),
-            (0u8..2, any::<bool>()),
-        )
-            .prop_map(|((file, size, replicas, client), (version, replace))| Action::Put {
+/// Kinds of operations and faults a scenario may use. Each scenario enables
+/// a random subset (swarm testing: Groce et al., ISSTA 2012), so rare
+/// combinations get their turn and each kind sometimes runs undiluted.
+/// Puts and gets are always on: they are what the checker checks.
+pub mod kind {
+    pub const RM: u16 = 1 << 0;
+    pub const LS: u16 = 1 << 1;
+    pub const LEAVE: u16 = 1 << 2;
+    pub const REPLACE: u16 = 1 << 3;
+    pub const CRASH: u16 = 1 << 4;
+    pub const PARTITION: u16 = 1 << 5;
+    pub const LOSS: u16 = 1 << 6;
+    pub const LATENCY: u16 = 1 << 7;
+    pub const LOSE_HOLDER: u16 = 1 << 8;
+    pub const ALL: u16 = (1 << 9) - 1;
+}
+
+fn weighted(choices: Vec<(u32, BoxedStrategy<Action>)>) -> BoxedStrategy<Action> {
+    proptest::strategy::Union::new_weighted(choices).boxed()
+}
+
+/// File sizes from empty to 16 chunks of the simulator's 4 KiB.
+fn size() -> impl Strategy<Value = u32> {
+    prop_oneof![1 => Just(0u32), 3 => 1u32..4_096, 4 => 4_096u32..65_536]
+}
+
+/// One client operation of the kinds `kinds` enables.
+fn client_op(kinds: u16) -> BoxedStrategy<Action> {
+    let replace = kinds & kind::REPLACE != 0;
+    // Mostly 3 copies, as users store; 1 copy sometimes (a lost holder is
+    // then a lost file, which the checker must tell from a bug).
+    let replicas = prop_oneof![1 => Just(1u8), 2 => Just(2u8), 4 => Just(3u8)];
+    let put = (
+        (0u8..4, size(), replicas, 0..CLIENTS),
+        (0u8..2, any::<bool>()),
+    )
+        .prop_map(
+            move |((file, size, replicas, client), (version, r))| Action::Put {
                 file,
                 size,
                 replicas,
                 client,
                 version,
-                replace,
-            }),
-        3 => (0u8..4, 0..CLIENTS).prop_map(|(file, client)| Action::Get { file, client }),
-        2 => (0u8..4, 0..CLIENTS).prop_map(|(file, client)| Action::Rm { file, client }),
-        2 => target(nodes).prop_map(Action::Crash),
-        2 => target(nodes).prop_map(Action::Restart),
-        1 => (party(nodes), party(nodes)).prop_map(|(a, b)| Action::Partition(a, b)),
-        1 => Just(Action::Heal),
-        1 => (1u16..50).prop_map(|per_mille| Action::Loss { per_mille }),
-        1 => (1u16..80).prop_map(|max_ms| Action::Latency { max_ms }),
-        1 => (0u8..4).prop_map(|file| Action::LoseHolder { file }),
-    ]
+                replace: replace && r,
+            },
+        )
+        .boxed();
+    let get = (0u8..4, 0..CLIENTS)
+        .prop_map(|(file, client)| Action::Get { file, client })
+        .boxed();
+    let mut choices = vec![(5, put), (4, get)];
+    if kinds & kind::RM != 0 {
+        let rm = (0u8..4, 0..CLIENTS).prop_map(|(file, client)| Action::Rm { file, client });
+        choices.push((1, rm.boxed()));
+    }
+    if kinds & kind::LS != 0 {
+        choices.push((
+            1,
+            (0..CLIENTS)
+                .prop_map(|client| Action::Ls { client })
+                .boxed(),
+        ));
+    }
+    weighted(choices)
+}
+
+/// One fault of the kinds `kinds` enables (at least one is).
+fn fault(nodes: u8, kinds: u16) -> BoxedStrategy<Action> {
+    let mut choices: Vec<(u32, BoxedStrategy<Action>)> = Vec::new();
+    if kinds & kind::CRASH != 0 {
+        let crash = (target(nodes), 50u16..2_500)
+            .prop_map(|(target, down_ms)| Action::CrashFor { target, down_ms });
+        choices.push((3, crash.boxed()));
+    }
+    if kinds & kind::PARTITION != 0 {
+        let part = (party(nodes), party(nodes), 100u16..2_500)
+            .prop_filter("a host is never partitioned from itself", |(a, b, _)| {
+                a != b
+            })
+            .prop_map(|(a, b, ms)| Action::PartitionFor { a, b, ms });
+        choices.push((2, part.boxed()));
+    }
+    if kinds & kind::LOSS != 0 {
+        let loss = (1u16..50).prop_map(|per_mille| Action::Loss { per_mille });
+        choices.push((1, loss.boxed()));
+    }
+    if kinds & kind::LATENCY != 0 {
+        let lat = (4u16..80).prop_map(|max_ms| Action::Latency { max_ms });
+        choices.push((1, lat.boxed()));
+    }
+    if kinds & kind::LOSE_HOLDER != 0 {
+        let lose = (0u8..4).prop_map(|file| Action::LoseHolder { file });
+        choices.push((1, lose.boxed()));
+    }
+    if kinds & kind::LEAVE != 0 {
+        let leave =
+            (0..nodes, 0..CLIENTS, any::<bool>()).prop_map(|(node, client, force)| Action::Leave {
+                node,
+                client,
+                force,
+            });
+        choices.push((1, leave.boxed()));
+    }
+    weighted(choices)
 }
 
 impl Scenario {
-    /// Random scenarios: 4 to 6 nodes, up to 12 steps in the fault window.
+    /// Random scenarios: 4 to 6 nodes; a random subset of operation and
+    /// fault kinds; 16 to 40 client operations and up to 8 faults in the
+    /// fault window.
     pub fn strategy() -> impl Strategy<Value = Scenario> {
-        (any::<u64>(), 4u8..=6)
-            .prop_flat_map(|(seed, nodes)| {
-                let steps = proptest::collection::vec(
-                    (0..FAULT_WINDOW_MS, action(nodes))
-                        .prop_map(|(at_ms, action)| Step { at_ms, action }),
-                    1..12,
-                );
-                (Just(seed), Just(nodes), steps)
+        (any::<u64>(), 4u8..=6, 0..=kind::ALL)
+            .prop_flat_map(|(seed, nodes, kinds)| {
+                let op = (0..FAULT_WINDOW_MS, client_op(kinds))
+                    .prop_map(|(at_ms, action)| Step { at_ms, action });
+                let faults = if kinds
+                    & (kind::CRASH
+                        | kind::PARTITION
+                        | kind::LOSS
+                        | kind::LATENCY
+                        | kind::LOSE_HOLDER
+                        | kind::LEAVE)
+                    != 0
+                {
+                    let f = (0..FAULT_WINDOW_MS, fault(nodes, kinds))
+                        .prop_map(|(at_ms, action)| Step { at_ms, action });
+                    proptest::collection::vec(f, 1..8).boxed()
+                } else {
+                    Just(Vec::new()).boxed()
+                };
+                (
+                    Just(seed),
+                    Just(nodes),
+                    proptest::collection::vec(op, 16..40),
+                    faults,
+                )
             })
-            .prop_map(|(seed, nodes, mut steps)| {
+            .prop_map(|(seed, nodes, ops, faults)| {
+                let mut steps: Vec<Step> = ops.into_iter().chain(faults).collect();
                 steps.sort_by_key(|s| s.at_ms);
                 Scenario { seed, nodes, steps }
             })
@@ -199,6 +311,17 @@ impl fmt::Display for Action {
             }
             Action::Get { file, client } => write!(f, "get(f{file},client{client})"),
             Action::Rm { file, client } => write!(f, "rm(f{file},client{client})"),
+            Action::Ls { client } => write!(f, "ls(client{client})"),
+            Action::Leave {
+                node,
+                client,
+                force,
+            } => {
+                write!(f, "leave(node{node},client{client}")?;
+                f.write_str(if *force { ",force)" } else { ")" })
+            }
+            Action::CrashFor { target, down_ms } => write!(f, "crash({target},{down_ms})"),
+            Action::PartitionFor { a, b, ms } => write!(f, "partition({a},{b},{ms})"),
             Action::Crash(t) => write!(f, "crash({t})"),
             Action::Restart(t) => write!(f, "restart({t})"),
             Action::Partition(a, b) => write!(f, "partition({a},{b})"),
@@ -301,6 +424,34 @@ impl std::str::FromStr for Action {
                 client: parse_client(c)?,
             }),
             ("crash", [t]) => Ok(Action::Crash(parse_target(t)?)),
+            ("crash", [t, ms]) => Ok(Action::CrashFor {
+                target: parse_target(t)?,
+                down_ms: parse_num(ms)?,
+            }),
+            ("partition", [a, b, ms]) => Ok(Action::PartitionFor {
+                a: parse_target(a)?,
+                b: parse_target(b)?,
+                ms: parse_num(ms)?,
+            }),
+            ("ls", [c]) => Ok(Action::Ls {
+                client: parse_client(c)?,
+            }),
+            ("leave", [n, c, more @ ..]) if more.len() <= 1 => {
+                let force = match more.first() {
+                    Some(&"force") => true,
+                    Some(w) => return Err(format!("bad leave option {w:?}")),
+                    None => false,
+                };
+                let node = match parse_target(n)? {
+                    Target::Node(i) => i,
+                    _ => return Err(format!("bad node {n:?}")),
+                };
+                Ok(Action::Leave {
+                    node,
+                    client: parse_client(c)?,
+                    force,
+                })
+            }
             ("restart", [t]) => Ok(Action::Restart(parse_target(t)?)),
             ("partition", [a, b]) => Ok(Action::Partition(parse_target(a)?, parse_target(b)?)),
             ("heal", []) => Ok(Action::Heal),

@@ -220,6 +220,10 @@ struct Shared {
     names: BTreeMap<u8, NameRecord>,
     next_op: u64,
     destroyed: BTreeSet<String>,
+    /// Nodes that left the cluster for good (`leave`).
+    left: BTreeSet<String>,
+    /// Clients still running their operations.
+    scripts_running: u8,
     /// Versions a destruction left with a chunk on no surviving disk: truly
     /// gone, so an expected loss rather than a bug.
     gone: BTreeSet<(u8, u8)>,
@@ -230,6 +234,8 @@ struct Shared {
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
+/// The tracker process running now (the last one started).
+type TrackerRef = Arc<Mutex<Option<TrackerService<MemoryMeta>>>>;
 
 impl Shared {
     /// Whether name `file` may be lost without a bug: a version it may hold
@@ -250,8 +256,41 @@ impl Shared {
     }
 
     /// After a destruction: mark versions with a chunk left on no surviving
-    /// disk.
-    fn mark_gone(&mut self, stores: &BTreeMap<String, MemStore>) {
+    /// disk, or (as far as the tracker knows, which is what a get goes by)
+    /// with as many holders of a chunk destroyed as its factor: a surviving
+    /// copy the tracker does not count, such as an idempotent re-put's, is
+    /// collected later, and surplus copies are trimmed.
+    fn mark_gone(&mut self, stores: &BTreeMap<String, MemStore>, tracker: &TrackerRef) {
+        let service = tracker.lock().expect("tracker handle lock").clone();
+        for (file, rec) in &self.names {
+            let located = service
+                .as_ref()
+                .and_then(|t| t.try_inspect(|t| t.locate(&format!("f{file}")).ok()))
+                .flatten();
+            let Some(located) = located else { continue };
+            // Surplus copies are trimmed down to the factor, keeping holders
+            // believed alive: R destroyed holders of a chunk not yet known
+            // dead may be the R it keeps.
+            let factor = located.manifest.replicas as usize;
+            let doomed = located.locations.iter().any(|l| {
+                let gone = |n: &&p2p_core::tracker::NodeRef| self.destroyed.contains(n.id.as_str());
+                let live_gone = l.live.iter().filter(gone).count();
+                l.live.iter().chain(&l.suspect).all(|n| gone(&n)) || live_gone >= factor
+            });
+            if !doomed {
+                continue;
+            }
+            for (v, ver) in &rec.versions {
+                let ids: Vec<p2p_core::ChunkId> = ver
+                    .data
+                    .chunks(self.chunk_size as usize)
+                    .map(p2p_core::ChunkId::of)
+                    .collect();
+                if ids == located.manifest.chunks {
+                    self.gone.insert((*file, *v));
+                }
+            }
+        }
         let surviving: Vec<&MemStore> = stores
             .iter()
             .filter(|(h, _)| !self.destroyed.contains(*h))
@@ -391,6 +430,8 @@ async fn client_script(
     scenario: Scenario,
     cfg: SimConfig,
     shared: SharedRef,
+    stores: BTreeMap<String, MemStore>,
+    tracker: TrackerRef,
     me: u8,
 ) -> turmoil::Result {
     let client = Client::new(
@@ -518,6 +559,60 @@ async fn client_script(
                 };
                 log(&shared, sim_ms(), line);
             }
+            Action::Ls { .. } => {
+                let before = quiet_names(&shared);
+                let r = client.list().await;
+                let mut s = shared.lock().expect("shared lock");
+                let line = match r {
+                    Ok(files) => {
+                        let listed: Vec<(String, u64)> =
+                            files.iter().map(|f| (f.name.clone(), f.size)).collect();
+                        judge_ls(&mut s, &before, &listed);
+                        format!("client{me} ls -> {} files", listed.len())
+                    }
+                    Err(e) => format!("client{me} ls -> error: {}", short(&e)),
+                };
+                let at = sim_ms();
+                s.trace.push(format!("{at:>6}ms {line}"));
+            }
+            Action::Leave { node, force, .. } => {
+                let host = {
+                    let s = shared.lock().expect("shared lock");
+                    let live = stores
+                        .keys()
+                        .filter(|h| !s.destroyed.contains(*h) && !s.left.contains(*h))
+                        .count();
+                    (live > 2)
+                        .then(|| resolve(Target::Node(node), &stores, &s))
+                        .flatten()
+                };
+                let how = if force { " --force" } else { "" };
+                let Some(host) = host else {
+                    log(
+                        &shared,
+                        sim_ms(),
+                        format!("client{me} leave{how} skipped: two nodes are left"),
+                    );
+                    continue;
+                };
+                let r = client
+                    .leave_node(&format!("{host}:{PORT}"), force, &|_, _| {})
+                    .await;
+                let line = match r {
+                    Ok(()) => {
+                        let mut s = shared.lock().expect("shared lock");
+                        s.left.insert(host.clone());
+                        if force {
+                            // What it could not hand over is gone with it.
+                            s.destroyed.insert(host.clone());
+                            s.mark_gone(&stores, &tracker);
+                        }
+                        format!("client{me} leave{how} {host} -> left")
+                    }
+                    Err(e) => format!("client{me} leave{how} {host} -> error: {}", short(&e)),
+                };
+                log(&shared, sim_ms(), line);
+            }
             Action::Get { file, .. } => {
                 let name = format!("f{file}");
                 let before = {
@@ -551,8 +646,14 @@ async fn client_script(
         }
     }
 
+    shared.lock().expect("shared lock").scripts_running -= 1;
     if me != 0 {
         return Ok(());
+    }
+    // The final checks read what every operation left: wait for the other
+    // clients to finish theirs.
+    while shared.lock().expect("shared lock").scripts_running > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Final check: every fault has healed; every name must read back as
     // what it holds (an acknowledged version, byte-identical, or no file),
@@ -586,6 +687,66 @@ async fn client_script(
         check_all(&client, &shared, "degraded").await;
     }
     Ok(())
+}
+
+/// For each name: its epoch, and whether no put or removal of it is under
+/// way (see [`judge_ls`]).
+fn quiet_names(shared: &SharedRef) -> BTreeMap<u8, (u64, bool)> {
+    let s = shared.lock().expect("shared lock");
+    s.names
+        .iter()
+        .map(|(k, r)| (*k, (r.epoch, r.in_flight.is_empty())))
+        .collect()
+}
+
+/// Check a listing against what each name may hold. A name nothing ran on
+/// during the listing must be listed exactly when it holds a file, with
+/// that file's size; any listed name must have had a version of that size.
+fn judge_ls(s: &mut Shared, before: &BTreeMap<u8, (u64, bool)>, listed: &[(String, u64)]) {
+    let mut seen = BTreeSet::new();
+    for (name, size) in listed {
+        let rec = name
+            .strip_prefix('f')
+            .and_then(|k| k.parse::<u8>().ok())
+            .and_then(|k| s.names.get(&k).map(|r| (k, r)));
+        let Some((k, rec)) = rec else {
+            s.violations
+                .push(format!("ls listed {name:?}, a name never put"));
+            continue;
+        };
+        seen.insert(k);
+        let strict = before.get(&k) == Some(&(rec.epoch, true));
+        let fits = |v: &u8| {
+            rec.versions
+                .get(v)
+                .is_some_and(|x| x.data.len() as u64 == *size)
+        };
+        let ok = if strict {
+            rec.possible.iter().flatten().any(fits)
+        } else {
+            rec.versions.keys().any(fits)
+        };
+        if !ok {
+            let held = rec.describe();
+            s.violations.push(format!(
+                "ls listed {name} with {size}B, but it holds {held}"
+            ));
+        }
+    }
+    let missing: Vec<String> = s
+        .names
+        .iter()
+        .filter(|(k, r)| {
+            before.get(k) == Some(&(r.epoch, true))
+                && !seen.contains(k)
+                && !r.possible.contains(&None)
+                && r.versions.values().any(|v| v.acked)
+        })
+        .map(|(k, r)| format!("f{k} (holds {})", r.describe()))
+        .collect();
+    for m in missing {
+        s.violations.push(format!("ls did not list {m}"));
+    }
 }
 
 /// Every name ever put, read back and judged strictly (nothing is in
@@ -625,6 +786,8 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         names: BTreeMap::new(),
         next_op: 0,
         destroyed: BTreeSet::new(),
+        left: BTreeSet::new(),
+        scripts_running: CLIENTS,
         gone: BTreeSet::new(),
         chunk_size: cfg.chunk_size_bytes,
         violations: vec![],
@@ -642,7 +805,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
 
     let tracker_meta = MemoryMeta::default();
     // The tracker process running now, to audit its state at the end.
-    let tracker_service: Arc<std::sync::Mutex<Option<TrackerService<MemoryMeta>>>> = Arc::default();
+    let tracker_service: TrackerRef = Arc::default();
     let tcfg = TrackerConfig {
         dead_after_ms: cfg.dead_after_ms,
         heartbeat_interval_ms: cfg.heartbeat_ms,
@@ -717,10 +880,18 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 )
                 .await?;
                 tokio::spawn(node.clone().run_heartbeats());
-                server_builder(&timeouts)
+                let mut left = node.shutdown_signal();
+                let server = server_builder(&timeouts)
                     .add_service(node.into_server())
-                    .serve_with_incoming(incoming(listener))
-                    .await?;
+                    .serve_with_incoming(incoming(listener));
+                tokio::select! {
+                    r = server => r?,
+                    _ = left.wait_for(|v| *v) => {
+                        // It left: let the leave's last reply go out, then
+                        // stop for good.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
                 Ok(())
             }
         });
@@ -729,7 +900,14 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         let name = host_name(Target::Client(me));
         sim.client(
             name.as_str(),
-            client_script(scenario.clone(), cfg.clone(), shared.clone(), me),
+            client_script(
+                scenario.clone(),
+                cfg.clone(),
+                shared.clone(),
+                stores.clone(),
+                tracker_service.clone(),
+                me,
+            ),
         );
     }
 
@@ -740,21 +918,56 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         .peekable();
     let mut down: BTreeSet<String> = BTreeSet::new();
     let mut partitions: BTreeSet<(String, String)> = BTreeSet::new();
+    // Restarts and partition repairs that faults scheduled, by time.
+    let mut deferred: Vec<(u64, Deferred)> = Vec::new();
     let mut healed = false;
     let mut next_convergence_check = 0;
     let mut sim_error = None;
     loop {
         let now = sim.elapsed().as_millis() as u64;
+        // A node that left is down for good.
+        down.extend(shared.lock().expect("shared lock").left.iter().cloned());
         while let Some(step) = faults.next_if(|s| u64::from(s.at_ms) <= now) {
-            let line = apply_fault(
-                &mut sim,
-                &step.action,
-                &shared,
-                &stores,
-                &mut down,
-                &mut partitions,
-            );
+            let mut hosts = Hosts {
+                sim: &mut sim,
+                stores: &stores,
+                down: &mut down,
+                partitions: &mut partitions,
+                deferred: &mut deferred,
+                tracker: &tracker_service,
+                now,
+            };
+            let line = apply_fault(&mut hosts, &step.action, &shared);
             log(&shared, now, line);
+        }
+        if !healed {
+            deferred.sort_by_key(|(at, _)| *at);
+            while deferred.first().is_some_and(|(at, _)| *at <= now) {
+                let (_, d) = deferred.remove(0);
+                let line = match d {
+                    Deferred::Restart(h) => {
+                        let gone = {
+                            let s = shared.lock().expect("shared lock");
+                            s.destroyed.contains(&h) || s.left.contains(&h)
+                        };
+                        if !gone && down.remove(&h) {
+                            sim.bounce(h.as_str());
+                            Some(format!("restart {h}"))
+                        } else {
+                            None
+                        }
+                    }
+                    Deferred::Repair(a, b) => {
+                        partitions.remove(&(a.clone(), b.clone())).then(|| {
+                            sim.repair(a.as_str(), b.as_str());
+                            format!("partition {a} | {b} repaired")
+                        })
+                    }
+                };
+                if let Some(line) = line {
+                    log(&shared, now, line);
+                }
+            }
         }
         if !healed && now >= u64::from(FAULT_WINDOW_MS) {
             healed = true;
@@ -763,10 +976,13 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             }
             sim.set_fail_rate(0.0);
             sim.set_max_message_latency(Duration::from_millis(3));
-            let destroyed = shared.lock().expect("shared lock").destroyed.clone();
+            let (destroyed, left) = {
+                let s = shared.lock().expect("shared lock");
+                (s.destroyed.clone(), s.left.clone())
+            };
             let restart: Vec<String> = down
                 .iter()
-                .filter(|h| !destroyed.contains(*h))
+                .filter(|h| !destroyed.contains(*h) && !left.contains(*h))
                 .cloned()
                 .collect();
             for h in &restart {
@@ -896,15 +1112,70 @@ fn under_replicated(
     short
 }
 
-fn apply_fault(
-    sim: &mut turmoil::Sim<'_>,
-    action: &Action,
-    shared: &SharedRef,
-    stores: &BTreeMap<String, MemStore>,
-    down: &mut BTreeSet<String>,
-    partitions: &mut BTreeSet<(String, String)>,
-) -> String {
+/// A fault's undoing, due later.
+enum Deferred {
+    Restart(String),
+    Repair(String, String),
+}
+
+/// What faults act on.
+struct Hosts<'a, 'b> {
+    sim: &'a mut turmoil::Sim<'b>,
+    stores: &'a BTreeMap<String, MemStore>,
+    down: &'a mut BTreeSet<String>,
+    partitions: &'a mut BTreeSet<(String, String)>,
+    deferred: &'a mut Vec<(u64, Deferred)>,
+    tracker: &'a TrackerRef,
+    now: u64,
+}
+
+/// The host a fault aimed at `t` hits: `t` itself, or, if it is a node
+/// that left or lost its disk for good, the next node that has not.
+fn resolve(t: Target, stores: &BTreeMap<String, MemStore>, s: &Shared) -> Option<String> {
+    let gone = |h: &String| s.destroyed.contains(h) || s.left.contains(h);
+    match t {
+        Target::Node(i) => {
+            let n = stores.len();
+            (0..n)
+                .map(|k| host_name(Target::Node(((usize::from(i) + k) % n) as u8)))
+                .find(|h| !gone(h))
+        }
+        t => Some(host_name(t)),
+    }
+}
+
+fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> String {
+    let tracker = h.tracker;
+    let (sim, stores, down, partitions) = (&mut *h.sim, h.stores, &mut *h.down, &mut *h.partitions);
     match action {
+        Action::CrashFor { target, down_ms } => {
+            let Some(host) = resolve(*target, stores, &shared.lock().expect("shared lock")) else {
+                return format!("{action}: every node is gone");
+            };
+            if down.contains(&host) {
+                // Already down: the fault is that it comes back now.
+                down.remove(&host);
+                sim.bounce(host.as_str());
+                return format!("restart {host} (it was down)");
+            }
+            sim.crash(host.as_str());
+            down.insert(host.clone());
+            h.deferred
+                .push((h.now + u64::from(*down_ms), Deferred::Restart(host.clone())));
+            format!("crash {host} for {down_ms}ms")
+        }
+        Action::PartitionFor { a, b, ms } => {
+            let (a, b) = (host_name(*a), host_name(*b));
+            let pair = if a < b { (a, b) } else { (b, a) };
+            sim.partition(pair.0.as_str(), pair.1.as_str());
+            let line = format!("partition {} | {} for {ms}ms", pair.0, pair.1);
+            h.deferred.push((
+                h.now + u64::from(*ms),
+                Deferred::Repair(pair.0.clone(), pair.1.clone()),
+            ));
+            partitions.insert(pair);
+            line
+        }
         Action::Crash(Target::Client(c)) | Action::Restart(Target::Client(c)) => {
             format!("{action} ignored: client{c} is not crashed, only partitioned")
         }
@@ -980,7 +1251,7 @@ fn apply_fault(
             {
                 let mut s = shared.lock().expect("shared lock");
                 s.destroyed.extend(holders.iter().cloned());
-                s.mark_gone(stores);
+                s.mark_gone(stores, tracker);
             }
             format!(
                 "destroy {} (crashed, disks lost)",
@@ -1023,7 +1294,7 @@ fn apply_fault(
             }
             let mut s = shared.lock().expect("shared lock");
             s.destroyed.insert(h.clone());
-            s.mark_gone(stores);
+            s.mark_gone(stores, tracker);
             let gone = if s.gone.iter().any(|(f, _)| f == file) {
                 ", no copy left"
             } else {
@@ -1031,7 +1302,11 @@ fn apply_fault(
             };
             format!("lose {h} (holder of f{file}; crashed, disk lost{gone})")
         }
-        Action::Put { .. } | Action::Get { .. } | Action::Rm { .. } => {
+        Action::Put { .. }
+        | Action::Get { .. }
+        | Action::Rm { .. }
+        | Action::Ls { .. }
+        | Action::Leave { .. } => {
             unreachable!("client operations are not faults")
         }
     }

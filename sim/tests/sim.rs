@@ -237,6 +237,18 @@ const FOUND: &[(&str, &str)] = &[
          2176:get(f2,client1) 2210:put(f1,18785,2,client0) 2247:get(f3,client1) 2273:heal() \
          2385:put(f2,9077,1,client0) 2792:put(f2,1601,3,client0) 2932:lose(f1)",
     ),
+    (
+        "a node's heartbeat loop registered it again after it had left, and chunks placed on it were lost",
+        "seed=492 nodes=6 125:put(f0,42653,3,client0) 313:ls(client2) 416:get(f2,client1) \
+         425:ls(client1) 452:partition(client1,node5,2014) 517:get(f1,client2) \
+         623:get(f1,client0) 675:put(f2,62178,3,client0) 846:get(f1,client2) \
+         903:crash(node3,2225) 1043:ls(client0) 1043:get(f3,client1) 1184:get(f3,client0) \
+         1216:put(f2,0,1,client0) 1262:get(f1,client2) 1270:put(f1,2280,1,client1,v1) \
+         1441:leave(node0,client0) 1595:crash(node3,1051) 1621:get(f2,client0) \
+         1636:put(f3,45967,3,client1,v1) 1875:put(f3,30183,1,client0) 2313:ls(client0) \
+         2341:get(f0,client1) 2401:put(f1,2372,1,client1) 2417:partition(node1,node3,1450) \
+         2529:get(f3,client0) 2904:put(f2,2086,3,client2,v0,replace)",
+    ),
 ];
 
 #[test]
