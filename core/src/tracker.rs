@@ -1483,6 +1483,7 @@ impl Tracker {
             }
             candidates.sort();
             for (_, id) in candidates.into_iter().take(missing) {
+                self.heal.counters.handoffs += 1;
                 *extra_load.entry(id.clone()).or_default() += 1;
                 handoffs.push(Handoff {
                     chunk,

@@ -355,7 +355,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 };
                 let _gate = self.gate(&id).lock().await;
                 if !self.book().may_delete(&id, reply) {
-                    tracing::debug!(chunk = %id, "kept: an upload since may count on it");
+                    tracing::info!(chunk = %id, "kept: an upload since may count on it");
                     return;
                 }
                 match self.inner.store.remove(&id).await {

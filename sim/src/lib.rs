@@ -20,6 +20,7 @@
 //! the scenario a function of one number: `cargo run -p p2p-sim --release --
 //! --seed S` replays it and prints its trace.
 
+pub mod coverage;
 pub mod plan;
 pub mod run;
 pub mod store;

@@ -43,14 +43,9 @@ fn print_report(s: &Scenario, r: &Report) {
 }
 
 fn main() -> ExitCode {
-    // RUST_LOG=debug shows what every host does, stamped with simulated time.
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_timer(SimTime)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    // Counts the services' events for the coverage line; RUST_LOG=debug
+    // also shows what every host does, stamped with simulated time.
+    p2p_sim::coverage::install(SimTime);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let get = |flag: &str| {
         args.iter()
@@ -99,6 +94,7 @@ fn main() -> ExitCode {
         let started = Instant::now();
         let mut failed = Vec::new();
         let (mut losses, mut sim_ms, mut puts, mut reads) = (0, 0, 0, 0);
+        let mut coverage = p2p_sim::coverage::Counts::new();
         for seed in first..first + n {
             let s = Scenario::from_seed(seed);
             let r = run(&s, &cfg);
@@ -106,6 +102,9 @@ fn main() -> ExitCode {
             puts += r.acked_puts();
             reads += r.verified_reads();
             losses += r.expected_losses.len();
+            for (k, v) in &r.coverage {
+                *coverage.entry(k).or_default() += v;
+            }
             if !r.passed() {
                 println!("FAIL seed {seed}: {}", r.violations.join("; "));
                 println!("  replay: cargo run -p p2p-sim --release -- --seed {seed}");
@@ -122,6 +121,7 @@ fn main() -> ExitCode {
             sim_ms as f64 / 1000.0,
             secs
         );
+        println!("coverage: {}", p2p_sim::coverage::line(&coverage));
         if !failed.is_empty() {
             println!("failing seeds: {failed:?}");
             return ExitCode::FAILURE;

@@ -68,6 +68,9 @@ pub struct Report {
     pub expected_losses: Vec<String>,
     /// Simulated time the run took.
     pub sim_ms: u64,
+    /// How often each operation, fault and protocol event happened (see
+    /// [`crate::coverage`]).
+    pub coverage: crate::coverage::Counts,
 }
 
 impl Report {
@@ -224,6 +227,8 @@ struct Shared {
     left: BTreeSet<String>,
     /// Clients still running their operations.
     scripts_running: u8,
+    /// Operations and faults, by kind (see [`crate::coverage::NAMES`]).
+    coverage: crate::coverage::Counts,
     /// Versions a destruction left with a chunk on no surviving disk: truly
     /// gone, so an expected loss rather than a bug.
     gone: BTreeSet<(u8, u8)>,
@@ -309,6 +314,10 @@ impl Shared {
         }
     }
 
+    fn count(&mut self, what: &'static str) {
+        *self.coverage.entry(what).or_default() += 1;
+    }
+
     /// Start a put or removal of `file`.
     fn begin(&mut self, file: u8) -> u64 {
         self.next_op += 1;
@@ -376,6 +385,11 @@ fn judge_get(
     must_read: bool,
 ) -> String {
     let name = format!("f{file}");
+    s.count(match &got {
+        Ok(_) => "get_verified",
+        Err(p2p_net::ClientError::UnknownFile(_)) => "get_no_such_file",
+        Err(_) => "get_failed",
+    });
     let doomed = s.doomed(file);
     let rec = s.names.get(&file).cloned().unwrap_or_default();
     let violation = |s: &mut Shared, v: String| {
@@ -495,9 +509,13 @@ async fn client_script(
                 let how = if replace { " --replace" } else { "" };
                 let line = {
                     let mut s = shared.lock().expect("shared lock");
-                    let rec = s.names.get_mut(&file).expect("begun above");
                     match r {
                         Ok(report) => {
+                            *s.coverage.entry("put_ok").or_default() += 1;
+                            if replace {
+                                *s.coverage.entry("put_replace_ok").or_default() += 1;
+                            }
+                            let rec = s.names.get_mut(&file).expect("begun above");
                             rec.end(op, Some(Some(version)), None);
                             rec.last_acked = Some(version);
                             let ver = rec.versions.get_mut(&version).expect("recorded above");
@@ -517,6 +535,12 @@ async fn client_script(
                         Err(e) => {
                             // Refused for an existing name: it took no effect.
                             let maybe = !matches!(e, p2p_net::ClientError::FileExists(_));
+                            s.count(if maybe {
+                                "put_failed"
+                            } else {
+                                "put_refused_exists"
+                            });
+                            let rec = s.names.get_mut(&file).expect("begun above");
                             rec.end(op, None, maybe.then_some(Some(version)));
                             format!(
                                 "client{me} put {name} v{version}{how} {}B R={} -> error: {}",
@@ -535,6 +559,11 @@ async fn client_script(
                 let r = client.remove(&name).await;
                 let line = {
                     let mut s = shared.lock().expect("shared lock");
+                    s.count(match &r {
+                        Ok(()) => "rm_ok",
+                        Err(p2p_net::ClientError::UnknownFile(_)) => "rm_no_such_file",
+                        Err(_) => "rm_failed",
+                    });
                     let rec = s.names.get_mut(&file).expect("begun above");
                     match r {
                         Ok(()) => {
@@ -565,6 +594,7 @@ async fn client_script(
                 let mut s = shared.lock().expect("shared lock");
                 let line = match r {
                     Ok(files) => {
+                        s.count("ls_ok");
                         let listed: Vec<(String, u64)> =
                             files.iter().map(|f| (f.name.clone(), f.size)).collect();
                         judge_ls(&mut s, &before, &listed);
@@ -601,6 +631,7 @@ async fn client_script(
                 let line = match r {
                     Ok(()) => {
                         let mut s = shared.lock().expect("shared lock");
+                        s.count(if force { "leave_forced_ok" } else { "leave_ok" });
                         s.left.insert(host.clone());
                         if force {
                             // What it could not hand over is gone with it.
@@ -609,7 +640,10 @@ async fn client_script(
                         }
                         format!("client{me} leave{how} {host} -> left")
                     }
-                    Err(e) => format!("client{me} leave{how} {host} -> error: {}", short(&e)),
+                    Err(e) => {
+                        shared.lock().expect("shared lock").count("leave_refused");
+                        format!("client{me} leave{how} {host} -> error: {}", short(&e))
+                    }
                 };
                 log(&shared, sim_ms(), line);
             }
@@ -788,6 +822,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         destroyed: BTreeSet::new(),
         left: BTreeSet::new(),
         scripts_running: CLIENTS,
+        coverage: Default::default(),
         gone: BTreeSet::new(),
         chunk_size: cfg.chunk_size_bytes,
         violations: vec![],
@@ -806,6 +841,9 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     let tracker_meta = MemoryMeta::default();
     // The tracker process running now, to audit its state at the end.
     let tracker_service: TrackerRef = Arc::default();
+    // What earlier tracker processes decided (each start counts anew).
+    let heal_before: Arc<Mutex<crate::coverage::Counts>> = Arc::default();
+    crate::coverage::take_logged();
     let tcfg = TrackerConfig {
         dead_after_ms: cfg.dead_after_ms,
         heartbeat_interval_ms: cfg.heartbeat_ms,
@@ -828,6 +866,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         let starts = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seed = scenario.seed;
         let running = tracker_service.clone();
+        let heal = heal_before.clone();
         sim.host("tracker", move || {
             let start = starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let tcfg = TrackerConfig {
@@ -836,10 +875,17 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             };
             let (meta, timeouts) = (tracker_meta.clone(), timeouts.clone());
             let running = running.clone();
+            let heal = heal.clone();
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 let service = TrackerService::open(tcfg, meta).await?;
-                *running.lock().expect("tracker handle lock") = Some(service.clone());
+                let previous = running
+                    .lock()
+                    .expect("tracker handle lock")
+                    .replace(service.clone());
+                if let Some(h) = previous.and_then(|p| p.try_inspect(|t| t.heal_counters())) {
+                    crate::coverage::add_heal(&mut heal.lock().expect("heal lock"), &h);
+                }
                 tokio::spawn(service.clone().run_ticker(heartbeat / 2));
                 server_builder(&timeouts)
                     .add_service(service.into_server())
@@ -938,6 +984,22 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 now,
             };
             let line = apply_fault(&mut hosts, &step.action, &shared);
+            let kind = match &step.action {
+                Action::CrashFor {
+                    target: Target::Tracker,
+                    ..
+                }
+                | Action::Crash(Target::Tracker) => Some("crash_tracker"),
+                Action::CrashFor { .. } | Action::Crash(_) => Some("crash"),
+                Action::PartitionFor { .. } | Action::Partition(..) => Some("partition"),
+                Action::Loss { .. } => Some("loss"),
+                Action::Latency { .. } => Some("latency"),
+                Action::LoseHolder { .. } if line.starts_with("lose node") => Some("lose_holder"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                shared.lock().expect("shared lock").count(kind);
+            }
             log(&shared, now, line);
         }
         if !healed {
@@ -1057,7 +1119,22 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         .expect("tracker handle lock")
         .as_ref()
         .and_then(TrackerService::try_audit);
+    let mut coverage = std::mem::take(&mut *heal_before.lock().expect("heal lock"));
+    if let Some(h) = tracker_service
+        .lock()
+        .expect("tracker handle lock")
+        .as_ref()
+        .and_then(|t| t.try_inspect(|t| t.heal_counters()))
+    {
+        crate::coverage::add_heal(&mut coverage, &h);
+    }
+    for (k, v) in crate::coverage::take_logged() {
+        *coverage.entry(k).or_default() += v;
+    }
     let mut s = shared.lock().expect("shared lock");
+    for (k, v) in std::mem::take(&mut s.coverage) {
+        *coverage.entry(k).or_default() += v;
+    }
     if let Some(Err(e)) = audit {
         s.violations.push(format!(
             "the tracker's incremental state differs from a recomputation: {e}"
@@ -1074,6 +1151,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         violations: std::mem::take(&mut s.violations),
         expected_losses: std::mem::take(&mut s.expected_losses),
         sim_ms,
+        coverage,
     }
 }
 

@@ -69,7 +69,9 @@ impl ChunkStore for MemStore {
     }
 
     async fn remove(&self, id: &ChunkId) -> Result<(), StoreError> {
-        self.map().remove(id);
+        if self.map().remove(id).is_some() {
+            crate::coverage::count("chunks_removed");
+        }
         Ok(())
     }
 }

@@ -373,3 +373,50 @@ fn rm_and_reput_of_the_same_bytes_race_without_loss() {
         "only {reput} puts right after an rm succeeded"
     );
 }
+
+// Every operation, fault and protocol event on the coverage line happens
+// somewhere in seeds 0..1000: a kind the workload stopped producing is a
+// kind nothing tests any more. (Seeds split over the machine's cores.)
+#[test]
+fn coverage_of_a_thousand_seeds_has_no_zero() {
+    p2p_sim::coverage::install(());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let seeds: u64 = 1000;
+    let totals = std::sync::Mutex::new(p2p_sim::coverage::Counts::new());
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..threads as u64 {
+            let (totals, failed) = (&totals, &failed);
+            scope.spawn(move || {
+                let cfg = SimConfig::default();
+                for seed in (t..seeds).step_by(threads) {
+                    let r = run(&Scenario::from_seed(seed), &cfg);
+                    if !r.passed() {
+                        failed.lock().unwrap().push(seed);
+                    }
+                    let mut all = totals.lock().unwrap();
+                    for (k, v) in r.coverage {
+                        *all.entry(k).or_default() += v;
+                    }
+                }
+            });
+        }
+    });
+    let totals = totals.into_inner().unwrap();
+    let line = p2p_sim::coverage::line(&totals);
+    eprintln!("coverage: {line}");
+    let failed = failed.into_inner().unwrap();
+    assert!(
+        failed.is_empty(),
+        "failing seeds {failed:?}; replay: cargo run -p p2p-sim --release -- --seed S"
+    );
+    let zero: Vec<&str> = p2p_sim::coverage::NAMES
+        .iter()
+        .copied()
+        .filter(|n| totals.get(n).copied().unwrap_or(0) == 0)
+        .collect();
+    assert!(
+        zero.is_empty(),
+        "never happened in {seeds} seeds: {zero:?}\n{line}"
+    );
+}

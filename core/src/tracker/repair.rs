@@ -62,10 +62,31 @@ struct Repair {
     planned_ms: u64,
 }
 
+/// How often the tracker decided each kind of self-healing work, since it
+/// started: for tests and the simulator's coverage line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealCounters {
+    /// Repair copies planned.
+    pub repairs_planned: u64,
+    /// Surplus copies told to go.
+    pub trims: u64,
+    /// Copies of removed files told to go.
+    pub removed_deletions: u64,
+    /// Copies no file referenced for the grace told to go.
+    pub orphan_deletions: u64,
+    /// Deletions sent in heartbeat replies.
+    pub deletes_sent: u64,
+    /// Deletions not sent yet that an upload or a commit cancelled.
+    pub deletes_cancelled: u64,
+    /// Copies a leaving node was told to hand over.
+    pub handoffs: u64,
+}
+
 /// The tracker's repair bookkeeping. None of it is durable: after a restart
 /// the nodes' full reports rebuild what matters and planning starts over.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HealState {
+    pub(crate) counters: HealCounters,
     /// Planned repairs, by chunk and target.
     repairs: BTreeMap<ChunkId, BTreeMap<NodeId, Repair>>,
     /// When each chunk was first seen by the planner under its factor;
@@ -116,6 +137,7 @@ impl HealState {
         if d.is_empty() {
             self.deletes.remove(node);
         }
+        self.counters.deletes_cancelled += u64::from(had);
         had
     }
 
@@ -336,18 +358,24 @@ impl Tracker {
         let oldest_put = self.heal.leases.values().map(|l| l.0).min();
         let oldest_lease = self.heal.leases.values().map(|l| l.2).min();
         for cx in scan(&self.health.orphans, &mut self.heal.orphan_cursor) {
-            let due = match *self
+            let since = *self
                 .heal
                 .orphan_since
                 .entry(cx)
-                .or_insert(OrphanSince::Seen(now_ms))
-            {
+                .or_insert(OrphanSince::Seen(now_ms));
+            let due = match since {
                 OrphanSince::Removed(begun) => oldest_lease.is_none_or(|l| l > begun),
                 OrphanSince::Seen(at) => {
                     now_ms.saturating_sub(at) >= grace && oldest_put.is_none_or(|p| p > at)
                 }
             };
             if due {
+                let copies = self.live_holder_ids(cx).len() as u64;
+                let c = &mut self.heal.counters;
+                match since {
+                    OrphanSince::Removed(_) => c.removed_deletions += copies,
+                    OrphanSince::Seen(_) => c.orphan_deletions += copies,
+                }
                 self.delete_live_copies(cx);
             }
         }
@@ -398,6 +426,7 @@ impl Tracker {
                 trims.extend(victims.into_iter().map(|(_, n, _)| (n.clone(), rec.id)));
             }
         }
+        self.heal.counters.trims += trims.len() as u64;
         for (n, chunk) in trims {
             self.schedule_delete(&n, chunk);
         }
@@ -479,6 +508,7 @@ impl Tracker {
                         planned_ms: now_ms,
                     },
                 );
+                self.heal.counters.repairs_planned += 1;
                 missing -= 1;
             }
         }
@@ -528,6 +558,7 @@ impl Tracker {
                 self.heal
                     .tombstones
                     .insert((chunk, node.clone()), (now_ms, stamp));
+                self.heal.counters.deletes_sent += 1;
                 self.heal
                     .tombstone_queue
                     .push_back((now_ms, chunk, node.clone()));
@@ -595,6 +626,11 @@ impl Tracker {
                 self.heal.repairs.remove(chunk);
             }
         }
+    }
+
+    /// How much self-healing work this tracker decided since it started.
+    pub fn heal_counters(&self) -> HealCounters {
+        self.heal.counters
     }
 
     /// Repairs planned or under way, in chunk then target order.
