@@ -35,6 +35,10 @@ const EVENTS: &[(&str, &str)] = &[
     ("fetch failed; trying another holder", "fetch_retries"),
     ("upload failed; replacing target", "upload_retries"),
     ("file removed", "files_removed"),
+    (
+        "stored chunk failed verification; removing it",
+        "corrupt_found",
+    ),
 ];
 
 /// Every name the coverage line has, in the order it prints them: client
@@ -59,6 +63,13 @@ pub const NAMES: &[&str] = &[
     "loss",
     "latency",
     "lose_holder",
+    "disk_rot",
+    "disk_full",
+    "disk_eio",
+    "disk_slow",
+    "corrupt_found",
+    "writes_refused_full",
+    "reads_failed_eio",
     "repairs_planned",
     "repairs_made",
     "trims",

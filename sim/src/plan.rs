@@ -55,6 +55,9 @@ pub enum Action {
     CrashFor { target: Target, down_ms: u16 },
     /// Messages between the two hosts are dropped for `ms`.
     PartitionFor { a: Target, b: Target, ms: u16 },
+    /// Node `node`'s disk misbehaves (see [`DiskAction`]); `n` is how long
+    /// (ms), or which chunk rots.
+    Disk { node: u8, what: DiskAction, n: u16 },
     /// The host stops at once (its disk survives).
     Crash(Target),
     /// A crashed host starts again on its disk.
@@ -93,6 +96,20 @@ impl Action {
             _ => None,
         }
     }
+}
+
+/// How a disk misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskAction {
+    /// One stored chunk that has an intact copy elsewhere rots (a byte
+    /// flips): verify-on-read and the scrubber must find it.
+    Rot,
+    /// The disk is full: creates and writes fail with `ENOSPC`.
+    Full,
+    /// Reads fail with `EIO`.
+    ReadErrors,
+    /// Every operation takes this many more milliseconds.
+    Slow(u16),
 }
 
 /// An action at a time (milliseconds of simulated time).
@@ -142,7 +159,8 @@ pub mod kind {
     pub const LOSS: u16 = 1 << 6;
     pub const LATENCY: u16 = 1 << 7;
     pub const LOSE_HOLDER: u16 = 1 << 8;
-    pub const ALL: u16 = (1 << 9) - 1;
+    pub const DISK: u16 = 1 << 9;
+    pub const ALL: u16 = (1 << 10) - 1;
 }
 
 fn weighted(choices: Vec<(u32, BoxedStrategy<Action>)>) -> BoxedStrategy<Action> {
@@ -222,6 +240,20 @@ fn fault(nodes: u8, kinds: u16) -> BoxedStrategy<Action> {
         let lose = (0u8..4).prop_map(|file| Action::LoseHolder { file });
         choices.push((1, lose.boxed()));
     }
+    if kinds & kind::DISK != 0 {
+        let what = prop_oneof![
+            3 => Just(DiskAction::Rot),
+            1 => Just(DiskAction::Full),
+            1 => Just(DiskAction::ReadErrors),
+            1 => (5u16..60).prop_map(DiskAction::Slow),
+        ];
+        let disk = (0..nodes, what, 100u16..1_500).prop_map(|(node, what, n)| Action::Disk {
+            node,
+            what,
+            n,
+        });
+        choices.push((3, disk.boxed()));
+    }
     if kinds & kind::LEAVE != 0 {
         let leave =
             (0..nodes, 0..CLIENTS, any::<bool>()).prop_map(|(node, client, force)| Action::Leave {
@@ -249,6 +281,7 @@ impl Scenario {
                         | kind::LOSS
                         | kind::LATENCY
                         | kind::LOSE_HOLDER
+                        | kind::DISK
                         | kind::LEAVE)
                     != 0
                 {
@@ -322,6 +355,15 @@ impl fmt::Display for Action {
             }
             Action::CrashFor { target, down_ms } => write!(f, "crash({target},{down_ms})"),
             Action::PartitionFor { a, b, ms } => write!(f, "partition({a},{b},{ms})"),
+            Action::Disk { node, what, n } => {
+                let what = match what {
+                    DiskAction::Rot => "rot".to_string(),
+                    DiskAction::Full => "full".to_string(),
+                    DiskAction::ReadErrors => "eio".to_string(),
+                    DiskAction::Slow(ms) => format!("slow{ms}"),
+                };
+                write!(f, "disk(node{node},{what},{n})")
+            }
             Action::Crash(t) => write!(f, "crash({t})"),
             Action::Restart(t) => write!(f, "restart({t})"),
             Action::Partition(a, b) => write!(f, "partition({a},{b})"),
@@ -433,6 +475,26 @@ impl std::str::FromStr for Action {
                 b: parse_target(b)?,
                 ms: parse_num(ms)?,
             }),
+            ("disk", [t, what, n]) => {
+                let node = match parse_target(t)? {
+                    Target::Node(i) => i,
+                    _ => return Err(format!("bad node {t:?}")),
+                };
+                let what = match *what {
+                    "rot" => DiskAction::Rot,
+                    "full" => DiskAction::Full,
+                    "eio" => DiskAction::ReadErrors,
+                    w => DiskAction::Slow(parse_num(
+                        w.strip_prefix("slow")
+                            .ok_or_else(|| format!("bad disk fault {w:?}"))?,
+                    )?),
+                };
+                Ok(Action::Disk {
+                    node,
+                    what,
+                    n: parse_num(n)?,
+                })
+            }
             ("ls", [c]) => Ok(Action::Ls {
                 client: parse_client(c)?,
             }),

@@ -15,8 +15,8 @@ use p2p_net::tracker::TrackerService;
 use p2p_net::transport::{Timeouts, server_builder};
 use rand::{RngCore, SeedableRng};
 
-use crate::plan::{Action, CLIENTS, FAULT_WINDOW_MS, Scenario, Target};
-use crate::store::{MemSink, MemStore};
+use crate::plan::{Action, CLIENTS, DiskAction, FAULT_WINDOW_MS, Scenario, Target};
+use crate::store::{DiskFault, MemSink, MemStore};
 use crate::transport::{SimDialer, incoming};
 
 const PORT: u16 = 7000;
@@ -901,10 +901,21 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         let store = MemStore::default();
         stores.insert(name.clone(), store.clone());
         let timeouts = cfg.timeouts.clone();
+        // Scrub often where disks may rot (the scrubber must find it); not
+        // at all otherwise, which keeps other scenarios fast.
+        let rot = scenario.steps.iter().any(|s| {
+            matches!(
+                s.action,
+                Action::Disk {
+                    what: DiskAction::Rot,
+                    ..
+                }
+            )
+        });
         let ncfg = NodeConfig {
             heartbeat_interval: Duration::from_millis(cfg.heartbeat_ms),
-            // No bit rot is simulated: verify-on-read covers what scrubbing would.
-            scrub_bytes_per_sec: 0,
+            scrub_bytes_per_sec: if rot { 4 << 20 } else { 0 },
+            scrub_every: Duration::from_millis(500),
             ..NodeConfig::default()
         };
         let host = name.clone();
@@ -926,6 +937,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 )
                 .await?;
                 tokio::spawn(node.clone().run_heartbeats());
+                tokio::spawn(node.clone().run_scrubber());
                 let mut left = node.shutdown_signal();
                 let server = server_builder(&timeouts)
                     .add_service(node.into_server())
@@ -995,6 +1007,12 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 Action::Loss { .. } => Some("loss"),
                 Action::Latency { .. } => Some("latency"),
                 Action::LoseHolder { .. } if line.starts_with("lose node") => Some("lose_holder"),
+                Action::Disk { what, .. } if !line.contains(':') => Some(match what {
+                    DiskAction::Rot => "disk_rot",
+                    DiskAction::Full => "disk_full",
+                    DiskAction::ReadErrors => "disk_eio",
+                    DiskAction::Slow(_) => "disk_slow",
+                }),
                 _ => None,
             };
             if let Some(kind) = kind {
@@ -1241,6 +1259,45 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
             h.deferred
                 .push((h.now + u64::from(*down_ms), Deferred::Restart(host.clone())));
             format!("crash {host} for {down_ms}ms")
+        }
+        Action::Disk { node, what, n } => {
+            let s = shared.lock().expect("shared lock");
+            let Some(host) = resolve(Target::Node(*node), stores, &s) else {
+                return format!("{action}: every node is gone");
+            };
+            let store = &stores[&host];
+            let until = h.now + u64::from(*n);
+            match what {
+                DiskAction::Rot => {
+                    // Only a chunk with an intact copy on another disk that
+                    // is still there: rot of the last copy is a loss no
+                    // system prevents.
+                    let elsewhere = |c: &p2p_core::ChunkId| {
+                        stores.iter().any(|(o, st)| {
+                            *o != host
+                                && !s.destroyed.contains(o)
+                                && !s.left.contains(o)
+                                && st.holds_intact(c)
+                        })
+                    };
+                    match store.rot(usize::from(*n), elsewhere) {
+                        Some(c) => format!("rot a copy of {} on {host}", &c.to_hex()[..8]),
+                        None => format!("{action}: no chunk on {host} has another copy"),
+                    }
+                }
+                DiskAction::Full => {
+                    store.fail(DiskFault::Full, until);
+                    format!("disk of {host} full for {n}ms")
+                }
+                DiskAction::ReadErrors => {
+                    store.fail(DiskFault::ReadErrors, until);
+                    format!("disk of {host} fails reads for {n}ms")
+                }
+                DiskAction::Slow(ms) => {
+                    store.fail(DiskFault::Slow(*ms), until);
+                    format!("disk of {host} {ms}ms slower for {n}ms")
+                }
+            }
         }
         Action::PartitionFor { a, b, ms } => {
             let (a, b) = (host_name(*a), host_name(*b));

@@ -2,6 +2,11 @@
 //! host's closure, so what it holds survives a crash of the host, like a
 //! disk. Writes live in the writer until commit (the sync-and-rename of the
 //! disk store): a crash before commit loses them, a crash after does not.
+//!
+//! A disk can also fail the way real ones do, until a simulated time
+//! ([`MemStore::fail`]): full (`ENOSPC` on create and write), read errors
+//! (`EIO`), or slow (every operation waits); and its stored bytes can rot
+//! ([`MemStore::rot`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,13 +17,81 @@ use p2p_core::ChunkId;
 use p2p_net::client::Sink;
 use p2p_net::store::{ChunkStore, ChunkWriter, StoreError};
 
+/// How a disk fails for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFault {
+    /// Creates and writes fail with `ENOSPC`.
+    Full,
+    /// Reads fail with `EIO`.
+    ReadErrors,
+    /// Every operation takes this many more milliseconds.
+    Slow(u16),
+}
+
 /// A node's disk.
 #[derive(Clone, Default)]
 pub struct MemStore {
     chunks: Arc<Mutex<BTreeMap<ChunkId, Bytes>>>,
+    /// The fault in force, and until when (simulated milliseconds).
+    fault: Arc<Mutex<Option<(DiskFault, u64)>>>,
+}
+
+fn io_error(op: &'static str, kind: std::io::ErrorKind) -> StoreError {
+    StoreError::Io {
+        op,
+        path: "simulated disk".into(),
+        source: std::io::Error::from(kind),
+    }
 }
 
 impl MemStore {
+    /// Fail as `fault` says until simulated time `until_ms`.
+    pub fn fail(&self, fault: DiskFault, until_ms: u64) {
+        *self.fault.lock().expect("fault lock") = Some((fault, until_ms));
+    }
+
+    /// The fault in force now, if any.
+    fn fault(&self) -> Option<DiskFault> {
+        let now = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+        let f = *self.fault.lock().expect("fault lock");
+        f.filter(|(_, until)| now < *until).map(|(f, _)| f)
+    }
+
+    /// Wait if the disk is slow; fail `op` if the fault says so.
+    async fn check(&self, op: &'static str) -> Result<(), StoreError> {
+        match self.fault() {
+            Some(DiskFault::Slow(ms)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(ms.into())).await;
+                Ok(())
+            }
+            Some(DiskFault::Full) if op == "write" => {
+                crate::coverage::count("writes_refused_full");
+                Err(io_error(op, std::io::ErrorKind::StorageFull))
+            }
+            Some(DiskFault::ReadErrors) if op == "read" => {
+                crate::coverage::count("reads_failed_eio");
+                Err(io_error(op, std::io::ErrorKind::Other))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Flip one byte of the `pick`-th stored chunk (mod how many there
+    /// are) among those `eligible` allows; returns the chunk rotted.
+    pub fn rot(&self, pick: usize, eligible: impl Fn(&ChunkId) -> bool) -> Option<ChunkId> {
+        let mut map = self.map();
+        let ids: Vec<ChunkId> = map.keys().copied().filter(|c| eligible(c)).collect();
+        let id = *ids.get(pick % ids.len().max(1))?;
+        let v = map.get_mut(&id)?;
+        let mut b = v.to_vec();
+        let at = pick % b.len().max(1);
+        if let Some(x) = b.get_mut(at) {
+            *x ^= 0x20;
+        }
+        *v = Bytes::from(b);
+        Some(id)
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<ChunkId, Bytes>> {
         self.chunks.lock().expect("store lock")
     }
@@ -37,17 +110,6 @@ impl MemStore {
     pub fn wipe(&self) {
         self.map().clear();
     }
-
-    /// Flip one byte of every stored chunk (bit rot).
-    pub fn corrupt_all(&self) {
-        for v in self.map().values_mut() {
-            let mut b = v.to_vec();
-            if let Some(x) = b.first_mut() {
-                *x ^= 0xff;
-            }
-            *v = Bytes::from(b);
-        }
-    }
 }
 
 #[async_trait]
@@ -57,6 +119,7 @@ impl ChunkStore for MemStore {
     }
 
     async fn create(&self, id: &ChunkId) -> Result<Box<dyn ChunkWriter>, StoreError> {
+        self.check("write").await?;
         Ok(Box::new(MemWriter {
             store: self.clone(),
             id: *id,
@@ -65,6 +128,7 @@ impl ChunkStore for MemStore {
     }
 
     async fn read(&self, id: &ChunkId) -> Result<Bytes, StoreError> {
+        self.check("read").await?;
         self.map().get(id).cloned().ok_or(StoreError::NotFound(*id))
     }
 
@@ -85,11 +149,13 @@ struct MemWriter {
 #[async_trait]
 impl ChunkWriter for MemWriter {
     async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.store.check("write").await?;
         self.buf.extend_from_slice(data);
         Ok(())
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.store.check("write").await?;
         let me = *self;
         me.store.map().insert(me.id, Bytes::from(me.buf));
         Ok(())
