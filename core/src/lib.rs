@@ -26,6 +26,7 @@ pub mod id;
 pub mod inventory;
 pub mod limits;
 pub mod manifest;
+pub mod mutants;
 pub mod name;
 pub mod put_plan;
 pub mod tracker;

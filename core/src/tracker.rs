@@ -30,6 +30,7 @@ use crate::limits::{
     ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS, PUT_LEASES_MAX, REPLICAS_MAX,
 };
 use crate::manifest::{Manifest, ManifestError, validate_replicas};
+use crate::mutants::{self, Mutant};
 
 pub use index::CHUNK_RECORD_BYTES;
 use index::{ChunkIx, ChunkTable, FileIx, MANY_FILES, NO_FILE, NodeIx};
@@ -967,8 +968,8 @@ impl Tracker {
         if n.needs_full_report || n.session != session || session == 0 {
             return Sequence::Reregister;
         }
-        if seq > n.last_seq {
-            n.last_seq = seq;
+        if seq > n.last_seq || mutants::on(Mutant::ApplyOvertakenHeartbeat) {
+            n.last_seq = n.last_seq.max(seq);
             Sequence::Fresh
         } else {
             Sequence::Stale
@@ -1000,7 +1001,10 @@ impl Tracker {
         }
         self.set_alive(nx, true);
         self.node_mut(nx).last_seen_ms = now_ms;
-        for c in &removed {
+        for c in removed
+            .iter()
+            .filter(|_| !mutants::on(Mutant::DropHeartbeatRemovals))
+        {
             self.unlink_id(id, c);
             self.heal.gone(id, c);
         }
@@ -1518,7 +1522,7 @@ impl Tracker {
             .into_iter()
             .map(|d| d.0)
             .collect();
-        if still.is_empty() || force {
+        if still.is_empty() || force || mutants::on(Mutant::LeaveWhileDependent) {
             self.apply(Record::NodeLeft { id: node.clone() });
             return Ok(Vec::new());
         }

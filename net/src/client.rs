@@ -218,6 +218,9 @@ async fn fetch_chunk<D: Dialer>(
         return Err((FetchFailure::Bad, format!("sent {received} of {len} bytes")));
     }
     if ChunkId(*hasher.finalize().as_bytes()) != id {
+        // Nodes verify before they serve: this is a broken node (or a
+        // corrupting network), worth its own line.
+        tracing::warn!(node = %addr, chunk = %id, "a holder served bytes that do not match the chunk hash");
         return Err((
             FetchFailure::Bad,
             "sent bytes that do not match the chunk hash".into(),

@@ -22,6 +22,7 @@ use p2p_core::inventory::Inventory;
 use p2p_core::limits::{
     CHUNK_SIZE_MAX_BYTES, MESSAGE_SIZE_MAX_BYTES, PIECE_SIZE_BYTES, REPORT_PART_CHUNKS,
 };
+use p2p_core::mutants::Mutant;
 use p2p_proto as pb;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
@@ -658,7 +659,14 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
                 // In place and acknowledged under the chunk's gate, so a
                 // delete of it runs wholly before or wholly after.
                 let _gate = self.gate(&id).lock().await;
-                writer.commit().await.map_err(store_status)?;
+                if p2p_core::mutants::on(Mutant::AckBeforeSync) {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = writer.commit().await;
+                    });
+                } else {
+                    writer.commit().await.map_err(store_status)?;
+                }
                 let stamp = {
                     let mut book = self.book();
                     let stamp = book.acked(id);
@@ -695,7 +703,11 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
             .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("node is shutting down"))?;
-        let data = self.read_verified(&id).await?;
+        let data = if p2p_core::mutants::on(Mutant::ServeUnverified) {
+            self.inner.store.read(&id).await.map_err(store_status)?
+        } else {
+            self.read_verified(&id).await?
+        };
         let len = data.len();
         let pieces = (0..len).step_by(PIECE_SIZE_BYTES).map(move |o| {
             Ok(pb::ChunkPiece {

@@ -253,7 +253,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
                 match t.sequence(&id, req.session, req.seq) {
                     Sequence::Fresh => {}
                     Sequence::Stale => {
-                        tracing::debug!(node = %id, seq = req.seq, "ignored an overtaken heartbeat");
+                        tracing::info!(node = %id, seq = req.seq, "ignored an overtaken heartbeat");
                         return Ok(HeartbeatReply::Ok { commands: vec![] });
                     }
                     Sequence::Reregister => return Ok(HeartbeatReply::Reregister),

@@ -39,6 +39,11 @@ const EVENTS: &[(&str, &str)] = &[
         "stored chunk failed verification; removing it",
         "corrupt_found",
     ),
+    // Must never happen: nodes verify before they serve.
+    (
+        "a holder served bytes that do not match the chunk hash",
+        "corrupt_served",
+    ),
 ];
 
 /// Every name the coverage line has, in the order it prints them: client
@@ -62,6 +67,7 @@ pub const NAMES: &[&str] = &[
     "partition",
     "loss",
     "latency",
+    "stall",
     "lose_holder",
     "disk_rot",
     "disk_full",

@@ -4,6 +4,11 @@
 //! - `--plan 'TEXT'`: run exactly this scenario (as printed by a failing test).
 //! - `--seeds N [--first K]`: run seeds K..K+N, print a summary with the
 //!   failing seeds; exit non-zero if any failed.
+//! - With `--features mutants`: `--mutant NAME` plants that bug for any of
+//!   the above; `--mutants [--first K] [--limit N]` runs each planted bug on
+//!   seeds K.. until one catches it (at most N, default 2000), prints the
+//!   catching seed and its replay line, and exits 0 only if every bug was
+//!   caught.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -21,8 +26,50 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: p2p-sim --seed S | --plan 'TEXT' | --seeds N [--first K]");
+    eprintln!(
+        "usage: p2p-sim --seed S | --plan 'TEXT' | --seeds N [--first K]   (with --features mutants: [--mutant NAME] ... | --mutants [--first K] [--limit N])"
+    );
     ExitCode::from(2)
+}
+
+/// Run every planted bug on seeds from `first` until one catches it.
+#[cfg(feature = "mutants")]
+fn run_mutants(first: u64, limit: u64, cfg: &SimConfig) -> ExitCode {
+    use p2p_core::mutants::{self, Mutant};
+    let started = Instant::now();
+    let mut caught = 0;
+    let mut seeds_needed = 0;
+    for &m in Mutant::ALL {
+        mutants::set(Some(m));
+        let t = Instant::now();
+        let hit =
+            (first..first + limit).find(|&seed| !run(&Scenario::from_seed(seed), cfg).passed());
+        match hit {
+            Some(seed) => {
+                caught += 1;
+                seeds_needed += seed - first + 1;
+                println!(
+                    "{:<26} caught by seed {seed} ({} seeds, {:.1} s); replay: cargo run -p p2p-sim --release --features mutants -- --mutant {} --seed {seed}",
+                    m.name(),
+                    seed - first + 1,
+                    t.elapsed().as_secs_f64(),
+                    m.name()
+                );
+            }
+            None => println!("{:<26} SURVIVED seeds {first}..{}", m.name(), first + limit),
+        }
+    }
+    mutants::set(None);
+    println!(
+        "mutation score: {caught}/{} planted bugs caught, {seeds_needed} seeds in all, {:.1} s",
+        Mutant::ALL.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if caught == Mutant::ALL.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn print_report(s: &Scenario, r: &Report) {
@@ -53,6 +100,24 @@ fn main() -> ExitCode {
             .and_then(|i| args.get(i + 1))
     };
     let cfg = SimConfig::default();
+    #[cfg(feature = "mutants")]
+    {
+        if let Some(name) = get("--mutant") {
+            let Some(m) = p2p_core::mutants::Mutant::from_name(name) else {
+                eprintln!("error: no planted bug named {name:?}");
+                return ExitCode::from(2);
+            };
+            p2p_core::mutants::set(Some(m));
+        }
+        if args.iter().any(|a| a == "--mutants") {
+            let num =
+                |flag: &str, default: u64| get(flag).map_or(Ok(default), |v| v.parse::<u64>());
+            let (Ok(first), Ok(limit)) = (num("--first", 0), num("--limit", 2000)) else {
+                return usage();
+            };
+            return run_mutants(first, limit, &cfg);
+        }
+    }
     if let Some(seed) = get("--seed") {
         let Ok(seed) = seed.parse::<u64>() else {
             return usage();

@@ -55,6 +55,9 @@ pub enum Action {
     CrashFor { target: Target, down_ms: u16 },
     /// Messages between the two hosts are dropped for `ms`.
     PartitionFor { a: Target, b: Target, ms: u16 },
+    /// For `ms`, messages may take up to 2.5 s: requests time out and
+    /// arrive after newer ones (late heartbeats, overtaken reports).
+    Stall { ms: u16 },
     /// Node `node`'s disk misbehaves (see [`DiskAction`]); `n` is how long
     /// (ms), or which chunk rots.
     Disk { node: u8, what: DiskAction, n: u16 },
@@ -235,6 +238,8 @@ fn fault(nodes: u8, kinds: u16) -> BoxedStrategy<Action> {
     if kinds & kind::LATENCY != 0 {
         let lat = (4u16..80).prop_map(|max_ms| Action::Latency { max_ms });
         choices.push((1, lat.boxed()));
+        let stall = (50u16..600).prop_map(|ms| Action::Stall { ms });
+        choices.push((1, stall.boxed()));
     }
     if kinds & kind::LOSE_HOLDER != 0 {
         let lose = (0u8..4).prop_map(|file| Action::LoseHolder { file });
@@ -355,6 +360,7 @@ impl fmt::Display for Action {
             }
             Action::CrashFor { target, down_ms } => write!(f, "crash({target},{down_ms})"),
             Action::PartitionFor { a, b, ms } => write!(f, "partition({a},{b},{ms})"),
+            Action::Stall { ms } => write!(f, "stall({ms})"),
             Action::Disk { node, what, n } => {
                 let what = match what {
                     DiskAction::Rot => "rot".to_string(),
@@ -495,6 +501,7 @@ impl std::str::FromStr for Action {
                     n: parse_num(n)?,
                 })
             }
+            ("stall", [ms]) => Ok(Action::Stall { ms: parse_num(ms)? }),
             ("ls", [c]) => Ok(Action::Ls {
                 client: parse_client(c)?,
             }),

@@ -978,6 +978,8 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     let mut partitions: BTreeSet<(String, String)> = BTreeSet::new();
     // Restarts and partition repairs that faults scheduled, by time.
     let mut deferred: Vec<(u64, Deferred)> = Vec::new();
+    // The message latency bound in force (a stall returns to it).
+    let mut latency_ms: u16 = 3;
     let mut healed = false;
     let mut next_convergence_check = 0;
     let mut sim_error = None;
@@ -995,7 +997,24 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 tracker: &tracker_service,
                 now,
             };
-            let line = apply_fault(&mut hosts, &step.action, &shared);
+            let line = match step.action {
+                Action::Latency { max_ms } => {
+                    latency_ms = max_ms;
+                    apply_fault(&mut hosts, &step.action, &shared)
+                }
+                Action::Stall { ms } => {
+                    // Everything sent meanwhile may arrive up to 2.5 s late:
+                    // past request timeouts, after newer messages.
+                    hosts
+                        .sim
+                        .set_max_message_latency(Duration::from_millis(2_500));
+                    hosts
+                        .deferred
+                        .push((now + u64::from(ms), Deferred::Latency(latency_ms)));
+                    format!("stall: messages up to 2500ms late for {ms}ms")
+                }
+                _ => apply_fault(&mut hosts, &step.action, &shared),
+            };
             let kind = match &step.action {
                 Action::CrashFor {
                     target: Target::Tracker,
@@ -1006,6 +1025,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 Action::PartitionFor { .. } | Action::Partition(..) => Some("partition"),
                 Action::Loss { .. } => Some("loss"),
                 Action::Latency { .. } => Some("latency"),
+                Action::Stall { .. } => Some("stall"),
                 Action::LoseHolder { .. } if line.starts_with("lose node") => Some("lose_holder"),
                 Action::Disk { what, .. } if !line.contains(':') => Some(match what {
                     DiskAction::Rot => "disk_rot",
@@ -1042,6 +1062,11 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                             sim.repair(a.as_str(), b.as_str());
                             format!("partition {a} | {b} repaired")
                         })
+                    }
+                    Deferred::Latency(ms) => {
+                        sim.set_max_message_latency(Duration::from_millis(ms.into()));
+                        latency_ms = ms;
+                        Some(format!("stall over: latency up to {ms}ms"))
                     }
                 };
                 if let Some(line) = line {
@@ -1153,6 +1178,12 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     for (k, v) in std::mem::take(&mut s.coverage) {
         *coverage.entry(k).or_default() += v;
     }
+    if let Some(n) = coverage.get("corrupt_served").filter(|n| **n > 0) {
+        // No network corrupts bytes here: a node served a copy it did not
+        // verify (seen only where the coverage layer is installed).
+        s.violations
+            .push(format!("nodes served corrupt bytes {n} times"));
+    }
     if let Some(Err(e)) = audit {
         s.violations.push(format!(
             "the tracker's incremental state differs from a recomputation: {e}"
@@ -1212,6 +1243,8 @@ fn under_replicated(
 enum Deferred {
     Restart(String),
     Repair(String, String),
+    /// Messages take at most this long again.
+    Latency(u16),
 }
 
 /// What faults act on.
@@ -1444,5 +1477,6 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
         | Action::Leave { .. } => {
             unreachable!("client operations are not faults")
         }
+        Action::Stall { .. } => unreachable!("applied by the run loop"),
     }
 }

@@ -41,6 +41,7 @@ use super::index::{ChunkIx, NodeIx};
 use super::{NodeCommand, Tracker};
 use crate::ack::Stamp;
 use crate::id::{ChunkId, NodeId};
+use crate::mutants::{self, Mutant};
 
 /// How long a deletion is remembered against racing commits.
 pub const TOMBSTONE_MS: u64 = 60 * 60 * 1000;
@@ -162,6 +163,9 @@ impl HealState {
     /// counts as a holder of `chunk`: it would be counted while the copy
     /// disappears, and the planner could then trim the last other copy.
     pub(crate) fn deleting(&self, chunk: &ChunkId, node: &NodeId) -> bool {
+        if mutants::on(Mutant::DeletingCountsAsHolder) {
+            return false;
+        }
         let has = |m: &BTreeMap<NodeId, BTreeSet<ChunkId>>| {
             m.get(node).is_some_and(|d| d.contains(chunk))
         };
@@ -332,6 +336,7 @@ impl Tracker {
                     .sent_ms
                     .is_some_and(|at| now_ms.saturating_sub(at) > timeout)
                     || now_ms.saturating_sub(r.planned_ms) > timeout.saturating_mul(2);
+                let expired = expired && !mutants::on(Mutant::ForgetFailedRepair);
                 if done || expired || !self.is_alive(target) || !self.is_alive(&r.source) {
                     finished.push((*chunk, target.clone()));
                 }
@@ -422,7 +427,7 @@ impl Tracker {
                 .iter()
                 .filter(|nx| !victims.iter().any(|v| v.2 == **nx))
                 .all(|&nx| now_ms.saturating_sub(self.node(nx).last_seen_ms) <= fresh);
-            if keepers_fresh {
+            if keepers_fresh || mutants::on(Mutant::TrimWithoutFreshness) {
                 trims.extend(victims.into_iter().map(|(_, n, _)| (n.clone(), rec.id)));
             }
         }
@@ -445,6 +450,7 @@ impl Tracker {
             let room = PLAN_SCAN_MAX - candidates.len();
             candidates.extend(level.iter().take(room));
         }
+        let mut counted_early: Vec<(NodeId, ChunkId)> = Vec::new();
         for cx in candidates {
             if open_targets == 0 {
                 break;
@@ -500,6 +506,7 @@ impl Tracker {
                     open_targets -= 1;
                 }
                 exclude.insert(target.clone());
+                let target_id = target.clone();
                 self.heal.repairs.entry(chunk).or_default().insert(
                     target,
                     Repair {
@@ -510,7 +517,13 @@ impl Tracker {
                 );
                 self.heal.counters.repairs_planned += 1;
                 missing -= 1;
+                if mutants::on(Mutant::CountBeforeConfirm) {
+                    counted_early.push((target_id, chunk));
+                }
             }
+        }
+        for (target, chunk) in counted_early {
+            self.link_id(&target, chunk);
         }
     }
 
@@ -618,6 +631,9 @@ impl Tracker {
     /// `source` could not copy `chunk` to `target`: forget that repair so the
     /// next tick plans it again (with another target if one is free).
     pub fn repair_failed(&mut self, source: &NodeId, chunk: &ChunkId, target: &NodeId) {
+        if mutants::on(Mutant::ForgetFailedRepair) {
+            return;
+        }
         if let Some(targets) = self.heal.repairs.get_mut(chunk) {
             if targets.get(target).is_some_and(|r| r.source == *source) {
                 targets.remove(target);

@@ -1,0 +1,96 @@
+//! Planted bugs, for measuring how good the simulator is at catching bugs
+//! (its mutation score: `p2p-sim --features mutants -- --mutants`).
+//!
+//! Each [`Mutant`] is one deliberate bug in the shipped code, switched on at
+//! run time with [`set`] and tested where it lives with [`on`]. Without the
+//! `mutants` cargo feature (every shipped build) [`on`] is a constant
+//! `false` and the planted code is dead.
+
+/// A planted bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mutant {
+    /// A node acknowledges an upload before the chunk is synced (it syncs
+    /// it a moment later): a crash in between loses an acknowledged copy.
+    AckBeforeSync = 1,
+    /// The tracker counts a repair's target as a holder when it plans the
+    /// copy, before the target confirms it.
+    CountBeforeConfirm,
+    /// The tracker trims surplus copies without checking that the holders
+    /// that keep theirs were heard from lately.
+    TrimWithoutFreshness,
+    /// A node serves a chunk without verifying it against its hash.
+    ServeUnverified,
+    /// The tracker forgets a repair that failed instead of planning it
+    /// again, and never retries one that timed out.
+    ForgetFailedRepair,
+    /// The tracker ignores the removals a heartbeat reports.
+    DropHeartbeatRemovals,
+    /// The tracker lets a leave finish while chunks still depend on the
+    /// leaving node.
+    LeaveWhileDependent,
+    /// The tracker applies a heartbeat overtaken by a newer one.
+    ApplyOvertakenHeartbeat,
+    /// A node told to delete a copy still counts as its holder.
+    DeletingCountsAsHolder,
+}
+
+impl Mutant {
+    /// Every planted bug, in order.
+    pub const ALL: &[Mutant] = &[
+        Mutant::AckBeforeSync,
+        Mutant::CountBeforeConfirm,
+        Mutant::TrimWithoutFreshness,
+        Mutant::ServeUnverified,
+        Mutant::ForgetFailedRepair,
+        Mutant::DropHeartbeatRemovals,
+        Mutant::LeaveWhileDependent,
+        Mutant::ApplyOvertakenHeartbeat,
+        Mutant::DeletingCountsAsHolder,
+    ];
+
+    /// Its name on the command line, kebab-case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::AckBeforeSync => "ack-before-sync",
+            Mutant::CountBeforeConfirm => "count-before-confirm",
+            Mutant::TrimWithoutFreshness => "trim-without-freshness",
+            Mutant::ServeUnverified => "serve-unverified",
+            Mutant::ForgetFailedRepair => "forget-failed-repair",
+            Mutant::DropHeartbeatRemovals => "drop-heartbeat-removals",
+            Mutant::LeaveWhileDependent => "leave-while-dependent",
+            Mutant::ApplyOvertakenHeartbeat => "apply-overtaken-heartbeat",
+            Mutant::DeletingCountsAsHolder => "deleting-counts-as-holder",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Mutant> {
+        Mutant::ALL.iter().copied().find(|m| m.name() == name)
+    }
+}
+
+#[cfg(feature = "mutants")]
+static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Switch planted bug `m` on (`None`: all off). Process-wide.
+#[cfg(feature = "mutants")]
+pub fn set(m: Option<Mutant>) {
+    ACTIVE.store(
+        m.map_or(0, |m| m as u8),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+/// Whether planted bug `m` is on. Always `false` without the feature.
+#[inline]
+pub fn on(m: Mutant) -> bool {
+    #[cfg(feature = "mutants")]
+    {
+        ACTIVE.load(std::sync::atomic::Ordering::Relaxed) == m as u8
+    }
+    #[cfg(not(feature = "mutants"))]
+    {
+        let _ = m;
+        false
+    }
+}
