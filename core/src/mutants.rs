@@ -33,6 +33,10 @@ pub enum Mutant {
     ApplyOvertakenHeartbeat,
     /// A node told to delete a copy still counts as its holder.
     DeletingCountsAsHolder,
+    /// The tracker answers before its records are durable (it writes them
+    /// a moment later): a tracker crash in between forgets what it
+    /// acknowledged.
+    TrackerAckBeforePersist,
 }
 
 impl Mutant {
@@ -47,6 +51,7 @@ impl Mutant {
         Mutant::LeaveWhileDependent,
         Mutant::ApplyOvertakenHeartbeat,
         Mutant::DeletingCountsAsHolder,
+        Mutant::TrackerAckBeforePersist,
     ];
 
     /// Its name on the command line, kebab-case.
@@ -61,6 +66,7 @@ impl Mutant {
             Mutant::LeaveWhileDependent => "leave-while-dependent",
             Mutant::ApplyOvertakenHeartbeat => "apply-overtaken-heartbeat",
             Mutant::DeletingCountsAsHolder => "deleting-counts-as-holder",
+            Mutant::TrackerAckBeforePersist => "tracker-ack-before-persist",
         }
     }
 

@@ -157,6 +157,16 @@ impl<M: MetaStore> TrackerService<M> {
         let out = f(&mut state, now).map_err(to_status);
         let records: Vec<_> = std::iter::from_fn(|| state.poll_record()).collect();
         if !records.is_empty()
+            && p2p_core::mutants::on(p2p_core::mutants::Mutant::TrackerAckBeforePersist)
+        {
+            let meta = self.meta.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = meta.persist(records).await;
+            });
+            return out;
+        }
+        if !records.is_empty()
             && let Err(e) = self.meta.persist(records).await
         {
             self.poisoned.store(true, Ordering::SeqCst);
