@@ -1303,11 +1303,19 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
             match what {
                 DiskAction::Rot => {
                     // Only a chunk with an intact copy on another disk that
-                    // is still there: rot of the last copy is a loss no
-                    // system prevents.
+                    // is still there and that the tracker counts (a copy it
+                    // does not count, such as a repeated put's, is deleted
+                    // later): rot of the last copy is a loss no system
+                    // prevents.
+                    let service = tracker.lock().expect("tracker handle lock").clone();
                     let elsewhere = |c: &p2p_core::ChunkId| {
+                        let counted = service
+                            .as_ref()
+                            .and_then(|t| t.try_inspect(|t| t.holders(c)))
+                            .unwrap_or_default();
                         stores.iter().any(|(o, st)| {
                             *o != host
+                                && counted.iter().any(|n| n.as_str() == o.as_str())
                                 && !s.destroyed.contains(o)
                                 && !s.left.contains(o)
                                 && st.holds_intact(c)
