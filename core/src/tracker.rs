@@ -164,6 +164,9 @@ struct NodeEntry {
     /// heartbeat number seen in it (see [`Tracker::sequence`]).
     session: u64,
     last_seq: u64,
+    /// Heartbeats and full reports applied from it, ever: a trim waits for
+    /// its keepers' next ones (see `repair`).
+    reports: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -462,6 +465,7 @@ impl Tracker {
                         chunks: RoaringBitmap::new(),
                         session: 0,
                         last_seq: 0,
+                        reports: 0,
                     }));
                     self.node_ix.insert(id.clone(), nx);
                 }
@@ -943,6 +947,7 @@ impl Tracker {
         n.needs_full_report = false;
         n.leaving = false;
         n.last_seen_ms = now_ms;
+        n.reports += 1;
         n.session = session;
         n.last_seq = 0;
         n.next_full_report_ms = now_ms
@@ -1001,6 +1006,7 @@ impl Tracker {
         }
         self.set_alive(nx, true);
         self.node_mut(nx).last_seen_ms = now_ms;
+        self.node_mut(nx).reports += 1;
         for c in removed
             .iter()
             .filter(|_| !mutants::on(Mutant::DropHeartbeatRemovals))

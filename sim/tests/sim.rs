@@ -249,6 +249,19 @@ const FOUND: &[(&str, &str)] = &[
          2341:get(f0,client1) 2401:put(f1,2372,1,client1) 2417:partition(node1,node3,1450) \
          2529:get(f3,client0) 2904:put(f2,2086,3,client2,v0,replace)",
     ),
+    (
+        "a trim deleted the good surplus copy while the kept one had just been found rotten and removed",
+        "seed=20003837 nodes=4 90:ls(client0) 147:put(f2,2863,2,client0,v1) \
+         371:put(f3,35734,1,client0) 500:crash(node0,298) 632:put(f3,198,1,client0,v1) \
+         636:disk(node1,full,1262) 687:put(f1,37921,3,client1,v1) 744:put(f3,0,2,client2) \
+         863:get(f3,client2) 1076:partition(client1,tracker,1161) 1124:put(f3,3774,3,client1,v1) \
+         1253:get(f0,client2) 1365:rm(f0,client0) 1600:put(f0,0,3,client1) \
+         1603:disk(node2,rot,1488) 1648:get(f1,client1) 1688:ls(client0) 1792:ls(client0) \
+         1803:ls(client0) 1836:put(f0,42246,2,client0,v1) 1936:partition(node0,node1,1443) \
+         1950:get(f1,client0) 2119:put(f1,0,3,client0) 2131:put(f3,18239,3,client1,v1) \
+         2193:put(f3,0,3,client2,v1) 2408:get(f1,client2) 2867:crash(node1,1147) \
+         2962:disk(node3,full,1426) 2963:put(f2,0,2,client1)",
+    ),
 ];
 
 #[test]

@@ -18,8 +18,11 @@
 //!   `repair_timeout_ms` or if the source or target dies.
 //! - trims copies above the factor (a node that was declared dead came back
 //!   after its chunks were repaired): the most loaded holders delete theirs,
-//!   once the surplus has lasted `dead_after_ms` and while every holder that
-//!   keeps its copy was heard from within two heartbeats.
+//!   once the surplus has lasted `dead_after_ms`, while every holder that
+//!   keeps its copy was heard from within two heartbeats, and only after
+//!   every keeper has reported twice since the trim was chosen without
+//!   reporting its copy gone (a copy found rotten and removed just before
+//!   would otherwise leave the chunk with none).
 //! - deletes every copy of an orphan (a chunk held that no file references):
 //!   at once when `rm` removed its last file, otherwise once it has been an
 //!   orphan for `orphan_grace_ms` and no put in flight began before (see
@@ -95,6 +98,9 @@ pub(crate) struct HealState {
     under_since: BTreeMap<ChunkIx, u64>,
     /// When each chunk was first seen by the planner above its factor.
     over_since: BTreeMap<ChunkIx, u64>,
+    /// Surplus copies chosen to go, waiting for every keeper to confirm
+    /// its copy: (keeper, how many reports it had made then).
+    trim_checks: BTreeMap<ChunkIx, Vec<(NodeIx, u64)>>,
     /// Orphans (held, referenced by no file) the planner has seen, and
     /// when they are due for deletion.
     orphan_since: BTreeMap<ChunkIx, OrphanSince>,
@@ -197,6 +203,7 @@ impl HealState {
     /// `cx` is no longer above its factor.
     pub(crate) fn left_over(&mut self, cx: ChunkIx) {
         self.over_since.remove(&cx);
+        self.trim_checks.remove(&cx);
     }
 
     /// `node` left the cluster: repairs to or from it, and deletions it
@@ -423,12 +430,43 @@ impl Tracker {
                 .collect();
             victims.sort_by(|a, b| b.cmp(a));
             victims.truncate(live.len() - want);
-            let keepers_fresh = live
+            let chunk_id = rec.id;
+            let victims: Vec<(NodeId, NodeIx)> = victims
+                .into_iter()
+                .map(|(_, n, nx)| (n.clone(), nx))
+                .collect();
+            let keepers: Vec<NodeIx> = live
                 .iter()
-                .filter(|nx| !victims.iter().any(|v| v.2 == **nx))
+                .copied()
+                .filter(|nx| !victims.iter().any(|v| v.1 == *nx))
+                .collect();
+            let keepers_fresh = keepers
+                .iter()
                 .all(|&nx| now_ms.saturating_sub(self.node(nx).last_seen_ms) <= fresh);
-            if keepers_fresh || mutants::on(Mutant::TrimWithoutFreshness) {
-                trims.extend(victims.into_iter().map(|(_, n, _)| (n.clone(), rec.id)));
+            // A keeper's copy may have gone (found rotten and removed) since
+            // its last heartbeat: trim only once every keeper has sent a
+            // heartbeat that began after this decision (the second one
+            // after it) without reporting the copy gone.
+            let now_of = |nx: NodeIx| (nx, self.node(nx).reports);
+            let confirmed = match self.heal.trim_checks.get(&cx) {
+                Some(check)
+                    if check.len() == keepers.len()
+                        && check.iter().all(|(nx, _)| keepers.contains(nx)) =>
+                {
+                    check
+                        .iter()
+                        .all(|&(nx, reports)| self.node(nx).reports >= reports + 2)
+                }
+                _ => {
+                    let check = keepers.iter().map(|&nx| now_of(nx)).collect();
+                    self.heal.trim_checks.insert(cx, check);
+                    false
+                }
+            };
+            let confirmed = confirmed || mutants::on(Mutant::TrimWithoutFreshness);
+            if (keepers_fresh && confirmed) || mutants::on(Mutant::TrimWithoutFreshness) {
+                self.heal.trim_checks.remove(&cx);
+                trims.extend(victims.into_iter().map(|(n, _)| (n, chunk_id)));
             }
         }
         self.heal.counters.trims += trims.len() as u64;

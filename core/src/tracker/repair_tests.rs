@@ -246,7 +246,8 @@ fn copies_above_the_factor_are_trimmed() {
     w.kill(0);
     w.settle(10);
     w.down.clear();
-    w.settle(5);
+    // Trims wait for the keepers' next two reports.
+    w.settle(8);
     for c in &m.chunks {
         assert_eq!(w.copies_of(c), 3, "chunk {c}");
     }
