@@ -221,6 +221,31 @@ impl World {
         n.book.replied(stamp);
     }
 
+    /// Every node heartbeats once (see [`World::heartbeat`]).
+    fn heartbeat_all(&mut self, uploads: bool) {
+        for i in 0..NODES {
+            self.heartbeat(&nid(i), uploads, false);
+        }
+    }
+
+    /// `step_ms` pass (the client of put `renew` renews its lease, as it
+    /// does every `lease_renew`), the tracker ticks, every node heartbeats.
+    fn round(&mut self, step_ms: u64, renew: Option<usize>) {
+        self.now += step_ms;
+        if let Some(p) = renew {
+            self.t.touch_put(self.puts[p].id, self.now);
+        }
+        self.t.tick(self.now);
+        self.heartbeat_all(false);
+    }
+
+    /// Put `p` uploads every copy it has left.
+    fn upload_all(&mut self, p: usize) {
+        while !self.puts[p].todo.is_empty() {
+            self.upload(p);
+        }
+    }
+
     fn apply(&mut self, s: &Step) {
         match *s {
             Step::Put { name, k, replace } => self.start_put(manifest(name, k), replace),
@@ -281,47 +306,30 @@ fn put_rm_put_again_commits_at_once() {
     for order in ["commit first", "uploads inside heartbeats", "touch first"] {
         let mut w = World::new();
         w.start_put(manifest(0, 0), false);
-        while !w.puts[0].todo.is_empty() {
-            w.upload(0);
-        }
+        w.upload_all(0);
         w.commit(0);
-        for i in 0..NODES {
-            w.heartbeat(&nid(i), false, false);
-        }
+        w.heartbeat_all(false);
         w.t.remove("f0").unwrap();
         w.now += 1_000;
         w.t.tick(w.now);
         w.start_put(manifest(0, 0), false);
         match order {
             "uploads inside heartbeats" => {
-                for i in 0..NODES {
-                    w.heartbeat(&nid(i), true, false);
-                }
+                w.heartbeat_all(true);
             }
             _ => {
-                while !w.puts[0].todo.is_empty() {
-                    w.upload(0);
-                }
+                w.upload_all(0);
             }
         }
         if order == "touch first" {
             for _ in 0..3 {
-                w.now += 1_000;
-                // The client renews its put's lease, as it does every
-                // `lease_renew`.
-                w.t.touch_put(w.puts[0].id, w.now);
-                w.t.tick(w.now);
-                for i in 0..NODES {
-                    w.heartbeat(&nid(i), false, false);
-                }
+                w.round(1_000, Some(0));
             }
         }
         let before = w.commits;
         w.commit(0);
         assert_eq!(w.commits, before + 1, "{order}");
-        for i in 0..NODES {
-            w.heartbeat(&nid(i), false, false);
-        }
+        w.heartbeat_all(false);
         w.check().unwrap();
         let located = w.t.locate("f0").unwrap();
         for loc in &located.locations {
@@ -336,14 +344,10 @@ fn put_rm_put_again_commits_at_once() {
 fn replaced_version_is_kept_for_the_grace_then_deleted() {
     let mut w = World::new();
     w.start_put(manifest(0, 0), false);
-    while !w.puts[0].todo.is_empty() {
-        w.upload(0);
-    }
+    w.upload_all(0);
     w.commit(0);
     w.start_put(manifest(0, 2), false);
-    while !w.puts[0].todo.is_empty() {
-        w.upload(0);
-    }
+    w.upload_all(0);
     let refused =
         w.t.commit_with(w.puts[0].m.clone(), w.puts[0].acks.clone(), false, w.now);
     assert!(matches!(refused, Err(TrackerError::FileExists(_))));
@@ -353,19 +357,11 @@ fn replaced_version_is_kept_for_the_grace_then_deleted() {
     let held = |w: &World| w.nodes.values().filter(|n| n.disk.contains(&old)).count();
     assert_eq!(held(&w), 3);
     for _ in 0..2 {
-        w.now += 500;
-        w.t.tick(w.now);
-        for i in 0..NODES {
-            w.heartbeat(&nid(i), false, false);
-        }
+        w.round(500, None);
     }
     assert_eq!(held(&w), 3, "deleted within the grace");
     for _ in 0..4 {
-        w.now += 1_000;
-        w.t.tick(w.now);
-        for i in 0..NODES {
-            w.heartbeat(&nid(i), false, false);
-        }
+        w.round(1_000, None);
     }
     assert_eq!(held(&w), 0, "kept after the grace");
     assert_eq!(w.t.locate("f0").unwrap().manifest.chunks, content(2));
@@ -380,19 +376,13 @@ fn replaced_version_is_kept_for_the_grace_then_deleted() {
 fn rm_right_after_a_put_deletes_its_copies_at_once() {
     let mut w = World::new();
     w.start_put(manifest(0, 0), false);
-    while !w.puts[0].todo.is_empty() {
-        w.upload(0);
-    }
+    w.upload_all(0);
     w.commit(0);
     w.t.remove("f0").unwrap();
     // Begun after the rm, so the deletions need not wait for it.
     w.start_put(manifest(1, 2), false);
     for _ in 0..3 {
-        w.now += 100;
-        w.t.tick(w.now);
-        for i in 0..NODES {
-            w.heartbeat(&nid(i), false, false);
-        }
+        w.round(100, None);
     }
     for c in content(0) {
         let left = w.nodes.values().filter(|n| n.disk.contains(&c)).count();
@@ -408,26 +398,15 @@ fn rm_right_after_a_put_deletes_its_copies_at_once() {
 fn rm_of_a_file_sharing_chunks_with_a_put_in_flight() {
     let mut w = World::new();
     w.start_put(manifest(0, 0), false);
-    while !w.puts[0].todo.is_empty() {
-        w.upload(0);
-    }
+    w.upload_all(0);
     w.commit(0);
     // Content 1 shares chunk 1 with content 0.
     w.start_put(manifest(1, 1), false);
-    while !w.puts[0].todo.is_empty() {
-        w.upload(0);
-    }
-    for i in 0..NODES {
-        w.heartbeat(&nid(i), false, false);
-    }
+    w.upload_all(0);
+    w.heartbeat_all(false);
     w.t.remove("f0").unwrap();
     for _ in 0..3 {
-        w.now += 100;
-        w.t.touch_put(w.puts[0].id, w.now);
-        w.t.tick(w.now);
-        for i in 0..NODES {
-            w.heartbeat(&nid(i), false, false);
-        }
+        w.round(100, Some(0));
     }
     let before = w.commits;
     w.commit(0);
@@ -435,11 +414,7 @@ fn rm_of_a_file_sharing_chunks_with_a_put_in_flight() {
     w.check().unwrap();
     // Chunk 0, of the removed file only, went once the put was over.
     for _ in 0..3 {
-        w.now += 100;
-        w.t.tick(w.now);
-        for i in 0..NODES {
-            w.heartbeat(&nid(i), false, false);
-        }
+        w.round(100, None);
     }
     let only_removed = content(0)[0];
     assert!(w.nodes.values().all(|n| !n.disk.contains(&only_removed)));
