@@ -164,9 +164,6 @@ struct NodeEntry {
     /// heartbeat number seen in it (see [`Tracker::sequence`]).
     session: u64,
     last_seq: u64,
-    /// Heartbeats and full reports applied from it, ever: a trim waits for
-    /// its keepers' next ones (see `repair`).
-    reports: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +358,11 @@ pub enum NodeCommand {
     },
     /// Delete the local copy of `chunk`.
     Delete { chunk: ChunkId },
+    /// Read `chunk` and check it against its id: remove it if it is
+    /// corrupt, and if it is intact, say so with the next heartbeat (see
+    /// [`Tracker::verified`]). A surplus copy elsewhere is trimmed only
+    /// once every holder that keeps one has.
+    Verify { chunk: ChunkId },
 }
 
 /// The tracker's whole state. See the module docs for the drive contract,
@@ -465,7 +467,6 @@ impl Tracker {
                         chunks: RoaringBitmap::new(),
                         session: 0,
                         last_seq: 0,
-                        reports: 0,
                     }));
                     self.node_ix.insert(id.clone(), nx);
                 }
@@ -947,7 +948,6 @@ impl Tracker {
         n.needs_full_report = false;
         n.leaving = false;
         n.last_seen_ms = now_ms;
-        n.reports += 1;
         n.session = session;
         n.last_seq = 0;
         n.next_full_report_ms = now_ms
@@ -1006,7 +1006,6 @@ impl Tracker {
         }
         self.set_alive(nx, true);
         self.node_mut(nx).last_seen_ms = now_ms;
-        self.node_mut(nx).reports += 1;
         for c in removed
             .iter()
             .filter(|_| !mutants::on(Mutant::DropHeartbeatRemovals))
@@ -1055,6 +1054,23 @@ impl Tracker {
                 && self.chunks.get(cx).file == NO_FILE
             {
                 self.heal.orphan_wait(cx, now_ms);
+            }
+        }
+    }
+
+    /// Copies `node` read and found intact because the reply to its
+    /// heartbeat number `asked` told it to ([`NodeCommand::Verify`]). Call
+    /// it with each fresh heartbeat, before [`Tracker::heartbeat`]. Only an
+    /// answer to the request a trim is waiting for counts: an older one may
+    /// predate the damage the trim must not miss.
+    pub fn verified(&mut self, node: &NodeId, chunks: &[(ChunkId, u64)]) {
+        let Some(&nx) = self.node_ix.get(node) else {
+            return;
+        };
+        let session = self.node(nx).session;
+        for &(c, seq) in chunks {
+            if let Some(cx) = self.chunks.find(&c) {
+                self.heal.verified(cx, nx, Stamp { session, seq });
             }
         }
     }

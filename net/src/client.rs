@@ -886,25 +886,71 @@ impl<D: Dialer> Client<D> {
         force: bool,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(), ClientError> {
-        let mut node = self.peers.node(addr)?;
+        let e = match self.leave_stream(addr, force, progress).await {
+            Ok(()) => return Ok(()),
+            Err((e, started)) => {
+                if !started || matches!(e, ClientError::Leave(_)) {
+                    // Never begun, or refused: the node stays.
+                    return Err(e);
+                }
+                e
+            }
+        };
+        // The node began to leave and may have finished and stopped before
+        // its last reply reached us: one that no longer answers and that
+        // the tracker no longer lists has left.
+        let answers = match self.peers.node(addr) {
+            Ok(mut n) => n.ping(pb::PingRequest {}).await.is_ok(),
+            Err(_) => false,
+        };
+        if answers {
+            return Err(e);
+        }
+        match self.status().await {
+            Ok(st) if !st.nodes.iter().any(|n| n.addr == addr) => {
+                tracing::info!(node = addr, error = %e, "the leave's reply was lost, but the node has left");
+                Ok(())
+            }
+            _ => Err(e),
+        }
+    }
+
+    /// The leave's progress stream, to its end; an error says whether the
+    /// node had accepted the leave (its outcome is then unknown).
+    async fn leave_stream(
+        &self,
+        addr: &str,
+        force: bool,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<(), (ClientError, bool)> {
+        let err = |s: Status| {
+            if s.code() == tonic::Code::FailedPrecondition {
+                let msg = s.message();
+                let msg = msg.strip_prefix("leave incomplete: ").unwrap_or(msg);
+                ClientError::Leave(format!("node at {addr}: {msg}"))
+            } else {
+                ClientError::from_node(addr, s)
+            }
+        };
+        let mut node = self.peers.node(addr).map_err(|e| (e, false))?;
         let mut stream = node
             .leave(pb::LeaveRequest { force })
             .await
-            .map_err(|s| ClientError::from_node(addr, s))?
+            .map_err(|s| (err(s), false))?
             .into_inner();
-        while let Some(p) = stream
-            .message()
-            .await
-            .map_err(|s| ClientError::from_node(addr, s))?
-        {
+        while let Some(p) = stream.message().await.map_err(|s| (err(s), true))? {
             progress(p.done, p.total);
             if p.finished {
                 return Ok(());
             }
         }
-        Err(ClientError::Leave(format!(
-            "node at {addr} stopped before it finished"
-        )))
+        Err((
+            ClientError::Node {
+                addr: addr.to_string(),
+                msg: "it stopped before it said the leave was done".into(),
+            },
+            true,
+        ))
     }
 
     pub fn peers(&self) -> &Arc<Peers<D>> {

@@ -89,6 +89,10 @@ struct Inner<S: ChunkStore, D: Dialer> {
     copying: std::sync::Mutex<BTreeSet<(ChunkId, NodeId)>>,
     /// Repair copies finished since the last heartbeat, which reports them.
     repair_outcomes: std::sync::Mutex<RepairOutcomes>,
+    /// Copies read back intact on the tracker's request since the last
+    /// heartbeat, each with the heartbeat whose reply asked: sent once (a
+    /// lost answer is asked for again).
+    verified: std::sync::Mutex<Vec<(ChunkId, u64)>>,
     /// Wakes the heartbeat loop early, to report finished repairs.
     report_soon: tokio::sync::Notify,
     config: NodeConfig,
@@ -149,6 +153,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 repairs: Arc::new(Semaphore::new(config.repair_concurrency.max(1))),
                 copying: std::sync::Mutex::new(BTreeSet::new()),
                 repair_outcomes: std::sync::Mutex::new(RepairOutcomes::default()),
+                verified: std::sync::Mutex::new(Vec::new()),
                 report_soon: tokio::sync::Notify::new(),
                 config,
                 leave_lock: tokio::sync::Mutex::new(()),
@@ -303,6 +308,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         };
         let outcomes =
             std::mem::take(&mut *self.inner.repair_outcomes.lock().expect("outcomes lock"));
+        let verified = std::mem::take(&mut *self.inner.verified.lock().expect("verified lock"));
         let pairs =
             |v: &[(ChunkId, NodeId)]| v.iter().map(|(c, t)| convert::handed_to_pb(c, t)).collect();
         let req = pb::HeartbeatRequest {
@@ -314,6 +320,13 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             repaired: pairs(&outcomes.made),
             session: stamp.session,
             seq: stamp.seq,
+            verified: verified
+                .iter()
+                .map(|(c, asked)| pb::Verified {
+                    chunk: c.as_bytes().to_vec().into(),
+                    asked: *asked,
+                })
+                .collect(),
         };
         let result = self.tracker_client()?.heartbeat(req).await;
         let result = match result {
@@ -324,8 +337,20 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                     // the full report (which does not cancel deletions).
                     self.inventory().restore_delta(delta);
                 }
+                let mut verify = Vec::new();
                 for c in resp.commands {
-                    self.command(c, stamp).await;
+                    match c.kind {
+                        Some(pb::command::Kind::Verify(v)) => match convert::chunk_id(&v.chunk) {
+                            Ok(id) => verify.push(id),
+                            Err(_) => {
+                                tracing::warn!("tracker sent a verify with a malformed chunk id")
+                            }
+                        },
+                        _ => self.command(c, stamp).await,
+                    }
+                }
+                if !verify.is_empty() {
+                    tokio::spawn(self.clone().verify(verify, stamp.seq));
                 }
                 Ok(resp.reregister)
             }
@@ -411,8 +436,29 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                     node.inner.report_soon.notify_one();
                 });
             }
+            Some(pb::command::Kind::Verify(_)) => {}
             None => tracing::warn!("tracker sent an empty command"),
         }
+    }
+
+    /// Read back each of `chunks` and check it against its id, as the reply
+    /// to heartbeat `asked` told us to: a corrupt copy is removed and
+    /// reported gone, an intact one reported verified with the next
+    /// heartbeat, which goes soon.
+    async fn verify(self, chunks: Vec<ChunkId>, asked: u64) {
+        let mut intact = Vec::new();
+        for id in chunks {
+            match self.read_verified(&id).await {
+                Ok(_) => intact.push((id, asked)),
+                Err(s) => tracing::info!(chunk = %id, error = %s.message(), "not verified"),
+            }
+        }
+        self.inner
+            .verified
+            .lock()
+            .expect("verified lock")
+            .extend(intact);
+        self.inner.report_soon.notify_one();
     }
 
     /// Send our verified copy of `chunk` to the node at `target`, which
@@ -555,6 +601,52 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         r
     }
 
+    /// Tell the tracker what was handed over and ask to leave; returns
+    /// the chunks that still depend on this node (none: it has left). A
+    /// call whose reply is lost may have taken effect: it is made again,
+    /// and a tracker that no longer knows this node after such a call
+    /// means it has left (registering again would bring it back).
+    async fn finish_leave(
+        &self,
+        handed: Vec<pb::Handed>,
+        force: bool,
+    ) -> Result<Vec<bytes::Bytes>, ClientError> {
+        const ATTEMPTS: u32 = 5;
+        let mut unsure = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self
+                .tracker_client()?
+                .finish_leave(pb::FinishLeaveRequest {
+                    node_id: self.inner.id.to_string(),
+                    handed: handed.clone(),
+                    force,
+                })
+                .await;
+            let s = match r {
+                Ok(resp) => return Ok(resp.into_inner().still_needed),
+                Err(s) => s,
+            };
+            let definite = matches!(
+                s.code(),
+                tonic::Code::NotFound
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::PermissionDenied
+            );
+            if unsure && s.code() == tonic::Code::NotFound {
+                return Ok(Vec::new());
+            }
+            if definite || attempt >= ATTEMPTS {
+                return Err(ClientError::from_tracker(&self.inner.tracker_addr, s));
+            }
+            tracing::info!(error = %s.message(), "leave not confirmed; asking the tracker again");
+            unsure = true;
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        }
+    }
+
     async fn leave_rounds(
         &self,
         force: bool,
@@ -603,16 +695,8 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 progress(done, total);
             }
             let still_needed = self
-                .tracker_client()?
-                .finish_leave(pb::FinishLeaveRequest {
-                    node_id: self.inner.id.to_string(),
-                    handed,
-                    force: force && round + 1 == ROUNDS,
-                })
-                .await
-                .map_err(tracker_err)?
-                .into_inner()
-                .still_needed;
+                .finish_leave(handed, force && round + 1 == ROUNDS)
+                .await?;
             if still_needed.is_empty() {
                 tracing::info!(node = %self.inner.id, "left the network");
                 let _ = self.inner.shutdown.send(true);

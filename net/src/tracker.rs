@@ -21,6 +21,11 @@ use crate::meta::{MetaError, MetaStore, decode_commit};
 /// Chunk ids of a report applied under one hold of the state's lock.
 const REPORT_BATCH_CHUNKS: usize = 4096;
 
+/// Verified copies one heartbeat may report, at most: a node answers at
+/// most `VERIFIES_PER_REPLY` requests a reply, and a few replies' worth may
+/// be waiting when a heartbeat is slow.
+const VERIFIED_MAX: usize = 16 * p2p_core::tracker::repair::VERIFIES_PER_REPLY;
+
 /// The tracker service. Cheap to clone; all clones share one state.
 pub struct TrackerService<M: MetaStore> {
     state: Arc<Mutex<Tracker>>,
@@ -256,6 +261,17 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             .zip(req.added_puts.iter().copied())
             .collect();
         let removed = convert::chunk_ids(&req.removed)?;
+        if req.verified.len() > VERIFIED_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a heartbeat reports {} verified copies; at most {VERIFIED_MAX}",
+                req.verified.len()
+            )));
+        }
+        let verified: Vec<(p2p_core::ChunkId, u64)> = req
+            .verified
+            .iter()
+            .map(|v| Ok((convert::chunk_id(&v.chunk)?, v.asked)))
+            .collect::<Result<_, Status>>()?;
         let failed = convert::handed_from_pb(&req.failed)?;
         let repaired = convert::handed_from_pb(&req.repaired)?;
         let reply = self
@@ -280,6 +296,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
                     t.plan(now);
                 }
                 t.touched(&id, &touched, now);
+                t.verified(&id, &verified);
                 t.heartbeat(&id, added, removed, now)
             })
             .await?;
@@ -307,7 +324,12 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
                             )),
                             p2p_core::tracker::NodeCommand::Delete { chunk } => {
                                 pb::command::Kind::Delete(pb::Delete {
-                                    chunk: convert::chunk_bytes(&[chunk]).remove(0),
+                                    chunk: chunk.as_bytes().to_vec().into(),
+                                })
+                            }
+                            p2p_core::tracker::NodeCommand::Verify { chunk } => {
+                                pb::command::Kind::Verify(pb::Verify {
+                                    chunk: chunk.as_bytes().to_vec().into(),
                                 })
                             }
                         }),

@@ -74,6 +74,8 @@ struct Node {
     disk: BTreeSet<ChunkId>,
     inv: Inventory,
     book: AckBook,
+    /// Copies found intact on request, for the next heartbeat.
+    verified: Vec<(ChunkId, u64)>,
 }
 
 struct InFlight {
@@ -113,6 +115,7 @@ impl World {
                     disk: BTreeSet::new(),
                     inv: Inventory::default(),
                     book,
+                    verified: Vec::new(),
                 },
             );
         }
@@ -185,6 +188,7 @@ impl World {
                     .zip(delta.added_puts.iter().copied())
                     .collect();
                 self.t.touched(id, &touched, self.now);
+                self.t.verified(id, &std::mem::take(&mut n.verified));
                 self.t
                     .heartbeat(id, delta.added.clone(), delta.removed.clone(), self.now)
                     .unwrap()
@@ -211,11 +215,15 @@ impl World {
             return;
         }
         for c in commands {
-            if let NodeCommand::Delete { chunk } = c
-                && n.book.may_delete(&chunk, stamp)
-            {
-                n.disk.remove(&chunk);
-                n.inv.deleted(chunk);
+            match c {
+                NodeCommand::Delete { chunk } if n.book.may_delete(&chunk, stamp) => {
+                    n.disk.remove(&chunk);
+                    n.inv.deleted(chunk);
+                }
+                NodeCommand::Verify { chunk } if n.disk.contains(&chunk) => {
+                    n.verified.push((chunk, stamp.seq));
+                }
+                _ => {}
             }
         }
         n.book.replied(stamp);

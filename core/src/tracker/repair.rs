@@ -20,9 +20,10 @@
 //!   after its chunks were repaired): the most loaded holders delete theirs,
 //!   once the surplus has lasted `dead_after_ms`, while every holder that
 //!   keeps its copy was heard from within two heartbeats, and only after
-//!   every keeper has reported twice since the trim was chosen without
-//!   reporting its copy gone (a copy found rotten and removed just before
-//!   would otherwise leave the chunk with none).
+//!   every keeper has read its copy back and found it intact, on request
+//!   ([`NodeCommand::Verify`]) after the trim was chosen: a keeper's copy
+//!   may have rotted unnoticed, or been found rotten and removed just
+//!   before, and the trim would then leave the chunk short, or with none.
 //! - deletes every copy of an orphan (a chunk held that no file references):
 //!   at once when `rm` removed its last file, otherwise once it has been an
 //!   orphan for `orphan_grace_ms` and no put in flight began before (see
@@ -51,6 +52,10 @@ pub const TOMBSTONE_MS: u64 = 60 * 60 * 1000;
 
 /// Commands of one kind sent in one heartbeat reply, at most.
 pub const COMMANDS_PER_REPLY: usize = 1024;
+
+/// Verifications asked of a node in one heartbeat reply, at most: each
+/// reads a whole chunk.
+pub const VERIFIES_PER_REPLY: usize = 64;
 
 /// Chunks one planning pass looks at, at most, in each of the under- and
 /// over-replicated sets: a tick's cost stays bounded however much is
@@ -84,6 +89,20 @@ pub struct HealCounters {
     pub deletes_cancelled: u64,
     /// Copies a leaving node was told to hand over.
     pub handoffs: u64,
+    /// Keepers' copies verified intact on request before a trim.
+    pub keepers_verified: u64,
+}
+
+/// A surplus chosen to go, waiting for every holder that keeps a copy to
+/// verify it.
+#[derive(Debug, Clone)]
+struct TrimCheck {
+    /// Each keeper, the heartbeat whose reply asked it to verify (`None`
+    /// until the request is sent), and whether it answered that intact.
+    keepers: Vec<(NodeIx, Option<Stamp>, bool)>,
+    /// When the surplus was chosen: asked again if the answers take longer
+    /// than the repair timeout (a reply or a report was lost).
+    began_ms: u64,
 }
 
 /// The tracker's repair bookkeeping. None of it is durable: after a restart
@@ -98,9 +117,11 @@ pub(crate) struct HealState {
     under_since: BTreeMap<ChunkIx, u64>,
     /// When each chunk was first seen by the planner above its factor.
     over_since: BTreeMap<ChunkIx, u64>,
-    /// Surplus copies chosen to go, waiting for every keeper to confirm
-    /// its copy: (keeper, how many reports it had made then).
-    trim_checks: BTreeMap<ChunkIx, Vec<(NodeIx, u64)>>,
+    /// Surplus copies chosen to go, waiting for every keeper to verify
+    /// its copy.
+    trim_checks: BTreeMap<ChunkIx, TrimCheck>,
+    /// Verifications waiting for the keeper's next heartbeat.
+    verifies: BTreeMap<NodeId, BTreeSet<ChunkIx>>,
     /// Orphans (held, referenced by no file) the planner has seen, and
     /// when they are due for deletion.
     orphan_since: BTreeMap<ChunkIx, OrphanSince>,
@@ -178,6 +199,25 @@ impl HealState {
         has(&self.deletes) || has(&self.unconfirmed)
     }
 
+    /// Whether a trim of `cx` is waiting for its keepers' verifications.
+    pub(crate) fn trimming(&self, cx: ChunkIx) -> bool {
+        self.trim_checks.contains_key(&cx)
+    }
+
+    /// Keeper `nx` found its copy of `cx` intact, asked by the reply to
+    /// heartbeat `asked`.
+    pub(crate) fn verified(&mut self, cx: ChunkIx, nx: NodeIx, asked: Stamp) {
+        let Some(check) = self.trim_checks.get_mut(&cx) else {
+            return;
+        };
+        for k in &mut check.keepers {
+            if k.0 == nx && k.1 == Some(asked) && !k.2 {
+                k.2 = true;
+                self.counters.keepers_verified += 1;
+            }
+        }
+    }
+
     /// `node` reported `chunk` gone: a deletion not sent yet is moot.
     pub(crate) fn gone(&mut self, node: &NodeId, chunk: &ChunkId) {
         self.cancel_delete(node, chunk);
@@ -215,6 +255,7 @@ impl HealState {
         self.repairs.retain(|_, t| !t.is_empty());
         self.deletes.remove(node);
         self.unconfirmed.remove(node);
+        self.verifies.remove(node);
     }
 
     /// The last file that referenced orphan `cx` was removed: its copies
@@ -297,6 +338,14 @@ impl Tracker {
         for n in self.live_holder_ids(cx) {
             self.schedule_delete(&n, chunk);
         }
+    }
+
+    /// Whether surplus copies of `chunk` are chosen to go and wait for
+    /// the copies that stay to be verified (see the module docs).
+    pub fn trimming(&self, chunk: &ChunkId) -> bool {
+        self.chunks
+            .find(chunk)
+            .is_some_and(|cx| self.heal.trimming(cx))
     }
 
     /// Nodes with a deletion of `chunk` pending or unconfirmed.
@@ -443,23 +492,29 @@ impl Tracker {
             let keepers_fresh = keepers
                 .iter()
                 .all(|&nx| now_ms.saturating_sub(self.node(nx).last_seen_ms) <= fresh);
-            // A keeper's copy may have gone (found rotten and removed) since
-            // its last heartbeat: trim only once every keeper has sent a
-            // heartbeat that began after this decision (the second one
-            // after it) without reporting the copy gone.
-            let now_of = |nx: NodeIx| (nx, self.node(nx).reports);
+            // A keeper's copy may have rotted unnoticed, or been found
+            // rotten and removed since its last heartbeat: trim only once
+            // every keeper has read its copy back intact, asked after this
+            // decision.
+            let timeout = self.config.repair_timeout_ms;
             let confirmed = match self.heal.trim_checks.get(&cx) {
                 Some(check)
-                    if check.len() == keepers.len()
-                        && check.iter().all(|(nx, _)| keepers.contains(nx)) =>
+                    if check.keepers.len() == keepers.len()
+                        && check.keepers.iter().all(|k| keepers.contains(&k.0))
+                        && now_ms.saturating_sub(check.began_ms) <= timeout =>
                 {
-                    check
-                        .iter()
-                        .all(|&(nx, reports)| self.node(nx).reports >= reports + 2)
+                    check.keepers.iter().all(|k| k.2)
                 }
                 _ => {
-                    let check = keepers.iter().map(|&nx| now_of(nx)).collect();
+                    let check = TrimCheck {
+                        keepers: keepers.iter().map(|&nx| (nx, None, false)).collect(),
+                        began_ms: now_ms,
+                    };
                     self.heal.trim_checks.insert(cx, check);
+                    for &nx in &keepers {
+                        let id = self.node(nx).id.clone();
+                        self.heal.verifies.entry(id).or_default().insert(cx);
+                    }
                     false
                 }
             };
@@ -622,6 +677,31 @@ impl Tracker {
             }
             if chunks.is_empty() {
                 self.heal.deletes.remove(node);
+            }
+        }
+        if let Some(&nx) = self.node_ix.get(node)
+            && let Some(asked) = self.heal.verifies.get_mut(node)
+        {
+            let mut sent = 0;
+            while sent < VERIFIES_PER_REPLY {
+                let Some(cx) = asked.pop_first() else {
+                    break;
+                };
+                // Only for a trim still waiting on this keeper.
+                let Some(check) = self.heal.trim_checks.get_mut(&cx) else {
+                    continue;
+                };
+                for k in check.keepers.iter_mut().filter(|k| k.0 == nx) {
+                    k.1 = Some(stamp);
+                    k.2 = false;
+                }
+                out.push(NodeCommand::Verify {
+                    chunk: self.chunks.get(cx).id,
+                });
+                sent += 1;
+            }
+            if asked.is_empty() {
+                self.heal.verifies.remove(node);
             }
         }
         let mut sends = Vec::new();

@@ -41,6 +41,9 @@ struct World {
     held: BTreeMap<NodeId, BTreeSet<ChunkId>>,
     added: BTreeMap<NodeId, Vec<ChunkId>>,
     removed: BTreeMap<NodeId, Vec<ChunkId>>,
+    /// Copies found intact on request, to say so with the next heartbeat
+    /// (these nodes never number their heartbeats: all are number 0).
+    verified: BTreeMap<NodeId, Vec<(ChunkId, u64)>>,
     down: BTreeSet<NodeId>,
     now: u64,
     /// Repair commands executed so far.
@@ -60,6 +63,7 @@ impl World {
             held,
             added: BTreeMap::new(),
             removed: BTreeMap::new(),
+            verified: BTreeMap::new(),
             down: BTreeSet::new(),
             now: 0,
             copies: 0,
@@ -90,6 +94,8 @@ impl World {
             }
             let added = self.added.remove(&id).unwrap_or_default();
             let removed = self.removed.remove(&id).unwrap_or_default();
+            let verified = self.verified.remove(&id).unwrap_or_default();
+            self.t.verified(&id, &verified);
             let reply = self.t.heartbeat(&id, added, removed, self.now).unwrap();
             let HeartbeatReply::Ok { commands } = reply else {
                 let all = self.held[&id].iter().copied().collect();
@@ -119,6 +125,14 @@ impl World {
                         // Confirmed whether or not it was there, as a node does.
                         self.held.get_mut(&id).unwrap().remove(&chunk);
                         self.removed.entry(id.clone()).or_default().push(chunk);
+                    }
+                    NodeCommand::Verify { chunk } => {
+                        if self.held[&id].contains(&chunk) {
+                            self.verified
+                                .entry(id.clone())
+                                .or_default()
+                                .push((chunk, 0));
+                        }
                     }
                 }
             }
