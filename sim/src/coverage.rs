@@ -79,6 +79,7 @@ pub const NAMES: &[&str] = &[
     "repairs_planned",
     "repairs_made",
     "trims",
+    "keepers_verified",
     "removed_deletions",
     "orphan_deletions",
     "deletes_sent",
@@ -116,6 +117,7 @@ pub fn add_heal(counts: &mut Counts, h: &HealCounters) {
     for (name, n) in [
         ("repairs_planned", h.repairs_planned),
         ("trims", h.trims),
+        ("keepers_verified", h.keepers_verified),
         ("removed_deletions", h.removed_deletions),
         ("orphan_deletions", h.orphan_deletions),
         ("deletes_sent", h.deletes_sent),

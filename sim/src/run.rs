@@ -225,6 +225,12 @@ struct Shared {
     destroyed: BTreeSet<String>,
     /// Nodes that left the cluster for good (`leave`).
     left: BTreeSet<String>,
+    /// Nodes whose leave returned an error, which may have happened all
+    /// the same (the reply was lost), and whether it was forced: settled
+    /// by whether the node process stopped because it left.
+    leave_unsure: BTreeMap<String, bool>,
+    /// Nodes whose process stopped because they left.
+    exited: BTreeSet<String>,
     /// Clients still running their operations.
     scripts_running: u8,
     /// Operations and faults, by kind (see [`crate::coverage::NAMES`]).
@@ -265,6 +271,38 @@ impl Shared {
     /// with as many holders of a chunk destroyed as its factor: a surviving
     /// copy the tracker does not count, such as an idempotent re-put's, is
     /// collected later, and surplus copies are trimmed.
+    /// `host` left the cluster; forced, what it did not hand over is gone
+    /// with it.
+    fn has_left(
+        &mut self,
+        host: &str,
+        force: bool,
+        stores: &BTreeMap<String, MemStore>,
+        tracker: &TrackerRef,
+    ) {
+        self.leave_unsure.remove(host);
+        self.left.insert(host.to_string());
+        if force {
+            self.destroyed.insert(host.to_string());
+            self.mark_gone(stores, tracker);
+        }
+    }
+
+    /// Leaves that returned an error but happened: the node stopped
+    /// because it left. (Not "the tracker no longer lists it": a tracker
+    /// restarted before its nodes registered lists none.)
+    fn settle_leaves(&mut self, stores: &BTreeMap<String, MemStore>, tracker: &TrackerRef) {
+        let done: Vec<(String, bool)> = self
+            .leave_unsure
+            .iter()
+            .filter(|(h, _)| self.exited.contains(*h))
+            .map(|(h, f)| (h.clone(), *f))
+            .collect();
+        for (host, force) in done {
+            self.has_left(&host, force, stores, tracker);
+        }
+    }
+
     fn mark_gone(&mut self, stores: &BTreeMap<String, MemStore>, tracker: &TrackerRef) {
         let service = tracker.lock().expect("tracker handle lock").clone();
         for (file, rec) in &self.names {
@@ -632,16 +670,13 @@ async fn client_script(
                     Ok(()) => {
                         let mut s = shared.lock().expect("shared lock");
                         s.count(if force { "leave_forced_ok" } else { "leave_ok" });
-                        s.left.insert(host.clone());
-                        if force {
-                            // What it could not hand over is gone with it.
-                            s.destroyed.insert(host.clone());
-                            s.mark_gone(&stores, &tracker);
-                        }
+                        s.has_left(&host, force, &stores, &tracker);
                         format!("client{me} leave{how} {host} -> left")
                     }
                     Err(e) => {
-                        shared.lock().expect("shared lock").count("leave_refused");
+                        let mut s = shared.lock().expect("shared lock");
+                        s.count("leave_refused");
+                        s.leave_unsure.insert(host.clone(), force);
                         format!("client{me} leave{how} {host} -> error: {}", short(&e))
                     }
                 };
@@ -821,6 +856,8 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         next_op: 0,
         destroyed: BTreeSet::new(),
         left: BTreeSet::new(),
+        leave_unsure: BTreeMap::new(),
+        exited: BTreeSet::new(),
         scripts_running: CLIENTS,
         coverage: Default::default(),
         gone: BTreeSet::new(),
@@ -919,9 +956,15 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             ..NodeConfig::default()
         };
         let host = name.clone();
+        let exited = shared.clone();
         sim.host(host.as_str(), move || {
-            let (store, timeouts, ncfg, name) =
-                (store.clone(), timeouts.clone(), ncfg.clone(), name.clone());
+            let (store, timeouts, ncfg, name, exited) = (
+                store.clone(),
+                timeouts.clone(),
+                ncfg.clone(),
+                name.clone(),
+                exited.clone(),
+            );
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 let id = NodeId::new(name.clone())?;
@@ -947,6 +990,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                     _ = left.wait_for(|v| *v) => {
                         // It left: let the leave's last reply go out, then
                         // stop for good.
+                        exited.lock().expect("shared lock").exited.insert(name.clone());
                         tokio::time::sleep(Duration::from_millis(300)).await;
                     }
                 }
@@ -986,7 +1030,11 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     loop {
         let now = sim.elapsed().as_millis() as u64;
         // A node that left is down for good.
-        down.extend(shared.lock().expect("shared lock").left.iter().cloned());
+        {
+            let mut s = shared.lock().expect("shared lock");
+            s.settle_leaves(&stores, &tracker_service);
+            down.extend(s.left.iter().cloned());
+        }
         while let Some(step) = faults.next_if(|s| u64::from(s.at_ms) <= now) {
             let mut hosts = Hosts {
                 sim: &mut sim,
@@ -1106,7 +1154,13 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         let want = shared.lock().expect("shared lock").phase;
         if want == Phase::WantConverged && now >= next_convergence_check {
             next_convergence_check = now + 100;
-            let short = under_replicated(&shared, &stores, &down, cfg.chunk_size_bytes);
+            let short = under_replicated(
+                &shared,
+                &stores,
+                &down,
+                &tracker_service,
+                cfg.chunk_size_bytes,
+            );
             let deadline = u64::from(FAULT_WINDOW_MS) + cfg.converge_ms;
             if short.is_empty() || now >= deadline {
                 let mut s = shared.lock().expect("shared lock");
@@ -1205,20 +1259,22 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
 }
 
 /// Chunks of acknowledged files with fewer intact copies on live disks than
-/// `min(R, live nodes)`, counted on the stores themselves. Files every
+/// `min(R, live nodes)`, counted on the stores themselves (a node that left
+/// is not live, whatever its disk still holds). Files every
 /// holder of a chunk of which was destroyed are left out (expected losses).
 fn under_replicated(
     shared: &SharedRef,
     stores: &BTreeMap<String, MemStore>,
     down: &BTreeSet<String>,
+    tracker: &TrackerRef,
     chunk_size: u64,
 ) -> Vec<String> {
     let s = shared.lock().expect("shared lock");
-    let live: Vec<&MemStore> = stores
+    let live: Vec<(&String, &MemStore)> = stores
         .iter()
-        .filter(|(h, _)| !down.contains(*h) && !s.destroyed.contains(*h))
-        .map(|(_, st)| st)
+        .filter(|(h, _)| !down.contains(*h) && !s.destroyed.contains(*h) && !s.left.contains(*h))
         .collect();
+    let service = tracker.lock().expect("tracker handle lock").clone();
     let mut short = Vec::new();
     for (file, rec) in &s.names {
         let Some((_, rec)) = rec.surely() else {
@@ -1230,9 +1286,24 @@ fn under_replicated(
         let want = usize::from(rec.replicas).min(live.len());
         for (i, piece) in rec.data.chunks(chunk_size as usize).enumerate() {
             let id = p2p_core::ChunkId::of(piece);
-            let copies = live.iter().filter(|st| st.holds_intact(&id)).count();
-            if copies < want {
-                short.push(format!("f{file} chunk {i}: {copies}/{want} copies"));
+            let on: Vec<&str> = live
+                .iter()
+                .filter(|(_, st)| st.holds_intact(&id))
+                .map(|(h, _)| h.as_str())
+                .collect();
+            if on.len() < want {
+                // What the tracker believes, for whoever reads the trace.
+                let counted = service
+                    .as_ref()
+                    .and_then(|t| t.try_inspect(|t| t.holders(&id)))
+                    .map(|h| h.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","))
+                    .unwrap_or_else(|| "?".into());
+                short.push(format!(
+                    "f{file} chunk {i} ({}): {}/{want} copies on [{}], tracker counts [{counted}]",
+                    &id.to_hex()[..8],
+                    on.len(),
+                    on.join(",")
+                ));
             }
         }
     }
@@ -1309,10 +1380,16 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
                     // prevents.
                     let service = tracker.lock().expect("tracker handle lock").clone();
                     let elsewhere = |c: &p2p_core::ChunkId| {
-                        let counted = service
+                        // A trim waiting for the copies that stay to be
+                        // verified: rot of one after its verification
+                        // would go unseen until the other copies are gone.
+                        let (counted, trimming) = service
                             .as_ref()
-                            .and_then(|t| t.try_inspect(|t| t.holders(c)))
+                            .and_then(|t| t.try_inspect(|t| (t.holders(c), t.trimming(c))))
                             .unwrap_or_default();
+                        if trimming {
+                            return false;
+                        }
                         stores.iter().any(|(o, st)| {
                             *o != host
                                 && counted.iter().any(|n| n.as_str() == o.as_str())

@@ -4,7 +4,7 @@
 use p2p_sim::plan::{Action, Scenario, Step, Target};
 use p2p_sim::run::{SimConfig, run};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence};
+use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 
 fn cases() -> u32 {
     std::env::var("P2P_SIM_CASES")
@@ -13,9 +13,22 @@ fn cases() -> u32 {
         .unwrap_or(300)
 }
 
+/// The same scenarios on every run unless `PROPTEST_RNG_SEED` says
+/// otherwise (a number, or `random`): a red test run then means the change
+/// under test broke something, not that a new draw found an old bug. New
+/// scenarios are explored with `p2p-sim --seeds N --first K`, or
+/// `PROPTEST_RNG_SEED=random cargo test -p p2p-sim`.
+fn rng_seed() -> RngSeed {
+    match std::env::var("PROPTEST_RNG_SEED") {
+        Ok(v) => v.parse().map_or(RngSeed::Random, RngSeed::Fixed),
+        Err(_) => RngSeed::Fixed(0x5eed_0001),
+    }
+}
+
 proptest! {
     #![proptest_config(Config {
         cases: cases(),
+        rng_seed: rng_seed(),
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct("tests/sim.proptest-regressions"))),
         ..Config::default()
     })]
@@ -25,14 +38,12 @@ proptest! {
     #[test]
     fn random_fault_plans_keep_invariants(scenario in Scenario::strategy()) {
         let report = run(&scenario, &SimConfig::default());
-        if !report.passed() {
-            eprintln!("failing scenario (seed {}): {scenario}", scenario.seed);
-            eprintln!("replay: cargo run -p p2p-sim --release -- --plan '{scenario}'");
-            for line in &report.trace {
-                eprintln!("{line}");
-            }
-        }
-        prop_assert!(report.passed(), "violations: {:?}", report.violations);
+        prop_assert!(
+            report.passed(),
+            "violations: {:?}\nreplay: cargo run -p p2p-sim --release -- --plan '{}'",
+            report.violations,
+            scenario
+        );
     }
 }
 
@@ -261,6 +272,53 @@ const FOUND: &[(&str, &str)] = &[
          1950:get(f1,client0) 2119:put(f1,0,3,client0) 2131:put(f3,18239,3,client1,v1) \
          2193:put(f3,0,3,client2,v1) 2408:get(f1,client2) 2867:crash(node1,1147) \
          2962:disk(node3,full,1426) 2963:put(f2,0,2,client1)",
+    ),
+    (
+        "a trim kept a copy that had rotted unnoticed and deleted the good one (the keepers now verify first)",
+        "seed=20001009 nodes=5 36:put(f1,1184,2,client2,v1) 39:rm(f2,client1) \
+         74:get(f3,client2) 97:rm(f1,client0) 236:rm(f0,client0) 263:get(f3,client2) \
+         350:put(f3,2207,3,client2,v1,replace) 401:put(f3,829,2,client0) \
+         563:get(f0,client0) 571:put(f2,32926,1,client1,v0,replace) \
+         815:put(f0,40726,2,client1,v1,replace) 853:put(f2,17,3,client0) \
+         1341:put(f0,12595,2,client1,v1,replace) 1461:get(f2,client1) \
+         1525:get(f1,client2) 1636:get(f0,client2) 1668:put(f3,3746,2,client0,v0,replace) \
+         1701:get(f3,client1) 1789:put(f3,2828,3,client1,v0,replace) \
+         1992:put(f3,610,3,client1,v0,replace) 2081:disk(node3,rot,810) \
+         2120:get(f3,client1) 2165:put(f1,34497,3,client2,v1) \
+         2434:put(f0,4088,3,client2,v1) 2506:put(f0,32612,3,client0,v1) \
+         2590:put(f0,16585,2,client1) 2740:get(f1,client0) \
+         2808:put(f3,46527,3,client0,v1,replace) 2823:get(f0,client2) \
+         2948:get(f3,client0) 2987:get(f2,client2)",
+    ),
+    (
+        "a node whose leave went through but whose reply was lost registered again; repair never converged",
+        "seed=20000159 nodes=5 74:rm(f1,client0) 96:put(f1,1513,2,client2,v0,replace) \
+         140:get(f1,client0) 196:leave(node0,client0) 232:loss(27) \
+         254:put(f0,2100,2,client1) 275:get(f0,client2) 599:put(f1,574,2,client1,v1) \
+         699:rm(f3,client2) 701:get(f1,client1) 828:put(f2,27270,3,client2,v0,replace) \
+         883:put(f1,49465,1,client0,v1,replace) 951:put(f3,45240,1,client2,v0,replace) \
+         1594:rm(f2,client1) 1754:disk(node2,eio,900) \
+         1934:put(f3,2433,1,client0,v1,replace) 1980:put(f2,0,1,client2,v0,replace) \
+         2313:disk(node0,eio,633) 2337:get(f2,client1) \
+         2426:put(f3,14187,3,client1,v0,replace) 2434:get(f2,client0) \
+         2562:put(f0,55525,1,client1) 2891:rm(f2,client1)",
+    ),
+    (
+        "a forced leave that happened was reported failed (its last reply lost); the client now asks the tracker",
+        "seed=20003312 nodes=5 139:put(f2,25983,3,client0,v1) 231:get(f1,client0) \
+         546:get(f2,client2) 675:get(f2,client0) 1104:put(f1,13951,3,client0,v1) \
+         1127:get(f2,client1) 1172:put(f1,0,3,client1,v1) 1185:put(f0,37279,3,client0) \
+         1235:put(f3,49232,3,client1) 1303:put(f2,15723,3,client2) 1324:get(f1,client1) \
+         1327:leave(node3,client0,force) 1332:get(f3,client0) 1337:get(f2,client2) \
+         1347:get(f2,client2) 1399:put(f2,22229,2,client0) 1415:put(f2,6631,1,client2) \
+         1570:get(f1,client1) 1590:put(f3,0,1,client2) 1924:rm(f1,client1) \
+         1980:rm(f1,client1) 1997:get(f0,client0) 2015:get(f2,client0) \
+         2019:put(f1,2070,1,client0,v1) 2059:ls(client2) 2067:loss(6) \
+         2279:put(f0,1742,1,client0,v1) 2308:put(f0,1732,2,client1,v1) \
+         2311:leave(node4,client1,force) 2402:get(f0,client1) 2562:ls(client1) \
+         2644:loss(18) 2724:put(f2,2513,2,client1,v1) 2732:ls(client0) \
+         2888:put(f1,0,3,client0,v1) 2947:put(f1,2674,1,client1) 2992:lose(f1) \
+         2997:get(f2,client1)",
     ),
 ];
 
