@@ -1296,7 +1296,12 @@ fn under_replicated(
                 let counted = service
                     .as_ref()
                     .and_then(|t| t.try_inspect(|t| t.holders(&id)))
-                    .map(|h| h.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","))
+                    .map(|h| {
+                        h.iter()
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
                     .unwrap_or_else(|| "?".into());
                 short.push(format!(
                     "f{file} chunk {i} ({}): {}/{want} copies on [{}], tracker counts [{counted}]",
