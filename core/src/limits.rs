@@ -43,3 +43,10 @@ pub const REPORTS_AT_ONCE_MAX: usize = 4;
 pub const PUT_LEASES_MAX: usize = 1 << 16;
 /// Largest message the tracker decodes (a full inventory report).
 pub const TRACKER_MESSAGE_SIZE_MAX_BYTES: usize = 48 * 1024 * 1024;
+/// Largest message between members of a tracker group (a batch of log
+/// entries: up to the library's 300 entries a message, each the records of
+/// one request; a snapshot travels in pieces of 1 MiB).
+pub const GROUP_MESSAGE_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Largest snapshot of a tracker group's state a member takes from
+/// another (held in memory while it is installed).
+pub const GROUP_SNAPSHOT_MAX_BYTES: usize = 4 * 1024 * 1024 * 1024;

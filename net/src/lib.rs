@@ -21,6 +21,7 @@
 pub mod client;
 pub mod convert;
 pub mod error;
+pub mod group;
 pub mod meta;
 pub mod node;
 pub mod sink;

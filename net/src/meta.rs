@@ -25,6 +25,10 @@ use crate::convert;
 const NODES: TableDefinition<&str, &str> = TableDefinition::new("nodes");
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 const FILES_V2: TableDefinition<&str, &[u8]> = TableDefinition::new("files_v2");
+/// In a tracker group: the last log entry applied and the group's
+/// membership, written in the same transaction as the records it applied.
+const APPLIED: TableDefinition<&str, &[u8]> = TableDefinition::new("group_applied");
+const APPLIED_KEY: &str = "applied";
 /// redb's page cache.
 const DB_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -53,6 +57,69 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn persist(&self, records: Vec<Record>) -> Result<(), MetaError>;
 }
 
+/// What a member of a tracker group keeps of the replicated state: the
+/// records, and an opaque note of how far the log was applied, changed
+/// together (see `crate::group`).
+#[async_trait]
+pub trait AppliedStore: MetaStore + Clone {
+    /// The note written with the last change, if any.
+    async fn applied(&self) -> Result<Option<Vec<u8>>, MetaError>;
+    /// Make `records` and the note `applied` durable, all or nothing.
+    async fn apply(&self, records: Vec<Record>, applied: Vec<u8>) -> Result<(), MetaError>;
+    /// Replace everything by `records` (a snapshot's) and the note.
+    async fn replace(&self, records: Vec<Record>, applied: Vec<u8>) -> Result<(), MetaError>;
+    /// Every stored record (nodes, then files) and the note, read at once.
+    async fn snapshot(&self) -> Result<(Vec<Record>, Option<Vec<u8>>), MetaError>;
+}
+
+/// A batch of records as one protobuf message (a log entry of the tracker
+/// group, or a snapshot of its state).
+pub fn encode_records(records: &[Record]) -> Vec<u8> {
+    use pb::stored_record::Kind;
+    let records = records
+        .iter()
+        .map(|r| pb::StoredRecord {
+            kind: Some(match r {
+                Record::NodeJoined { id, addr } => Kind::NodeJoined(pb::NodeJoined {
+                    id: id.to_string(),
+                    addr: addr.clone(),
+                }),
+                Record::NodeLeft { id } => Kind::NodeLeft(id.to_string()),
+                Record::FileCommitted { manifest, holders } => {
+                    Kind::FileCommitted(encode_stored(manifest, holders))
+                }
+                Record::FileRemoved { name } => Kind::FileRemoved(name.clone()),
+            }),
+        })
+        .collect();
+    pb::RecordBatch { records }.encode_to_vec()
+}
+
+/// Validate and decode a batch of records.
+pub fn decode_records(bytes: &[u8]) -> Result<Vec<Record>, String> {
+    use pb::stored_record::Kind;
+    let batch = pb::RecordBatch::decode(bytes).map_err(|e| e.to_string())?;
+    batch
+        .records
+        .into_iter()
+        .map(|r| match r.kind {
+            Some(Kind::NodeJoined(j)) => Ok(Record::NodeJoined {
+                id: NodeId::new(j.id).map_err(|e| e.to_string())?,
+                addr: j.addr,
+            }),
+            Some(Kind::NodeLeft(id)) => Ok(Record::NodeLeft {
+                id: NodeId::new(id).map_err(|e| e.to_string())?,
+            }),
+            Some(Kind::FileCommitted(f)) => {
+                let (manifest, holders) = decode_stored(&f)?;
+                Ok(Record::FileCommitted { manifest, holders })
+            }
+            Some(Kind::FileRemoved(name)) => Ok(Record::FileRemoved { name }),
+            None => Err("a record of no known kind".into()),
+        })
+        .collect()
+}
+
 /// Records in a redb file, `<data>/tracker.redb`.
 #[derive(Clone)]
 pub struct RedbMeta {
@@ -79,6 +146,7 @@ impl RedbMeta {
         txn.open_table(NODES).map_err(|e| err(&e))?;
         txn.open_table(FILES).map_err(|e| err(&e))?;
         txn.open_table(FILES_V2).map_err(|e| err(&e))?;
+        txn.open_table(APPLIED).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
         Ok(Self {
             db: Arc::new(db),
@@ -136,6 +204,32 @@ impl RedbMeta {
         Ok(out)
     }
 
+    fn applied_sync(&self) -> Result<Option<Vec<u8>>, MetaError> {
+        let err = |e: &dyn std::fmt::Display| MetaError::Db {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        };
+        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let t = txn.open_table(APPLIED).map_err(|e| err(&e))?;
+        Ok(t.get(APPLIED_KEY)
+            .map_err(|e| err(&e))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Run `f` on a thread that may block (redb reads and syncs).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<T, MetaError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| MetaError::Db {
+                path: self.path.clone(),
+                msg: e.to_string(),
+            })?
+    }
+
     /// About how many chunks the stored files list, from the tables' sizes
     /// alone (a stored chunk takes about 39 bytes with three holders; the
     /// older layout about 70).
@@ -172,16 +266,39 @@ impl RedbMeta {
     }
 
     fn persist_sync(&self, records: Vec<Record>) -> Result<(), MetaError> {
+        self.write_sync(&records, None, false)
+    }
+
+    /// Write `records` (after emptying the tables if `replace`) and, if
+    /// given, the applied note, in one durable transaction.
+    fn write_sync(
+        &self,
+        records: &[Record],
+        applied: Option<&[u8]>,
+        replace: bool,
+    ) -> Result<(), MetaError> {
         let err = |e: &dyn std::fmt::Display| MetaError::Db {
             path: self.path.clone(),
             msg: e.to_string(),
         };
         let txn = self.db.begin_write().map_err(|e| err(&e))?;
+        if let Some(note) = applied {
+            let mut t = txn.open_table(APPLIED).map_err(|e| err(&e))?;
+            t.insert(APPLIED_KEY, note).map_err(|e| err(&e))?;
+        }
+        if replace {
+            for table in [FILES, FILES_V2] {
+                let mut t = txn.open_table(table).map_err(|e| err(&e))?;
+                t.retain(|_, _| false).map_err(|e| err(&e))?;
+            }
+            let mut t = txn.open_table(NODES).map_err(|e| err(&e))?;
+            t.retain(|_, _| false).map_err(|e| err(&e))?;
+        }
         {
             let mut nodes = txn.open_table(NODES).map_err(|e| err(&e))?;
             let mut old = txn.open_table(FILES).map_err(|e| err(&e))?;
             let mut files = txn.open_table(FILES_V2).map_err(|e| err(&e))?;
-            for r in &records {
+            for r in records {
                 match r {
                     Record::NodeJoined { id, addr } => {
                         nodes
@@ -347,11 +464,36 @@ impl MetaStore for RedbMeta {
     }
 }
 
+#[async_trait]
+impl AppliedStore for RedbMeta {
+    async fn applied(&self) -> Result<Option<Vec<u8>>, MetaError> {
+        self.blocking(|m| m.applied_sync()).await
+    }
+
+    async fn apply(&self, records: Vec<Record>, applied: Vec<u8>) -> Result<(), MetaError> {
+        self.blocking(move |m| m.write_sync(&records, Some(&applied), false))
+            .await
+    }
+
+    async fn replace(&self, records: Vec<Record>, applied: Vec<u8>) -> Result<(), MetaError> {
+        self.blocking(move |m| m.write_sync(&records, Some(&applied), true))
+            .await
+    }
+
+    async fn snapshot(&self) -> Result<(Vec<Record>, Option<Vec<u8>>), MetaError> {
+        // One read transaction would be exact; the state machine's lock
+        // keeps writes out meanwhile, which is as good.
+        self.blocking(|m| Ok((m.load_records()?, m.applied_sync()?)))
+            .await
+    }
+}
+
 /// Records kept in memory: survives nothing but the process. For tests and
 /// the simulator, where the memory stands in for the disk.
 #[derive(Clone, Default)]
 pub struct MemoryMeta {
     records: Arc<Mutex<Vec<Record>>>,
+    applied: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl MemoryMeta {
@@ -389,6 +531,32 @@ impl MetaStore for MemoryMeta {
     async fn persist(&self, records: Vec<Record>) -> Result<(), MetaError> {
         self.records.lock().expect("meta lock").extend(records);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl AppliedStore for MemoryMeta {
+    async fn applied(&self) -> Result<Option<Vec<u8>>, MetaError> {
+        Ok(self.applied.lock().expect("meta lock").clone())
+    }
+
+    async fn apply(&self, records: Vec<Record>, applied: Vec<u8>) -> Result<(), MetaError> {
+        let mut note = self.applied.lock().expect("meta lock");
+        self.records.lock().expect("meta lock").extend(records);
+        *note = Some(applied);
+        Ok(())
+    }
+
+    async fn replace(&self, records: Vec<Record>, applied: Vec<u8>) -> Result<(), MetaError> {
+        let mut note = self.applied.lock().expect("meta lock");
+        *self.records.lock().expect("meta lock") = records;
+        *note = Some(applied);
+        Ok(())
+    }
+
+    async fn snapshot(&self) -> Result<(Vec<Record>, Option<Vec<u8>>), MetaError> {
+        let note = self.applied.lock().expect("meta lock");
+        Ok((self.load(), note.clone()))
     }
 }
 
