@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use p2p_core::NodeId;
 use p2p_core::tracker::TrackerConfig;
+use std::sync::Arc;
+
+use p2p_net::group::{GroupMeta, GroupService, Leading, LogStore, Member, Timing};
 use p2p_net::meta::RedbMeta;
 use p2p_net::node::{NodeConfig, NodeService};
 use p2p_net::store::DiskStore;
@@ -34,6 +37,10 @@ pub struct TrackerOptions {
     pub repair_grace: Duration,
     pub full_report: Duration,
     pub orphan_grace: Duration,
+    /// A tracker group's addresses, this tracker's included; empty: alone.
+    pub peers: Vec<String>,
+    /// This tracker's address in `peers`.
+    pub advertise: String,
 }
 
 /// Serve a tracker on `listener` until `shutdown` completes.
@@ -53,6 +60,10 @@ pub async fn run_tracker(
         session_base: rand::random::<u64>() >> 1,
         ..TrackerConfig::default()
     };
+    if !opts.peers.is_empty() {
+        drop(meta);
+        return run_group_tracker(listener, opts, config, shutdown).await;
+    }
     let service = TrackerService::open(config, meta).await?;
     let ticker = tokio::spawn(
         service
@@ -73,6 +84,51 @@ pub async fn run_tracker(
             .await;
         ticker.abort();
         trimmer.abort();
+        r.context("tracker server failed")
+    }))
+}
+
+/// Serve a member of a tracker group on `listener`: the tracker's service
+/// (answered while this member leads) and the members' own service.
+async fn run_group_tracker(
+    listener: TcpListener,
+    opts: TrackerOptions,
+    config: TrackerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let log = LogStore::open(&opts.data)
+        .with_context(|| format!("cannot open the group log in {}", opts.data.display()))?;
+    let store = RedbMeta::open(&opts.data)?;
+    let member = Member::start(
+        &opts.advertise,
+        &opts.peers,
+        log,
+        store,
+        TcpDialer::default(),
+        &Timing::default(),
+    )
+    .await?;
+    let member = Arc::new(member);
+    let leading = Leading::new(member.clone());
+    let service = TrackerService::open(config, GroupMeta::new(member.clone()))
+        .await?
+        .with_gate(leading.clone());
+    let follow = tokio::spawn(leading.run(service.clone()));
+    let ticker = tokio::spawn(
+        service
+            .clone()
+            .run_ticker((opts.heartbeat / 2).max(Duration::from_millis(10))),
+    );
+    let group = GroupService::new(member.raft.clone()).into_server();
+    Ok(tokio::spawn(async move {
+        let r = server_builder(&Timeouts::default())
+            .add_service(service.into_server())
+            .add_service(group)
+            .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
+            .await;
+        follow.abort();
+        ticker.abort();
+        member.shutdown().await;
         r.context("tracker server failed")
     }))
 }

@@ -68,6 +68,8 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
             repair_grace: Duration::ZERO,
             full_report: Duration::from_secs(3600),
             orphan_grace: Duration::from_secs(3600),
+            peers: Vec::new(),
+            advertise: taddr.to_string(),
         },
         async move {
             let _ = stopped.await;

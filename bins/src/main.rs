@@ -69,6 +69,15 @@ enum Cmd {
         /// before it is deleted; puts in flight renew leases well within it.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         orphan_grace: Duration,
+        /// The addresses of a tracker group, this tracker's own included
+        /// (comma-separated; 3 or 5): the trackers replicate their records
+        /// and elect a leader. Without it, a single tracker.
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+        /// This tracker's address as it appears in --peers, if not the
+        /// listen address.
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Run a node: serve chunks and read shell commands on standard input.
     Node {
@@ -213,6 +222,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             repair_grace,
             full_report,
             orphan_grace,
+            ref peers,
+            ref advertise,
         } => {
             let (l, addr) = daemon::bind(listen).await?;
             let opts = TrackerOptions {
@@ -222,6 +233,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 repair_grace,
                 full_report,
                 orphan_grace,
+                peers: peers.clone(),
+                advertise: advertise.clone().unwrap_or_else(|| listen.clone()),
             };
             let server = daemon::run_tracker(l, opts, async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -220,6 +220,11 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "repairs_in_flight": s.repairs_in_flight,
         "deletes_pending": s.deletes_pending,
         "at_risk": ls_json(&s.at_risk),
+        "trackers": s.trackers.iter().map(|t| json!({
+            "addr": t.addr,
+            "role": t.role,
+            "applied": t.applied,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -238,6 +243,14 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
         "repair: {} chunks queued, {} copies in flight, {} deletions pending\n",
         s.repair_queue, s.repairs_in_flight, s.deletes_pending
     );
+    if !s.trackers.is_empty() {
+        let members: Vec<String> = s
+            .trackers
+            .iter()
+            .map(|t| format!("{} {} (log {})", t.addr, t.role, t.applied))
+            .collect();
+        out += &format!("trackers: {}\n", members.join(", "));
+    }
     for f in &s.at_risk {
         out += &format!("file {}: {}\n", f.name, health(f));
     }

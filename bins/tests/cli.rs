@@ -55,6 +55,23 @@ fn sample_status() -> pb::StatusResponse {
         repairs_in_flight: 4,
         deletes_pending: 0,
         at_risk: vec![sample_file(2)],
+        trackers: vec![
+            pb::TrackerMember {
+                addr: "10.0.0.1:50051".into(),
+                role: "leader".into(),
+                applied: 42,
+            },
+            pb::TrackerMember {
+                addr: "10.0.0.2:50051".into(),
+                role: "follower".into(),
+                applied: 42,
+            },
+            pb::TrackerMember {
+                addr: "10.0.0.3:50051".into(),
+                role: "unreachable".into(),
+                applied: 17,
+            },
+        ],
     }
 }
 

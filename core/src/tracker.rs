@@ -111,6 +111,12 @@ pub enum TrackerError {
     /// Fewer eligible live nodes than the replication factor.
     #[error("need {wanted} distinct live nodes, only {available} available")]
     NotEnoughNodes { wanted: u32, available: usize },
+    /// Too few nodes have reported since the tracker was restored from
+    /// its records; the rest may be about to (ask again soon).
+    #[error(
+        "need {wanted} distinct live nodes, only {available} have reported since the tracker started; the others may still report"
+    )]
+    Recovering { wanted: u32, available: usize },
     /// The node is not registered (it should register again).
     #[error("unknown node {0}")]
     UnknownNode(NodeId),
@@ -1136,6 +1142,14 @@ impl Tracker {
             return Err(TrackerError::TooManyChunks(chunk_count));
         }
         let eligible = self.eligible(exclude);
+        if eligible.len() < replicas as usize && self.recovery.is_some() {
+            // Restarted (or newly leading a group): the others may be
+            // about to report.
+            return Err(TrackerError::Recovering {
+                wanted: replicas,
+                available: eligible.len(),
+            });
+        }
         if eligible.len() < replicas as usize {
             return Err(TrackerError::NotEnoughNodes {
                 wanted: replicas,

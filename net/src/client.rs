@@ -103,6 +103,11 @@ struct ChunkDone {
 
 /// Whether a call failed because its connection broke before an answer,
 /// rather than by timing out or by the peer's refusal.
+/// Whether a call failed before any connection carried it.
+fn never_connected(s: &Status) -> bool {
+    s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error")
+}
+
 fn connection_broke(s: &Status) -> bool {
     match s.code() {
         tonic::Code::Unavailable => true,
@@ -110,6 +115,10 @@ fn connection_broke(s: &Status) -> bool {
         _ => false,
     }
 }
+
+/// How long a client keeps looking for the leader of a tracker group
+/// (through an election after the leader died, for example).
+pub const GROUP_FAILOVER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Upload one chunk to one node: a header, then pieces of at most
 /// [`UPLOAD_PIECE_SIZE_BYTES`].
@@ -274,7 +283,31 @@ impl<D: Dialer> Client<D> {
     /// because its connection had broken (the tracker restarted since the
     /// last call; tonic re-dials only after such a failure) is made once
     /// more. A call that timed out is not: it already waited its deadline.
+    ///
+    /// With a tracker group (`--tracker a,b,c`), a call a member did not
+    /// take (it does not lead: it names the leader, or none during an
+    /// election) goes to the leader, and one whose member cannot be reached
+    /// goes to the next member, for up to [`GROUP_FAILOVER`].
     async fn tracker_call<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(crate::transport::TrackerRpc) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.tracker_call_with(true, call).await
+    }
+
+    /// [`Client::tracker_call`] for a call that must not be made twice
+    /// (`rm`): made again only if surely not taken (a redirect, a refusal
+    /// to retry, a connection that never opened).
+    async fn tracker_call_once<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(crate::transport::TrackerRpc) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.tracker_call_with(false, call).await
+    }
+
+    async fn tracker_call_with<T, F, Fut>(&self, repeatable: bool, call: F) -> Result<T, Status>
     where
         F: Fn(crate::transport::TrackerRpc) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -283,14 +316,48 @@ impl<D: Dialer> Client<D> {
             self.tracker()
                 .map_err(|e| Status::unavailable(e.to_string()))
         };
-        match call(rpc()?).await {
-            Err(s) if connection_broke(&s) => {
-                tracing::debug!(error = %status_line(&s), "tracker connection broke; calling again");
-                call(rpc()?).await
+        let group = crate::transport::tracker_members(&self.tracker_addr).len() > 1;
+        let until = tokio::time::Instant::now() + GROUP_FAILOVER;
+        let mut broke_once = false;
+        loop {
+            let s = match call(rpc()?).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => s,
+            };
+            self.peers.tracker_failed(&self.tracker_addr, &s);
+            let redirect = crate::tracker::redirected_to(&s);
+            let broke = if repeatable {
+                connection_broke(&s)
+            } else {
+                never_connected(&s)
+            };
+            let again = crate::tracker::retry_soon(&s)
+                || if group {
+                    redirect.is_some() || broke
+                } else {
+                    !broke_once && broke
+                };
+            if !again {
+                return Err(s);
             }
-            other => other,
+            if tokio::time::Instant::now() >= until {
+                if !group || crate::tracker::retry_soon(&s) {
+                    return Err(s);
+                }
+                return Err(Status::unavailable(format!(
+                    "no tracker of the group answers as leader within {}s (is a majority of them up?); last: {}",
+                    GROUP_FAILOVER.as_secs(),
+                    status_line(&s)
+                )));
+            }
+            broke_once = true;
+            tracing::debug!(error = %status_line(&s), "tracker call not taken; calling again");
+            if crate::tracker::retry_soon(&s) || (group && !matches!(redirect, Some(Some(_)))) {
+                // Nodes still reporting, no leader known (an election), or
+                // a member down: a pause.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
         }
-        .map(tonic::Response::into_inner)
     }
 
     async fn allocate(
@@ -865,15 +932,18 @@ impl<D: Dialer> Client<D> {
     /// Remove the file `name`; the tracker deletes chunks no other file
     /// uses from the nodes over their next heartbeats.
     pub async fn remove(&self, name: &str) -> Result<(), ClientError> {
-        self.tracker()?
-            .remove(pb::RemoveRequest {
-                name: name.to_string(),
-            })
-            .await
-            .map_err(|s| match s.code() {
-                tonic::Code::NotFound => ClientError::UnknownFile(name.to_string()),
-                _ => self.tracker_err(s),
-            })?;
+        let req = pb::RemoveRequest {
+            name: name.to_string(),
+        };
+        self.tracker_call_once(|mut t| {
+            let req = req.clone();
+            async move { t.remove(req).await }
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::NotFound => ClientError::UnknownFile(name.to_string()),
+            _ => self.tracker_err(s),
+        })?;
         Ok(())
     }
 

@@ -208,6 +208,15 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         self.inner.peers.tracker(&self.inner.tracker_addr)
     }
 
+    /// A tracker call failed: follow a tracker group's redirect (or try
+    /// its next member next time), and say what failed.
+    fn tracker_err(&self, s: tonic::Status) -> ClientError {
+        self.inner
+            .peers
+            .tracker_failed(&self.inner.tracker_addr, &s);
+        ClientError::from_tracker(&self.inner.tracker_addr, s)
+    }
+
     /// Register, then heartbeat every interval, forever (until shutdown).
     /// Spawn this. Failures are logged once per outage and retried.
     pub async fn run_heartbeats(self) {
@@ -220,6 +229,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 return;
             }
             let leaving = self.inner.leaving.load(std::sync::atomic::Ordering::SeqCst);
+            let target = self.inner.peers.tracker_target(&self.inner.tracker_addr);
             let result = if !registered && leaving {
                 // The tracker forgot this node (it left, or is about to):
                 // registering again would bring it back. Wait for the
@@ -257,11 +267,20 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             if !registered && !failing && !leaving {
                 continue;
             }
+            // A tracker group's member that failed or redirected: the next
+            // one is tried soon, not a whole interval later (a failover).
+            let moved =
+                failing && self.inner.peers.tracker_target(&self.inner.tracker_addr) != target;
+            let wait = if moved {
+                interval.min(Duration::from_millis(100))
+            } else {
+                interval
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return,
                 _ = self.inner.report_soon.notified(), if registered && !failing => {}
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -289,7 +308,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .tracker_client()?
             .report(tokio_stream::iter(parts))
             .await
-            .map_err(|s| ClientError::from_tracker(&self.inner.tracker_addr, s))?;
+            .map_err(|s| self.tracker_err(s))?;
         tracing::info!(node = %self.inner.id, chunks = all.len(), "registered with the tracker");
         let resp = resp.into_inner();
         Ok((resp.heartbeat_interval_ms, resp.session))
@@ -355,6 +374,9 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 Ok(resp.reregister)
             }
             Err(s) => {
+                self.inner
+                    .peers
+                    .tracker_failed(&self.inner.tracker_addr, &s);
                 self.inventory().restore_delta(delta);
                 // Report the outcomes again next time: if this heartbeat
                 // arrives at all, it arrives overtaken and is ignored.
@@ -639,8 +661,11 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 return Ok(Vec::new());
             }
             if definite || attempt >= ATTEMPTS {
-                return Err(ClientError::from_tracker(&self.inner.tracker_addr, s));
+                return Err(self.tracker_err(s));
             }
+            self.inner
+                .peers
+                .tracker_failed(&self.inner.tracker_addr, &s);
             tracing::info!(error = %s.message(), "leave not confirmed; asking the tracker again");
             unsure = true;
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
@@ -652,7 +677,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         force: bool,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(), ClientError> {
-        let tracker_err = |s| ClientError::from_tracker(&self.inner.tracker_addr, s);
+        let tracker_err = |s| self.tracker_err(s);
         let mut still = 0;
         const ROUNDS: usize = 3;
         for round in 0..ROUNDS {

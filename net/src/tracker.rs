@@ -26,10 +26,66 @@ const REPORT_BATCH_CHUNKS: usize = 4096;
 /// be waiting when a heartbeat is slow.
 const VERIFIED_MAX: usize = 16 * p2p_core::tracker::repair::VERIFIES_PER_REPLY;
 
+/// Whether this tracker answers: a single tracker always; a member of a
+/// tracker group only while it leads, with its state rebuilt from the
+/// group's records for its term (see `crate::group`).
+#[tonic::async_trait]
+pub trait Gate: Send + Sync + 'static {
+    /// `Ok` if this tracker serves now; else the status to answer with
+    /// (`UNAVAILABLE`, naming the leader if known: see [`redirect`]).
+    fn check(&self) -> Result<(), Status>;
+    /// Before a read: confirm that this tracker still leads, so a read
+    /// never sees the state go back in time.
+    async fn confirm(&self) -> Result<(), Status>;
+    /// A write through the group failed: the state in memory may be ahead
+    /// of the group's; stop serving until it is rebuilt.
+    fn lost(&self);
+    /// The group's members as this one sees them (for `status`).
+    fn members(&self) -> Vec<pb::TrackerMember> {
+        Vec::new()
+    }
+}
+
+/// The metadata key of a redirect: the leader's address.
+pub const LEADER_KEY: &str = "p2p-leader";
+/// The metadata key of a refusal that may succeed if asked again soon (a
+/// tracker waiting for its nodes to report after it started).
+pub const RETRY_KEY: &str = "p2p-retry";
+
+/// Whether `s` asks to be asked again soon.
+pub fn retry_soon(s: &Status) -> bool {
+    s.metadata().get(RETRY_KEY).is_some()
+}
+
+/// The answer of a tracker that does not lead its group.
+pub fn redirect(leader: Option<&str>) -> Status {
+    let mut s = Status::unavailable(match leader {
+        Some(l) => format!("this tracker does not lead its group; the leader is {l}"),
+        None => "this tracker does not lead its group, and no leader is known yet".to_string(),
+    });
+    if let Some(l) = leader
+        && let Ok(v) = l.parse()
+    {
+        s.metadata_mut().insert(LEADER_KEY, v);
+    } else if let Ok(v) = "".parse() {
+        s.metadata_mut().insert(LEADER_KEY, v);
+    }
+    s
+}
+
+/// The leader a redirect names: `Some(None)` for a redirect that knows no
+/// leader yet, `None` if `s` is not a redirect.
+pub fn redirected_to(s: &Status) -> Option<Option<String>> {
+    let v = s.metadata().get(LEADER_KEY)?;
+    let v = v.to_str().ok()?;
+    Some((!v.is_empty()).then(|| v.to_string()))
+}
+
 /// The tracker service. Cheap to clone; all clones share one state.
 pub struct TrackerService<M: MetaStore> {
     state: Arc<Mutex<Tracker>>,
     meta: Arc<M>,
+    gate: Option<Arc<dyn Gate>>,
     epoch: Instant,
     /// Set when the database failed a write: the in-memory state may be
     /// ahead of the disk, so nothing more is acknowledged.
@@ -44,6 +100,7 @@ impl<M: MetaStore> Clone for TrackerService<M> {
         Self {
             state: self.state.clone(),
             meta: self.meta.clone(),
+            gate: self.gate.clone(),
             epoch: self.epoch,
             poisoned: self.poisoned.clone(),
             reports: self.reports.clone(),
@@ -54,6 +111,12 @@ impl<M: MetaStore> Clone for TrackerService<M> {
 fn to_status(e: TrackerError) -> Status {
     match e {
         TrackerError::NotEnoughNodes { .. } => Status::failed_precondition(e.to_string()),
+        TrackerError::Recovering { .. } => {
+            let mut s = Status::unavailable(e.to_string());
+            s.metadata_mut()
+                .insert(RETRY_KEY, tonic::metadata::MetadataValue::from_static("1"));
+            s
+        }
         TrackerError::UnknownNode(_) => Status::not_found(e.to_string()),
         TrackerError::UnknownFile(_) => Status::not_found(e.to_string()),
         TrackerError::FileExists(_) => Status::already_exists(e.to_string()),
@@ -70,10 +133,45 @@ impl<M: MetaStore> TrackerService<M> {
         Ok(Self {
             state: Arc::new(Mutex::new(tracker)),
             meta: Arc::new(meta),
+            gate: None,
             epoch: Instant::now(),
             poisoned: Arc::new(AtomicBool::new(false)),
             reports: Arc::new(Semaphore::new(REPORTS_AT_ONCE_MAX)),
         })
+    }
+
+    /// Serve only while `gate` allows (a member of a tracker group).
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Rebuild the state from the records (a member of a group that has
+    /// just become leader), with sessions of its own: nodes register again.
+    pub async fn reload(&self) -> Result<(), MetaError> {
+        let mut state = self.state.lock().await;
+        let config = TrackerConfig {
+            session_base: rand::random::<u64>() >> 1,
+            ..state.config().clone()
+        };
+        *state = self.meta.restore(config).await?;
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), Status> {
+        match &self.gate {
+            Some(g) => g.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// The state, to read, once this tracker is known to serve.
+    async fn read(&self) -> Result<tokio::sync::MutexGuard<'_, Tracker>, Status> {
+        if let Some(g) = &self.gate {
+            g.check()?;
+            g.confirm().await?;
+        }
+        Ok(self.state.lock().await)
     }
 
     /// Compare the tracker's incrementally kept state with a recomputation
@@ -106,6 +204,9 @@ impl<M: MetaStore> TrackerService<M> {
         loop {
             interval.tick().await;
             let now = self.now_ms();
+            if self.check().is_err() {
+                continue;
+            }
             let (dead, backlog) = {
                 let mut t = self.state.lock().await;
                 (t.tick(now), t.repair_backlog())
@@ -157,6 +258,7 @@ impl<M: MetaStore> TrackerService<M> {
                 "tracker database failed; restart the tracker",
             ));
         }
+        self.check()?;
         let mut state = self.state.lock().await;
         let now = self.now_ms();
         let out = f(&mut state, now).map_err(to_status);
@@ -174,6 +276,16 @@ impl<M: MetaStore> TrackerService<M> {
         if !records.is_empty()
             && let Err(e) = self.meta.persist(records).await
         {
+            if let Some(g) = &self.gate {
+                // Not replicated (or not known to be): this state is ahead
+                // of the group's. It is rebuilt if this tracker still leads.
+                g.lost();
+                tracing::warn!(error = %e, "a write through the tracker group failed");
+                return Err(g
+                    .check()
+                    .err()
+                    .unwrap_or_else(|| Status::unavailable(format!("tracker group: {e}"))));
+            }
             self.poisoned.store(true, Ordering::SeqCst);
             tracing::error!(error = %e, "cannot persist tracker state; refusing further requests");
             return Err(Status::unavailable(format!("tracker database failed: {e}")));
@@ -411,7 +523,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         req: Request<pb::LocateRequest>,
     ) -> Result<Response<pb::LocateResponse>, Status> {
         let name = req.into_inner().name;
-        let located = self.state.lock().await.locate(&name).map_err(to_status)?;
+        let located = self.read().await?.locate(&name).map_err(to_status)?;
         let refs =
             |v: &[p2p_core::tracker::NodeRef]| v.iter().map(convert::node_ref_to_pb).collect();
         Ok(Response::new(pb::LocateResponse {
@@ -438,7 +550,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             n => n.min(LIST_PAGE_MAX_FILES),
         };
         // One more than asked, to tell whether more follow.
-        let mut files = self.state.lock().await.files_after(&req.after, limit + 1);
+        let mut files = self.read().await?.files_after(&req.after, limit + 1);
         let more = files.len() > limit;
         files.truncate(limit);
         Ok(Response::new(pb::ListResponse {
@@ -463,7 +575,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let s = self.state.lock().await.status(self.now_ms());
+        let s = self.read().await?.status(self.now_ms());
         Ok(Response::new(pb::StatusResponse {
             nodes: s
                 .nodes
@@ -485,6 +597,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             repairs_in_flight: s.repairs_in_flight,
             deletes_pending: s.deletes_pending,
             at_risk: s.at_risk.iter().map(convert::file_info_to_pb).collect(),
+            trackers: self.gate.as_ref().map(|g| g.members()).unwrap_or_default(),
         }))
     }
 

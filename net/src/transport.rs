@@ -127,6 +127,18 @@ pub fn server_builder(t: &Timeouts) -> Server {
 pub struct Peers<D: Dialer> {
     dialer: D,
     channels: std::sync::Mutex<std::collections::BTreeMap<String, Channel>>,
+    /// For each tracker group (`a,b,c`), the member calls go to now.
+    leaders: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+/// The trackers a `--tracker` value names: one address, or a group's
+/// addresses separated by commas.
+pub fn tracker_members(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 impl<D: Dialer> Peers<D> {
@@ -134,7 +146,46 @@ impl<D: Dialer> Peers<D> {
         Self {
             dialer,
             channels: Default::default(),
+            leaders: Default::default(),
         }
+    }
+
+    /// The tracker of `list` that calls go to now: the leader last
+    /// learned, else the first.
+    pub fn tracker_target(&self, list: &str) -> String {
+        if let Some(l) = self.leaders.lock().expect("leaders lock").get(list) {
+            return l.clone();
+        }
+        tracker_members(list)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| list.to_string())
+    }
+
+    /// A call to the tracker of `list` failed with `s`: follow a redirect
+    /// to the leader it names, or, if the tracker could not be reached or
+    /// knows no leader, try the next member next time.
+    pub fn tracker_failed(&self, list: &str, s: &tonic::Status) {
+        let members = tracker_members(list);
+        if members.len() < 2 {
+            return;
+        }
+        let now = self.tracker_target(list);
+        let next = match crate::tracker::redirected_to(s) {
+            Some(Some(leader)) => leader,
+            Some(None) => next_member(&members, &now),
+            None if s.code() == tonic::Code::Unavailable
+                || s.code() == tonic::Code::DeadlineExceeded
+                || s.code() == tonic::Code::Unknown =>
+            {
+                next_member(&members, &now)
+            }
+            None => return,
+        };
+        self.leaders
+            .lock()
+            .expect("leaders lock")
+            .insert(list.to_string(), next);
     }
 
     pub fn timeouts(&self) -> &Timeouts {
@@ -158,10 +209,13 @@ impl<D: Dialer> Peers<D> {
         })
     }
 
-    /// A tracker client with bounded message sizes and a deadline on every call.
-    pub fn tracker(&self, addr: &str) -> Result<TrackerRpc, ClientError> {
+    /// A client of the tracker `list` names (the one calls go to now: see
+    /// [`Peers::tracker_target`]), with bounded message sizes and a
+    /// deadline on every call.
+    pub fn tracker(&self, list: &str) -> Result<TrackerRpc, ClientError> {
         let limit = p2p_core::limits::TRACKER_MESSAGE_SIZE_MAX_BYTES;
-        Ok(TrackerRpc::new(self.deadline_channel(addr)?)
+        let addr = self.tracker_target(list);
+        Ok(TrackerRpc::new(self.deadline_channel(&addr)?)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit))
     }
@@ -173,6 +227,12 @@ impl<D: Dialer> Peers<D> {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit))
     }
+}
+
+/// The member after `now` in `members`, round.
+fn next_member(members: &[String], now: &str) -> String {
+    let i = members.iter().position(|m| m == now).map_or(0, |i| i + 1);
+    members[i % members.len()].clone()
 }
 
 /// A tracker client as every part of the system uses it.

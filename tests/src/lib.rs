@@ -120,6 +120,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub tracker_addr: String,
     tracker: Option<Child>,
+    /// A tracker group's members (empty: one tracker at `tracker_addr`).
+    pub members: Vec<(String, Option<Child>)>,
     pub nodes: Vec<NodeProc>,
 }
 
@@ -143,6 +145,7 @@ impl Cluster {
             dir,
             tracker_addr,
             tracker: None,
+            members: Vec::new(),
             nodes: Vec::new(),
         };
         c.start_tracker()?;
@@ -153,8 +156,96 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Start a group of `trackers` trackers and `n` nodes, and wait until
+    /// every node is alive.
+    pub fn start_group(trackers: usize, n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let addrs: Vec<String> = (0..trackers).map(|_| free_addr()).collect();
+        let mut c = Self {
+            dir,
+            tracker_addr: addrs.join(","),
+            tracker: None,
+            members: addrs.into_iter().map(|a| (a, None)).collect(),
+            nodes: Vec::new(),
+        };
+        for i in 0..trackers {
+            c.start_member(i)?;
+        }
+        c.wait_until(
+            "the tracker group to answer",
+            Duration::from_secs(30),
+            |c| Ok(c.p2p(&["status", "--json"])?.status.success()),
+        )?;
+        for _ in 0..n {
+            c.add_node()?;
+        }
+        c.wait_alive(n)?;
+        Ok(c)
+    }
+
+    /// Member `i`'s data directory.
+    pub fn member_data(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("tracker{i}"))
+    }
+
+    /// Start member `i` of the tracker group (again).
+    pub fn start_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let data = self.member_data(i);
+        let log = self.dir.path().join(format!(
+            "tracker{i}.{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis()
+        ));
+        let addr = self.members[i].0.clone();
+        let child = spawn(
+            &[
+                "tracker",
+                "--listen",
+                &addr,
+                "--data",
+                data.to_str().context("utf-8 path")?,
+                "--peers",
+                &self.tracker_addr,
+                "--dead-after",
+                DEAD_AFTER,
+                "--heartbeat",
+                HEARTBEAT,
+            ],
+            &log,
+        )?;
+        self.members[i].1 = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL member `i` of the tracker group.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut t) = self.members[i].1.take() {
+            let _ = t.kill();
+            let _ = t.wait();
+        }
+    }
+
+    /// The member that leads the group now: the one that answers alone.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.members.len()).find(|&i| {
+            self.members[i].1.is_some()
+                && Command::new(p2p_bin())
+                    .args(["status", "--json"])
+                    .env("P2P_TRACKER", format!("http://{}", self.members[i].0))
+                    .env_remove("RUST_LOG")
+                    .stdin(Stdio::null())
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+        })
+    }
+
     pub fn tracker_url(&self) -> String {
-        format!("http://{}", self.tracker_addr)
+        self.tracker_addr
+            .split(',')
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn start_tracker(&mut self) -> anyhow::Result<()> {
@@ -333,6 +424,9 @@ impl Drop for Cluster {
             self.kill_node(i);
         }
         self.kill_tracker();
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
         if std::thread::panicking() {
             // Keep the logs of a failed test.
             let kept = self.dir.path().to_path_buf();

@@ -27,6 +27,12 @@ pub enum GroupError {
     /// may or may not be committed.
     #[error("the tracker group changed leader during the write; its outcome is unknown")]
     Unknown,
+    /// No majority confirmed the write in time: it may or may not be
+    /// committed later.
+    #[error(
+        "the tracker group did not commit the write within {0:?}; is a majority of its trackers up?"
+    )]
+    NoQuorum(Duration),
     /// The group cannot go on here (storage failed, or it was shut down).
     #[error("tracker group: {0}")]
     Fatal(String),
@@ -44,13 +50,14 @@ pub struct Timing {
 }
 
 impl Default for Timing {
-    /// For a LAN: a leader that stops is replaced within about two
-    /// seconds, and a slow disk or a loaded host does not cause elections.
+    /// For a LAN: a leader that stops is replaced within about a second,
+    /// and a slow disk or a loaded host (a heartbeat late by half a second)
+    /// does not cause elections.
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_millis(150),
-            election_min: Duration::from_millis(750),
-            election_max: Duration::from_millis(1500),
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(500),
+            election_max: Duration::from_millis(1000),
         }
     }
 }
@@ -62,6 +69,7 @@ pub struct Member<M: MemberStore> {
     pub addr: String,
     /// Every member, by number.
     pub members: BTreeMap<u64, String>,
+    pub timing: Timing,
     store: M,
 }
 
@@ -151,6 +159,7 @@ impl<M: MemberStore> Member<M> {
             id,
             addr: addr.to_string(),
             members,
+            timing: timing.clone(),
             store,
         })
     }
@@ -192,7 +201,13 @@ impl<M: MemberStore> Member<M> {
     /// Replicate `records` and return once a majority has them durably and
     /// they are applied here.
     pub async fn write(&self, records: &[Record]) -> Result<(), GroupError> {
-        match self.raft.client_write(Batch::of(records)).await {
+        // A leader cut off from the majority would wait for ever.
+        let limit = self.timing.election_max * 4;
+        let write = self.raft.client_write(Batch::of(records));
+        let Ok(r) = tokio::time::timeout(limit, write).await else {
+            return Err(GroupError::NoQuorum(limit));
+        };
+        match r {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(GroupError::NotLeader {

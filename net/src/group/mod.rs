@@ -30,11 +30,13 @@ use crate::meta::{AppliedStore, decode_records, encode_records};
 pub mod log_store;
 pub mod member;
 pub mod network;
+pub mod serve;
 pub mod state_machine;
 
 pub use log_store::LogStore;
 pub use member::{GroupError, Member, Timing};
 pub use network::{GroupNetwork, GroupService};
+pub use serve::{GroupMeta, Leading};
 pub use state_machine::StateMachine;
 
 /// One log entry's payload: the records of one request, as a protobuf
