@@ -127,6 +127,22 @@ async fn write(members: &BTreeMap<usize, Running>, records: &[Record]) {
     panic!("no write within the retries");
 }
 
+/// Wait (10 s at most) until the index `at` reads from the metrics reaches
+/// `index`.
+async fn reaches(
+    raft: &p2p_net::group::GroupRaft<RedbMeta>,
+    index: u64,
+    at: impl Fn(&openraft::RaftMetrics<p2p_net::group::member::Config>) -> Option<u64>,
+) {
+    for _ in 0..200 {
+        if at(&raft.metrics().borrow_watched()) >= Some(index) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("index {index} not reached within 10 s");
+}
+
 /// Records in a canonical order (a store lists nodes, then files by name).
 fn sorted(records: &[Record]) -> Vec<String> {
     let mut v: Vec<String> = records.iter().map(|r| format!("{r:?}")).collect();
@@ -209,23 +225,9 @@ async fn three_members_replicate_fail_over_and_catch_up() {
     let raft = &members[&l].member.raft;
     raft.trigger().snapshot().await.unwrap();
     let applied = members[&l].member.applied();
-    for _ in 0..200 {
-        let m = raft.metrics();
-        let at = m.borrow_watched().snapshot.as_ref().map(|l| l.index);
-        if at >= Some(applied) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reaches(raft, applied, |m| m.snapshot.as_ref().map(|l| l.index)).await;
     raft.trigger().purge_log(applied).await.unwrap();
-    for _ in 0..200 {
-        let m = raft.metrics();
-        let purged = m.borrow_watched().purged.as_ref().map(|l| l.index);
-        if purged >= Some(applied) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reaches(raft, applied, |m| m.purged.as_ref().map(|l| l.index)).await;
     let fresh = tempfile::tempdir().unwrap();
     members.insert(gone, start(&addrs[gone], &addrs, fresh.path()).await);
     converged(&members, &want).await;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use p2p_tests::{Cluster, build_p2p, random_file, same_bytes};
+use p2p_tests::{Cluster, random_file, same_bytes};
 
 fn put(c: &Cluster, name: &str, seed: u64) -> anyhow::Result<std::path::PathBuf> {
     let path = c.path(name);
@@ -25,7 +25,6 @@ fn all_read_back(c: &Cluster, files: &[(String, std::path::PathBuf)]) {
 
 #[test]
 fn a_tracker_group_loses_its_leader_a_disk_and_a_majority_and_loses_nothing() {
-    build_p2p().unwrap();
     let mut c = Cluster::start_group(3, 5).unwrap();
     let mut files = Vec::new();
     for i in 0..4 {

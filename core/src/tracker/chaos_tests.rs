@@ -197,12 +197,7 @@ impl Chaos {
                 Fate::Own => self.own(i),
                 Fate::Rot(k) => {
                     let chunk = self.chunks[k % self.chunks.len()].0;
-                    let elsewhere = self.nodes.iter().any(|(other, o)| {
-                        other != id
-                            && o.disk.contains(&chunk)
-                            && !o.rotten.contains(&chunk)
-                            && !self.t.heal.deleting(&chunk, other)
-                    });
+                    let elsewhere = self.intact_elsewhere(id, &chunk);
                     let n = self.nodes.get_mut(id).unwrap();
                     if elsewhere && n.disk.remove(&chunk) {
                         n.rotten.remove(&chunk);
@@ -211,12 +206,7 @@ impl Chaos {
                 }
                 Fate::SilentRot(k) => {
                     let chunk = self.chunks[k % self.chunks.len()].0;
-                    let elsewhere = self.nodes.iter().any(|(other, o)| {
-                        other != id
-                            && o.disk.contains(&chunk)
-                            && !o.rotten.contains(&chunk)
-                            && !self.t.heal.deleting(&chunk, other)
-                    });
+                    let elsewhere = self.intact_elsewhere(id, &chunk);
                     let trimming = self.t.trimming(&chunk);
                     let n = self.nodes.get_mut(id).unwrap();
                     if elsewhere && !trimming && n.disk.contains(&chunk) {
@@ -358,6 +348,17 @@ impl Chaos {
                 }
             }
         }
+    }
+
+    /// Whether a node other than `id` holds an intact copy of `chunk` that
+    /// it is not deleting.
+    fn intact_elsewhere(&self, id: &NodeId, chunk: &ChunkId) -> bool {
+        self.nodes.iter().any(|(other, o)| {
+            other != id
+                && o.disk.contains(chunk)
+                && !o.rotten.contains(chunk)
+                && !self.t.heal.deleting(chunk, other)
+        })
     }
 
     /// Chunks of committed files with an intact copy on no disk at all.
