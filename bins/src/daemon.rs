@@ -10,7 +10,7 @@ use p2p_core::NodeId;
 use p2p_core::tracker::TrackerConfig;
 use std::sync::Arc;
 
-use p2p_net::group::{GroupMeta, GroupService, Leading, LogStore, Member, Timing};
+use p2p_net::group::{GroupMeta, Leading, LogStore, Member, Timing};
 use p2p_net::meta::RedbMeta;
 use p2p_net::node::{NodeConfig, NodeService};
 use p2p_net::store::DiskStore;
@@ -119,7 +119,7 @@ async fn run_group_tracker(
             .clone()
             .run_ticker((opts.heartbeat / 2).max(Duration::from_millis(10))),
     );
-    let group = GroupService::new(member.raft.clone()).into_server();
+    let group = member.service().into_server();
     Ok(tokio::spawn(async move {
         let r = server_builder(&Timeouts::default())
             .add_service(service.into_server())

@@ -12,7 +12,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::testing::log::{StoreBuilder, Suite};
 use p2p_core::tracker::Record;
 use p2p_core::{ChunkId, Manifest, NodeId};
-use p2p_net::group::{GroupError, GroupService, LogStore, Member, StateMachine, Timing};
+use p2p_net::group::{GroupError, LogStore, Member, StateMachine, Timing};
 use p2p_net::meta::{MemoryMeta, RedbMeta};
 use p2p_net::transport::{TcpDialer, tcp_incoming};
 
@@ -61,7 +61,7 @@ async fn start(addr: &str, peers: &[String], dir: &Path) -> Running {
     let member = Member::start(addr, peers, log, store, TcpDialer::default(), &timing())
         .await
         .expect("member starts");
-    let svc = GroupService::new(member.raft.clone()).into_server();
+    let svc = member.service().into_server();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()

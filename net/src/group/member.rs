@@ -70,6 +70,9 @@ pub struct Member<M: MemberStore> {
     /// Every member, by number.
     pub members: BTreeMap<u64, String>,
     pub timing: Timing,
+    /// Set when this member came back on an empty disk to a formed group:
+    /// it casts no vote until then.
+    pub abstain_until: Option<tokio::time::Instant>,
     store: M,
 }
 
@@ -128,18 +131,21 @@ impl<M: MemberStore> Member<M> {
             .is_initialized()
             .await
             .map_err(|e| GroupError::Fatal(e.to_string()))?;
+        let mut abstain_until = None;
         if !initialized {
             // An empty disk: the group's first start, or this member lost
             // its data. If any other member says the group has formed, it
             // must not form one of its own: it asks the leader to take it
             // back from an empty log, and follows.
             let mut formed = false;
+            let started = tokio::time::Instant::now();
             for (_, other) in members.iter().filter(|(i, _)| **i != id) {
                 if let Ok(a) = ask_join(&dialer, other, id).await {
                     formed |= a.formed;
                 }
             }
             if formed {
+                abstain_until = Some(started + timing.election_max * 2);
                 tracing::info!(member = %addr, "the group has formed: rejoining it from an empty disk");
                 let (dialer, others) = (dialer.clone(), members.clone());
                 tokio::spawn(async move { rejoin(dialer, others, id).await });
@@ -160,8 +166,14 @@ impl<M: MemberStore> Member<M> {
             addr: addr.to_string(),
             members,
             timing: timing.clone(),
+            abstain_until,
             store,
         })
+    }
+
+    /// The members' service this member serves to the others.
+    pub fn service(&self) -> super::GroupService<M> {
+        super::GroupService::new(self.raft.clone()).abstaining_until(self.abstain_until)
     }
 
     /// The record store this member applies to.

@@ -147,6 +147,15 @@ impl RaftNetworkV2<C> for Peer {
             .await
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call(&rpc, option.soft_ttl(), |c, m| Box::pin(c.pre_vote(m)))
+            .await
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<C>,
@@ -201,11 +210,33 @@ impl RaftNetworkV2<C> for Peer {
 /// The members' RPCs, served by each member for the others.
 pub struct GroupService<M: MemberStore> {
     raft: GroupRaft<M>,
+    /// A member that came back on an empty disk forgot the votes it cast:
+    /// it casts none until then (an election timeout or two), so it cannot
+    /// vote twice in one term.
+    abstain_until: Option<tokio::time::Instant>,
 }
 
 impl<M: MemberStore> GroupService<M> {
     pub fn new(raft: GroupRaft<M>) -> Self {
-        Self { raft }
+        Self {
+            raft,
+            abstain_until: None,
+        }
+    }
+
+    /// Cast no vote until `until`.
+    pub fn abstaining_until(mut self, until: Option<tokio::time::Instant>) -> Self {
+        self.abstain_until = until;
+        self
+    }
+
+    fn abstains(&self) -> Result<(), Status> {
+        match self.abstain_until {
+            Some(t) if tokio::time::Instant::now() < t => Err(Status::unavailable(
+                "this member came back on an empty disk and casts no vote yet",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The gRPC server wrapper, with message sizes bounded.
@@ -242,8 +273,18 @@ impl<M: MemberStore> pb::tracker_group_server::TrackerGroup for GroupService<M> 
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.abstains()?;
         let rpc: VoteRequest<C> = request(req.get_ref())?;
         reply(self.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.abstains()?;
+        let rpc: VoteRequest<C> = request(req.get_ref())?;
+        reply(self.raft.pre_vote(rpc).await)
     }
 
     async fn snapshot(
