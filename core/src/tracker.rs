@@ -1012,12 +1012,16 @@ impl Tracker {
         }
         self.set_alive(nx, true);
         self.node_mut(nx).last_seen_ms = now_ms;
+        let at = Stamp {
+            session: self.node(nx).session,
+            seq: self.node(nx).last_seq,
+        };
         for c in removed
             .iter()
             .filter(|_| !mutants::on(Mutant::DropHeartbeatRemovals))
         {
             self.unlink_id(id, c);
-            self.heal.gone(id, c);
+            self.heal.gone(id, c, at, now_ms);
         }
         // A node confirms every deletion it carries out in its next report
         // (see `Inventory::deleted`), so one sent with the previous reply and
@@ -1283,11 +1287,23 @@ impl Tracker {
                 let Some(&nx) = self.node_ix.get(&n) else {
                     continue;
                 };
+                let session = self.node(nx).session;
+                // An acknowledgement counts unless the copy may be gone
+                // since: deleted at the tracker's word (the tombstone), the
+                // node registered again since (its report decides, below),
+                // or it reported the copy gone (found rotten) afterwards.
+                let current = stamp.session == 0 || stamp.session == session;
+                let not_gone = self
+                    .heal
+                    .reported_gone(chunk, &n)
+                    .is_none_or(|g| g.session != stamp.session || g.seq <= stamp.seq);
                 let counts = pending.contains(&n)
-                    || self
-                        .heal
-                        .tombstone(chunk, &n)
-                        .is_none_or(|sent| ack::survives(stamp, sent, self.node(nx).session));
+                    || (current
+                        && not_gone
+                        && self
+                            .heal
+                            .tombstone(chunk, &n)
+                            .is_none_or(|sent| ack::survives(stamp, sent, session)));
                 if counts {
                     set.insert(n);
                 }

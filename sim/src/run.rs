@@ -1026,6 +1026,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     let mut latency_ms: u16 = 3;
     let mut healed = false;
     let mut next_convergence_check = 0;
+    let mut phantoms_checked = false;
     let mut sim_error = None;
     loop {
         let now = sim.elapsed().as_millis() as u64;
@@ -1152,6 +1153,27 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             );
         }
         let want = shared.lock().expect("shared lock").phase;
+        if want == Phase::WantConverged && !phantoms_checked {
+            // The final reads are done, well after the heal: every removal
+            // has had many heartbeats to be reported.
+            phantoms_checked = true;
+            let phantoms = phantom_copies(
+                &shared,
+                &stores,
+                &down,
+                &tracker_service,
+                cfg.chunk_size_bytes,
+            );
+            if !phantoms.is_empty() {
+                let mut s = shared.lock().expect("shared lock");
+                let v = format!(
+                    "the tracker counts copies that are on no disk: {}",
+                    phantoms.join("; ")
+                );
+                s.violations.push(v.clone());
+                s.trace.push(format!("{now:>6}ms PHANTOM: {v}"));
+            }
+        }
         if want == Phase::WantConverged && now >= next_convergence_check {
             next_convergence_check = now + 100;
             let short = under_replicated(
@@ -1313,6 +1335,47 @@ fn under_replicated(
         }
     }
     short
+}
+
+/// Copies of acknowledged files' chunks the tracker counts on a live node
+/// whose disk does not hold them at all (rotten copies still count as held:
+/// only the scrubber or a read can know).
+fn phantom_copies(
+    shared: &SharedRef,
+    stores: &BTreeMap<String, MemStore>,
+    down: &BTreeSet<String>,
+    tracker: &TrackerRef,
+    chunk_size: u64,
+) -> Vec<String> {
+    let s = shared.lock().expect("shared lock");
+    let service = tracker.lock().expect("tracker handle lock").clone();
+    let Some(service) = service else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (file, rec) in &s.names {
+        let Some((_, rec)) = rec.surely() else {
+            continue;
+        };
+        for (i, piece) in rec.data.chunks(chunk_size as usize).enumerate() {
+            let id = p2p_core::ChunkId::of(piece);
+            let Some(counted) = service.try_inspect(|t| t.holders(&id)) else {
+                return Vec::new();
+            };
+            for n in counted {
+                let host = n.as_str();
+                let live =
+                    !down.contains(host) && !s.destroyed.contains(host) && !s.left.contains(host);
+                if live && stores.get(host).is_some_and(|st| !st.holds(&id)) {
+                    out.push(format!(
+                        "f{file} chunk {i} ({}) on {host}",
+                        &id.to_hex()[..8]
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A fault's undoing, due later.

@@ -101,6 +101,11 @@ impl MemStore {
         self.map().keys().copied().collect()
     }
 
+    /// Whether this disk holds `id`, with whatever bytes.
+    pub fn holds(&self, id: &ChunkId) -> bool {
+        self.map().contains_key(id)
+    }
+
     /// Whether this disk holds `id` with the right bytes.
     pub fn holds_intact(&self, id: &ChunkId) -> bool {
         self.map().get(id).is_some_and(|b| ChunkId::of(b) == *id)

@@ -320,6 +320,20 @@ const FOUND: &[(&str, &str)] = &[
          2888:put(f1,0,3,client0,v1) 2947:put(f1,2674,1,client1) 2992:lose(f1) \
          2997:get(f2,client1)",
     ),
+    (
+        "a commit counted an acknowledged copy its node had since found rotten and reported gone",
+        "seed=1349 nodes=5 20:partition(node4,tracker,1896) \
+         100:put(f1,14318,2,client1,v1) 193:get(f0,client1) 195:get(f3,client1) \
+         216:put(f2,11731,3,client1) 226:lose(f1) 244:get(f0,client0) \
+         365:put(f0,18454,2,client1,v1) 551:get(f1,client1) 583:put(f0,1017,3,client1,v1) \
+         596:stall(176) 709:crash(node1,557) 719:disk(node1,rot,1398) 757:get(f3,client0) \
+         1204:put(f3,233,2,client1,v1) 1701:put(f3,11584,3,client0) 1745:get(f1,client1) \
+         1762:put(f1,0,2,client0,v1) 1781:put(f1,0,3,client0,v1) \
+         2083:put(f3,21642,3,client1) 2106:put(f3,401,3,client0) 2266:get(f3,client2) \
+         2276:partition(node2,node3,906) 2298:get(f0,client2) 2425:put(f0,1253,2,client0) \
+         2538:put(f1,1446,3,client1,v1) 2563:get(f0,client1) 2581:put(f0,50123,1,client1) \
+         2586:get(f1,client2) 2876:get(f1,client0)",
+    ),
 ];
 
 #[test]

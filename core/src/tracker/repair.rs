@@ -141,6 +141,11 @@ pub(crate) struct HealState {
     tombstones: BTreeMap<(ChunkId, NodeId), (u64, Stamp)>,
     /// The same, oldest first, so expiry costs what expires.
     tombstone_queue: VecDeque<(u64, ChunkId, NodeId)>,
+    /// Copies nodes reported gone (found rotten, or deleted), with the
+    /// heartbeat that said so: an upload acknowledged before that heartbeat
+    /// no longer counts when its put commits (see `Tracker::commit_with`).
+    reported_gone: BTreeMap<(ChunkId, NodeId), (u64, Stamp)>,
+    gone_queue: VecDeque<(u64, ChunkId, NodeId)>,
     /// Deletions sent whose outcome the node has not reported yet: until
     /// its next heartbeat it may or may not still hold the chunk.
     unconfirmed: BTreeMap<NodeId, BTreeSet<ChunkId>>,
@@ -218,9 +223,20 @@ impl HealState {
         }
     }
 
-    /// `node` reported `chunk` gone: a deletion not sent yet is moot.
-    pub(crate) fn gone(&mut self, node: &NodeId, chunk: &ChunkId) {
+    /// `node` reported `chunk` gone in heartbeat `at`: a deletion not sent
+    /// yet is moot, and an acknowledgement from before no longer counts.
+    pub(crate) fn gone(&mut self, node: &NodeId, chunk: &ChunkId, at: Stamp, now_ms: u64) {
         self.cancel_delete(node, chunk);
+        self.reported_gone
+            .insert((*chunk, node.clone()), (now_ms, at));
+        self.gone_queue.push_back((now_ms, *chunk, node.clone()));
+    }
+
+    /// The heartbeat in which `node` last reported `chunk` gone, if recent.
+    pub(crate) fn reported_gone(&self, chunk: &ChunkId, node: &NodeId) -> Option<Stamp> {
+        self.reported_gone
+            .get(&(*chunk, node.clone()))
+            .map(|&(_, at)| at)
     }
 
     /// `node` reported after its last commands: every deletion they carried
@@ -372,6 +388,16 @@ impl Tracker {
             let key = (chunk, node);
             if self.heal.tombstones.get(&key).map(|t| t.0) == Some(at) {
                 self.heal.tombstones.remove(&key);
+            }
+        }
+        while let Some((at, _, _)) = self.heal.gone_queue.front() {
+            if now_ms.saturating_sub(*at) < TOMBSTONE_MS {
+                break;
+            }
+            let (at, chunk, node) = self.heal.gone_queue.pop_front().expect("front exists");
+            let key = (chunk, node);
+            if self.heal.reported_gone.get(&key).map(|t| t.0) == Some(at) {
+                self.heal.reported_gone.remove(&key);
             }
         }
 

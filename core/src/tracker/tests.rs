@@ -445,3 +445,72 @@ fn orphans_are_collected_after_the_grace_unless_a_put_may_commit_them() {
     assert!(t.holders(&late).is_empty(), "lease lapsed, copy collected");
     t.audit().unwrap();
 }
+
+// The case the simulator found (seed 1349): a copy acknowledged to a put,
+// then found rotten and removed, reported gone before the put commits,
+// was counted by the commit (from the acknowledgement), and the tracker
+// believed in a copy no disk had until the node's next full report. An
+// acknowledgement from before the report of the copy's loss no longer
+// counts; nor does one from a registration the node has since replaced
+// (its new report says what it holds).
+#[test]
+fn an_acknowledged_copy_reported_gone_before_the_commit_does_not_count() {
+    use crate::ack::Stamp;
+    let mut t = Tracker::new(TrackerConfig::default());
+    let sessions: Vec<u64> = (0..4)
+        .map(|i| t.register(nid(i), format!("a{i}"), vec![], 0).unwrap())
+        .collect();
+    let m = manifest("f", 1, 3);
+    let chunk = m.chunks[0];
+    let acks = || -> Vec<Vec<(NodeId, Stamp)>> {
+        vec![
+            (0..3)
+                .map(|i| {
+                    (
+                        nid(i),
+                        Stamp {
+                            session: sessions[i],
+                            seq: 0,
+                        },
+                    )
+                })
+                .collect(),
+        ]
+    };
+    // n00 reports the copy (its upload), then, a heartbeat later, gone.
+    assert_eq!(t.sequence(&nid(0), sessions[0], 1), Sequence::Fresh);
+    t.heartbeat(&nid(0), vec![chunk], vec![], 10).unwrap();
+    assert_eq!(t.sequence(&nid(0), sessions[0], 2), Sequence::Fresh);
+    t.heartbeat(&nid(0), vec![], vec![chunk], 20).unwrap();
+    let r = t.commit_with(m.clone(), acks(), false, 30);
+    assert!(
+        matches!(r, Err(TrackerError::NotEnoughHolders { acked: 2, .. })),
+        "{r:?}"
+    );
+    // n00 uploads it again (acknowledged after that report): it counts.
+    let mut again = acks();
+    again[0][0].1.seq = 2;
+    t.commit_with(m.clone(), again, false, 40).unwrap();
+    // A node that registered again since its acknowledgement counts only
+    // if its new report names the copy.
+    let g = manifest("g", 1, 3);
+    let old = vec![
+        (0..3)
+            .map(|i| {
+                (
+                    nid(i),
+                    Stamp {
+                        session: sessions[i],
+                        seq: 2,
+                    },
+                )
+            })
+            .collect(),
+    ];
+    t.register(nid(1), "a1".into(), vec![], 50).unwrap();
+    let r = t.commit_with(g.clone(), old, false, 60);
+    assert!(
+        matches!(r, Err(TrackerError::NotEnoughHolders { acked: 2, .. })),
+        "{r:?}"
+    );
+}
