@@ -63,11 +63,8 @@ pub fn redirect(leader: Option<&str>) -> Status {
         Some(l) => format!("this tracker does not lead its group; the leader is {l}"),
         None => "this tracker does not lead its group, and no leader is known yet".to_string(),
     });
-    if let Some(l) = leader
-        && let Ok(v) = l.parse()
-    {
-        s.metadata_mut().insert(LEADER_KEY, v);
-    } else if let Ok(v) = "".parse() {
+    // Empty when no leader is known: still a redirect, to no one yet.
+    if let Ok(v) = leader.unwrap_or("").parse() {
         s.metadata_mut().insert(LEADER_KEY, v);
     }
     s

@@ -18,14 +18,12 @@ use p2p_net::transport::{TcpDialer, tcp_incoming};
 
 struct Stores;
 
-impl StoreBuilder<p2p_net::group::member::Config, LogStore, StateMachine<MemoryMeta>, ()>
-    for Stores
-{
+impl StoreBuilder<p2p_net::group::GroupConfig, LogStore, StateMachine<MemoryMeta>, ()> for Stores {
     async fn build(
         &self,
     ) -> Result<
         ((), LogStore, StateMachine<MemoryMeta>),
-        openraft::StorageError<p2p_net::group::member::Config>,
+        openraft::StorageError<p2p_net::group::GroupConfig>,
     > {
         let log = LogStore::in_memory().expect("in-memory log");
         Ok(((), log, StateMachine::new(MemoryMeta::default())))
@@ -132,7 +130,7 @@ async fn write(members: &BTreeMap<usize, Running>, records: &[Record]) {
 async fn reaches(
     raft: &p2p_net::group::GroupRaft<RedbMeta>,
     index: u64,
-    at: impl Fn(&openraft::RaftMetrics<p2p_net::group::member::Config>) -> Option<u64>,
+    at: impl Fn(&openraft::RaftMetrics<p2p_net::group::GroupConfig>) -> Option<u64>,
 ) {
     for _ in 0..200 {
         if at(&raft.metrics().borrow_watched()) >= Some(index) {

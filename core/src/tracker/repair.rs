@@ -314,6 +314,26 @@ enum OrphanSince {
     Seen(u64),
 }
 
+/// Forget the entries of `map` older than [`TOMBSTONE_MS`]; `queue` holds
+/// them oldest first, so this costs what expires (an entry renewed since it
+/// was queued stays).
+fn expire(
+    queue: &mut VecDeque<(u64, ChunkId, NodeId)>,
+    map: &mut BTreeMap<(ChunkId, NodeId), (u64, Stamp)>,
+    now_ms: u64,
+) {
+    while let Some(&(at, _, _)) = queue.front() {
+        if now_ms.saturating_sub(at) < TOMBSTONE_MS {
+            break;
+        }
+        let (at, chunk, node) = queue.pop_front().expect("front exists");
+        let key = (chunk, node);
+        if map.get(&key).map(|t| t.0) == Some(at) {
+            map.remove(&key);
+        }
+    }
+}
+
 /// At most `PLAN_SCAN_MAX` members of `set`, from `cursor` on and then
 /// from the start; `cursor` moves past the last one taken.
 fn scan(set: &RoaringBitmap, cursor: &mut ChunkIx) -> Vec<ChunkIx> {
@@ -380,26 +400,16 @@ impl Tracker {
     /// cluster costs next to nothing here, whatever it stores.
     pub fn plan(&mut self, now_ms: u64) {
         let timeout = self.config.repair_timeout_ms;
-        while let Some((at, _, _)) = self.heal.tombstone_queue.front() {
-            if now_ms.saturating_sub(*at) < TOMBSTONE_MS {
-                break;
-            }
-            let (at, chunk, node) = self.heal.tombstone_queue.pop_front().expect("front exists");
-            let key = (chunk, node);
-            if self.heal.tombstones.get(&key).map(|t| t.0) == Some(at) {
-                self.heal.tombstones.remove(&key);
-            }
-        }
-        while let Some((at, _, _)) = self.heal.gone_queue.front() {
-            if now_ms.saturating_sub(*at) < TOMBSTONE_MS {
-                break;
-            }
-            let (at, chunk, node) = self.heal.gone_queue.pop_front().expect("front exists");
-            let key = (chunk, node);
-            if self.heal.reported_gone.get(&key).map(|t| t.0) == Some(at) {
-                self.heal.reported_gone.remove(&key);
-            }
-        }
+        expire(
+            &mut self.heal.tombstone_queue,
+            &mut self.heal.tombstones,
+            now_ms,
+        );
+        expire(
+            &mut self.heal.gone_queue,
+            &mut self.heal.reported_gone,
+            now_ms,
+        );
 
         if self.recovering(now_ms) {
             return;

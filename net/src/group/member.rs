@@ -12,9 +12,7 @@ use openraft::{BasicNode, Raft, ServerState};
 use p2p_core::tracker::Record;
 
 use super::network::ask_join;
-use super::{
-    Batch, GroupConfig, GroupNetwork, GroupRaft, LogStore, MemberStore, StateMachine, member_id,
-};
+use super::{AppliedStore, Batch, GroupNetwork, GroupRaft, LogStore, StateMachine, member_id};
 use crate::transport::Dialer;
 
 /// Why a write through the group did not take effect, or might not have.
@@ -63,7 +61,7 @@ impl Default for Timing {
 }
 
 /// A member, running.
-pub struct Member<M: MemberStore> {
+pub struct Member<M: AppliedStore> {
     pub raft: GroupRaft<M>,
     pub id: u64,
     pub addr: String,
@@ -76,7 +74,7 @@ pub struct Member<M: MemberStore> {
     store: M,
 }
 
-impl<M: MemberStore> Member<M> {
+impl<M: AppliedStore> Member<M> {
     /// Start the member at `addr` of the group `peers` (its own address
     /// included), over `log` and `store`. A group that has never formed is
     /// formed: every member proposes the same membership, and the library
@@ -256,6 +254,3 @@ async fn rejoin<D: Dialer>(dialer: D, members: BTreeMap<u64, String>, id: u64) {
     }
     tracing::warn!("no leader took this member back; it waits for the leader's log");
 }
-
-/// The types, for whoever names them.
-pub type Config = GroupConfig;

@@ -91,7 +91,3 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
 pub(crate) fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> io::Result<T> {
     postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
-
-/// The store a member applies to must also be a [`AppliedStore`].
-pub trait MemberStore: AppliedStore {}
-impl<T: AppliedStore> MemberStore for T {}

@@ -23,7 +23,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{GroupConfig, GroupRaft, MemberStore, decode, encode};
+use super::{AppliedStore, GroupConfig, GroupRaft, decode, encode};
 use crate::transport::Dialer;
 
 type C = GroupConfig;
@@ -208,7 +208,7 @@ impl RaftNetworkV2<C> for Peer {
 }
 
 /// The members' RPCs, served by each member for the others.
-pub struct GroupService<M: MemberStore> {
+pub struct GroupService<M: AppliedStore> {
     raft: GroupRaft<M>,
     /// A member that came back on an empty disk forgot the votes it cast:
     /// it casts none until then (an election timeout or two), so it cannot
@@ -216,7 +216,7 @@ pub struct GroupService<M: MemberStore> {
     abstain_until: Option<tokio::time::Instant>,
 }
 
-impl<M: MemberStore> GroupService<M> {
+impl<M: AppliedStore> GroupService<M> {
     pub fn new(raft: GroupRaft<M>) -> Self {
         Self {
             raft,
@@ -260,7 +260,7 @@ fn request<T: for<'a> Deserialize<'a>>(m: &pb::RaftMessage) -> Result<T, Status>
 }
 
 #[tonic::async_trait]
-impl<M: MemberStore> pb::tracker_group_server::TrackerGroup for GroupService<M> {
+impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M> {
     async fn append(
         &self,
         req: Request<pb::RaftMessage>,

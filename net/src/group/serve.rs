@@ -20,24 +20,24 @@ use openraft::async_runtime::WatchReceiver;
 use p2p_core::tracker::{Record, Tracker, TrackerConfig};
 use tonic::Status;
 
-use super::{Member, MemberStore};
+use super::{AppliedStore, Member};
 use crate::meta::{MetaError, MetaStore};
 use crate::tracker::{Gate, TrackerService, redirect};
 
 /// The records of a group member: restored from what it applied, written
 /// through the group.
-pub struct GroupMeta<M: MemberStore> {
+pub struct GroupMeta<M: AppliedStore> {
     member: Arc<Member<M>>,
 }
 
-impl<M: MemberStore> GroupMeta<M> {
+impl<M: AppliedStore> GroupMeta<M> {
     pub fn new(member: Arc<Member<M>>) -> Self {
         Self { member }
     }
 }
 
 #[async_trait]
-impl<M: MemberStore> MetaStore for GroupMeta<M> {
+impl<M: AppliedStore> MetaStore for GroupMeta<M> {
     async fn restore(&self, config: TrackerConfig) -> Result<Tracker, MetaError> {
         self.member.store().restore(config).await
     }
@@ -54,14 +54,14 @@ impl<M: MemberStore> MetaStore for GroupMeta<M> {
 }
 
 /// Serve while leading (see the module docs).
-pub struct Leading<M: MemberStore> {
+pub struct Leading<M: AppliedStore> {
     member: Arc<Member<M>>,
     /// The term this member serves in, once rebuilt for it; 0: not serving.
     serving: AtomicU64,
     rebuild: tokio::sync::Notify,
 }
 
-impl<M: MemberStore> Leading<M> {
+impl<M: AppliedStore> Leading<M> {
     pub fn new(member: Arc<Member<M>>) -> Arc<Self> {
         Arc::new(Self {
             member,
@@ -122,7 +122,7 @@ impl<M: MemberStore> Leading<M> {
 }
 
 #[async_trait]
-impl<M: MemberStore> Gate for Leading<M> {
+impl<M: AppliedStore> Gate for Leading<M> {
     fn check(&self) -> Result<(), Status> {
         use openraft::Instant as _;
         let serving = self.serving.load(Ordering::SeqCst);
