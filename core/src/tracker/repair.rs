@@ -227,6 +227,17 @@ impl HealState {
     /// yet is moot, and an acknowledgement from before no longer counts.
     pub(crate) fn gone(&mut self, node: &NodeId, chunk: &ChunkId, at: Stamp, now_ms: u64) {
         self.cancel_delete(node, chunk);
+        // A deletion the tracker sent, confirmed: its tombstone already
+        // decides which acknowledgements count. Only losses the node found
+        // itself (rare) are remembered here, so `rm` of a large file does
+        // not keep a record per copy for an hour twice over.
+        if self
+            .unconfirmed
+            .get(node)
+            .is_some_and(|d| d.contains(chunk))
+        {
+            return;
+        }
         self.reported_gone
             .insert((*chunk, node.clone()), (now_ms, at));
         self.gone_queue.push_back((now_ms, *chunk, node.clone()));
