@@ -106,6 +106,7 @@ async fn run_group_tracker(
         store,
         TcpDialer::default(),
         &Timing::default(),
+        rand::random(),
     )
     .await?;
     let member = Arc::new(member);

@@ -84,6 +84,9 @@ pub struct TrackerService<M: MetaStore> {
     meta: Arc<M>,
     gate: Option<Arc<dyn Gate>>,
     epoch: Instant,
+    /// The session base it opened with: a leader's sessions are drawn from
+    /// it (see [`TrackerService::reload`]).
+    session_seed: u64,
     /// Set when the database failed a write: the in-memory state may be
     /// ahead of the disk, so nothing more is acknowledged.
     poisoned: Arc<AtomicBool>,
@@ -99,10 +102,20 @@ impl<M: MetaStore> Clone for TrackerService<M> {
             meta: self.meta.clone(),
             gate: self.gate.clone(),
             epoch: self.epoch,
+            session_seed: self.session_seed,
             poisoned: self.poisoned.clone(),
             reports: self.reports.clone(),
         }
     }
+}
+
+/// SplitMix64's finalizer: a bijection of `u64` that spreads every input
+/// bit over the output.
+fn mix64(x: u64) -> u64 {
+    let x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 fn to_status(e: TrackerError) -> Status {
@@ -126,12 +139,14 @@ fn to_status(e: TrackerError) -> Status {
 impl<M: MetaStore> TrackerService<M> {
     /// Rebuild the tracker from `meta` and start serving from that state.
     pub async fn open(config: TrackerConfig, meta: M) -> Result<Self, MetaError> {
+        let session_seed = config.session_base;
         let tracker = meta.restore(config).await?;
         Ok(Self {
             state: Arc::new(Mutex::new(tracker)),
             meta: Arc::new(meta),
             gate: None,
             epoch: Instant::now(),
+            session_seed,
             poisoned: Arc::new(AtomicBool::new(false)),
             reports: Arc::new(Semaphore::new(REPORTS_AT_ONCE_MAX)),
         })
@@ -144,11 +159,14 @@ impl<M: MetaStore> TrackerService<M> {
     }
 
     /// Rebuild the state from the records (a member of a group that has
-    /// just become leader), with sessions of its own: nodes register again.
-    pub async fn reload(&self) -> Result<(), MetaError> {
+    /// just become leader in `term`), with sessions of its own: nodes
+    /// register again. The sessions start from a base drawn from this
+    /// process's own (the one it opened with) and the term, so no two
+    /// leaderships hand out the same sessions, and a simulated run replays.
+    pub async fn reload(&self, term: u64) -> Result<(), MetaError> {
         let mut state = self.state.lock().await;
         let config = TrackerConfig {
-            session_base: rand::random::<u64>() >> 1,
+            session_base: mix64(self.session_seed ^ term.rotate_left(32)) >> 1,
             ..state.config().clone()
         };
         *state = self.meta.restore(config).await?;

@@ -35,7 +35,11 @@ impl StoreBuilder<p2p_net::group::GroupConfig, LogStore, StateMachine<MemoryMeta
 // the membership survive, snapshots carry the state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_passes_the_library_suite() {
-    Suite::test_all(Stores).await.expect("storage suite");
+    // The suite spawns through the group's runtime, which draws its
+    // randomness from a seed in scope.
+    p2p_net::group::Runtime::scope(1, Suite::test_all(Stores))
+        .await
+        .expect("storage suite");
 }
 
 fn timing() -> Timing {
@@ -56,9 +60,18 @@ async fn start(addr: &str, peers: &[String], dir: &Path) -> Running {
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let log = LogStore::open(dir).expect("log");
     let store = RedbMeta::open(dir).expect("store");
-    let member = Member::start(addr, peers, log, store, TcpDialer::default(), &timing())
-        .await
-        .expect("member starts");
+    let seed = p2p_net::group::member_id(addr);
+    let member = Member::start(
+        addr,
+        peers,
+        log,
+        store,
+        TcpDialer::default(),
+        &timing(),
+        seed,
+    )
+    .await
+    .expect("member starts");
     let svc = member.service().into_server();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -115,7 +128,7 @@ async fn write(members: &BTreeMap<usize, Running>, records: &[Record]) {
     for _ in 0..100 {
         let l = leader(members).await;
         match members[&l].member.write(records).await {
-            Ok(()) => return,
+            Ok(_) => return,
             Err(GroupError::NotLeader { .. }) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

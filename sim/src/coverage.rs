@@ -35,6 +35,8 @@ const EVENTS: &[(&str, &str)] = &[
     ("fetch failed; trying another holder", "fetch_retries"),
     ("upload failed; replacing target", "upload_retries"),
     ("file removed", "files_removed"),
+    ("leading the tracker group", "group_leaderships"),
+    ("a member rejoins from an empty disk", "group_rejoins"),
     (
         "stored chunk failed verification; removing it",
         "corrupt_found",
@@ -64,6 +66,7 @@ pub const NAMES: &[&str] = &[
     "leave_refused",
     "crash",
     "crash_tracker",
+    "wipe_tracker",
     "partition",
     "loss",
     "latency",
@@ -94,6 +97,8 @@ pub const NAMES: &[&str] = &[
     "fetch_retries",
     "upload_retries",
     "files_removed",
+    "group_leaderships",
+    "group_rejoins",
 ];
 
 thread_local! {

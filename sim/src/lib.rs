@@ -1,7 +1,8 @@
 //! Deterministic simulation of a whole p2p cluster.
 //!
-//! The same `p2p-net` services that ship run on turmoil hosts: the tracker,
-//! N nodes and a client, talking gRPC over turmoil's simulated TCP, with
+//! The same `p2p-net` services that ship run on turmoil hosts: the tracker
+//! (or a group of three replicated with Raft, see [`trackers`]), N nodes
+//! and three clients, talking gRPC over turmoil's simulated TCP, with
 //! in-memory disks that survive a crash. A [`plan::Scenario`] (generated and
 //! shrunk by proptest) interleaves puts and gets with crashes, restarts,
 //! partitions, message loss and latency; [`run::run`] executes it and checks
@@ -11,10 +12,12 @@
 //!   byte-identical, unless the scenario destroyed every holder of one of its
 //!   chunks (then it is reported as an expected loss, not a violation);
 //! - with R-1 nodes down, every acknowledged file still reads back;
-//! - no panic, no host failure, no hang (the run ends within a simulated bound).
-//!
-//! Self-healing will add: after faults heal, every chunk is back at R
-//! (see `run::check_all`, where the convergence check belongs).
+//! - no panic, no host failure, no hang (the run ends within a simulated bound);
+//! - after faults heal, every chunk is back at R, and the tracker counts no
+//!   copy that is on no disk;
+//! - in a tracker group: no two members commit writes in the same term, and
+//!   after the run every member has applied the same log to the same
+//!   records (a digest of each compared), a wiped member included.
 //!
 //! Every run is a function of its scenario, and `Scenario::from_seed` makes
 //! the scenario a function of one number: `cargo run -p p2p-sim --release --
@@ -24,4 +27,5 @@ pub mod coverage;
 pub mod plan;
 pub mod run;
 pub mod store;
+pub mod trackers;
 pub mod transport;

@@ -8,7 +8,8 @@ use proptest::prelude::*;
 /// A host that faults can hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Target {
-    Tracker,
+    /// A tracker: the only one, or a member of the tracker group.
+    Tracker(u8),
     Node(u8),
     /// A client host (only partitions reach clients).
     Client(u8),
@@ -20,7 +21,7 @@ pub const CLIENTS: u8 = 3;
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Target::Tracker => f.write_str("tracker"),
+            Target::Tracker(i) => write!(f, "tracker{i}"),
             Target::Node(i) => write!(f, "node{i}"),
             Target::Client(i) => write!(f, "client{i}"),
         }
@@ -73,6 +74,10 @@ pub enum Action {
     Loss { per_mille: u16 },
     /// Messages take up to this long, until the heal.
     Latency { max_ms: u16 },
+    /// Member `tracker` of the tracker group crashes, loses its disk and
+    /// starts again on an empty one after `down_ms` (at most one a
+    /// scenario: the others keep a majority with their disks).
+    Wipe { tracker: u8, down_ms: u16 },
     /// Every holder of the first chunk of `f{file}` crashes and loses its
     /// disk for good: the file is expected to be lost.
     DestroyHolders { file: u8 },
@@ -127,23 +132,27 @@ pub struct Step {
 pub struct Scenario {
     pub seed: u64,
     pub nodes: u8,
+    /// 1: a single tracker; 3: a tracker group.
+    pub trackers: u8,
     pub steps: Vec<Step>,
 }
 
 /// Faults stop and heal by this time; then the checker runs.
 pub const FAULT_WINDOW_MS: u32 = 3_000;
 
-fn target(nodes: u8) -> impl Strategy<Value = Target> {
+/// A tracker or a node: what crashes. Trackers get their share in a
+/// group, where they are several.
+fn target(nodes: u8, trackers: u8) -> impl Strategy<Value = Target> {
     prop_oneof![
-        1 => Just(Target::Tracker),
+        u32::from(trackers) => (0..trackers).prop_map(Target::Tracker),
         6 => (0..nodes).prop_map(Target::Node),
     ]
 }
 
 /// Any host, clients included: what a partition can separate.
-fn party(nodes: u8) -> impl Strategy<Value = Target> {
+fn party(nodes: u8, trackers: u8) -> impl Strategy<Value = Target> {
     prop_oneof![
-        6 => target(nodes),
+        6 => target(nodes, trackers),
         1 => (0..CLIENTS).prop_map(Target::Client),
     ]
 }
@@ -163,7 +172,10 @@ pub mod kind {
     pub const LATENCY: u16 = 1 << 7;
     pub const LOSE_HOLDER: u16 = 1 << 8;
     pub const DISK: u16 = 1 << 9;
-    pub const ALL: u16 = (1 << 10) - 1;
+    /// A tracker group of 3 instead of one tracker (and, with `CRASH`, a
+    /// member wiped).
+    pub const GROUP: u16 = 1 << 10;
+    pub const ALL: u16 = (1 << 11) - 1;
 }
 
 fn weighted(choices: Vec<(u32, BoxedStrategy<Action>)>) -> BoxedStrategy<Action> {
@@ -217,14 +229,24 @@ fn client_op(kinds: u16) -> BoxedStrategy<Action> {
 
 /// One fault of the kinds `kinds` enables (at least one is).
 fn fault(nodes: u8, kinds: u16) -> BoxedStrategy<Action> {
+    let trackers = trackers_of(kinds);
     let mut choices: Vec<(u32, BoxedStrategy<Action>)> = Vec::new();
     if kinds & kind::CRASH != 0 {
-        let crash = (target(nodes), 50u16..2_500)
+        let crash = (target(nodes, trackers), 50u16..2_500)
             .prop_map(|(target, down_ms)| Action::CrashFor { target, down_ms });
         choices.push((3, crash.boxed()));
+        if trackers > 1 {
+            let wipe = (0..trackers, 50u16..2_000)
+                .prop_map(|(tracker, down_ms)| Action::Wipe { tracker, down_ms });
+            choices.push((1, wipe.boxed()));
+        }
     }
     if kinds & kind::PARTITION != 0 {
-        let part = (party(nodes), party(nodes), 100u16..2_500)
+        let part = (
+            party(nodes, trackers),
+            party(nodes, trackers),
+            100u16..2_500,
+        )
             .prop_filter("a host is never partitioned from itself", |(a, b, _)| {
                 a != b
             })
@@ -271,10 +293,15 @@ fn fault(nodes: u8, kinds: u16) -> BoxedStrategy<Action> {
     weighted(choices)
 }
 
+/// How many trackers scenarios of `kinds` run.
+fn trackers_of(kinds: u16) -> u8 {
+    if kinds & kind::GROUP != 0 { 3 } else { 1 }
+}
+
 impl Scenario {
-    /// Random scenarios: 4 to 6 nodes; a random subset of operation and
-    /// fault kinds; 16 to 40 client operations and up to 8 faults in the
-    /// fault window.
+    /// Random scenarios: 4 to 6 nodes; one tracker or a group of 3; a
+    /// random subset of operation and fault kinds; 16 to 40 client
+    /// operations and up to 8 faults in the fault window.
     pub fn strategy() -> impl Strategy<Value = Scenario> {
         (any::<u64>(), 4u8..=6, 0..=kind::ALL)
             .prop_flat_map(|(seed, nodes, kinds)| {
@@ -299,14 +326,26 @@ impl Scenario {
                 (
                     Just(seed),
                     Just(nodes),
+                    Just(kinds),
                     proptest::collection::vec(op, 16..40),
                     faults,
                 )
             })
-            .prop_map(|(seed, nodes, ops, faults)| {
+            .prop_map(|(seed, nodes, kinds, ops, faults)| {
                 let mut steps: Vec<Step> = ops.into_iter().chain(faults).collect();
                 steps.sort_by_key(|s| s.at_ms);
-                Scenario { seed, nodes, steps }
+                // One wiped tracker at most: with two, the group could lose
+                // what only they had.
+                let mut wiped = false;
+                steps.retain(|s| {
+                    !matches!(s.action, Action::Wipe { .. }) || !std::mem::replace(&mut wiped, true)
+                });
+                Scenario {
+                    seed,
+                    nodes,
+                    trackers: trackers_of(kinds),
+                    steps,
+                }
             })
     }
 
@@ -376,6 +415,7 @@ impl fmt::Display for Action {
             Action::Heal => write!(f, "heal()"),
             Action::Loss { per_mille } => write!(f, "loss({per_mille})"),
             Action::Latency { max_ms } => write!(f, "latency({max_ms})"),
+            Action::Wipe { tracker, down_ms } => write!(f, "wipe(tracker{tracker},{down_ms})"),
             Action::DestroyHolders { file } => write!(f, "destroy(f{file})"),
             Action::LoseHolder { file } => write!(f, "lose(f{file})"),
         }
@@ -383,10 +423,13 @@ impl fmt::Display for Action {
 }
 
 /// The one-line form printed by failing tests and read by `--plan`:
-/// `seed=S nodes=N 120:put(f0,9000,3) 300:crash(node1) ...`.
+/// `seed=S nodes=N [trackers=3] 120:put(f0,9000,3) 300:crash(node1) ...`.
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "seed={} nodes={}", self.seed, self.nodes)?;
+        if self.trackers != 1 {
+            write!(f, " trackers={}", self.trackers)?;
+        }
         for s in &self.steps {
             write!(f, " {}:{}", s.at_ms, s.action)?;
         }
@@ -395,8 +438,15 @@ impl fmt::Display for Scenario {
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {
+    // Plans written before tracker groups name the one tracker `tracker`.
     if s == "tracker" {
-        return Ok(Target::Tracker);
+        return Ok(Target::Tracker(0));
+    }
+    if let Some(n) = s.strip_prefix("tracker") {
+        return n
+            .parse()
+            .map(Target::Tracker)
+            .map_err(|_| format!("bad host {s:?}"));
     }
     if let Some(n) = s.strip_prefix("client") {
         return n
@@ -530,6 +580,13 @@ impl std::str::FromStr for Action {
             ("latency", [m]) => Ok(Action::Latency {
                 max_ms: parse_num(m)?,
             }),
+            ("wipe", [t, ms]) => match parse_target(t)? {
+                Target::Tracker(tracker) => Ok(Action::Wipe {
+                    tracker,
+                    down_ms: parse_num(ms)?,
+                }),
+                _ => Err(format!("bad tracker {t:?}")),
+            },
             ("destroy", [f]) => Ok(Action::DestroyHolders {
                 file: parse_file(f)?,
             }),
@@ -558,6 +615,14 @@ impl std::str::FromStr for Scenario {
         if !(1..=16).contains(&nodes) {
             return Err("nodes must be 1..=16".into());
         }
+        let mut words = words.peekable();
+        let trackers = match words.next_if(|w| w.starts_with("trackers=")) {
+            Some(w) => parse_num(&w["trackers=".len()..])?,
+            None => 1,
+        };
+        if ![1, 3, 5].contains(&trackers) {
+            return Err("trackers must be 1, 3 or 5".into());
+        }
         let steps = words
             .map(|w| {
                 let (at, action) = w.split_once(':').ok_or_else(|| format!("bad step {w:?}"))?;
@@ -567,10 +632,36 @@ impl std::str::FromStr for Scenario {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Scenario {
+        let scenario = Scenario {
             seed: parse_num(seed)?,
             nodes,
+            trackers,
             steps,
-        })
+        };
+        for s in &scenario.steps {
+            let tracker = match s.action {
+                Action::CrashFor {
+                    target: Target::Tracker(i),
+                    ..
+                }
+                | Action::Crash(Target::Tracker(i))
+                | Action::Restart(Target::Tracker(i))
+                | Action::Wipe { tracker: i, .. } => Some(i),
+                Action::PartitionFor { a, b, .. } | Action::Partition(a, b) => {
+                    [a, b].into_iter().find_map(|t| match t {
+                        Target::Tracker(i) if i >= trackers => Some(i),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            };
+            if tracker.is_some_and(|i| i >= trackers) {
+                return Err(format!("{}: there are {trackers} trackers", s.action));
+            }
+            if matches!(s.action, Action::Wipe { .. }) && trackers == 1 {
+                return Err("wipe needs a tracker group (trackers=3)".into());
+            }
+        }
+        Ok(scenario)
     }
 }

@@ -9,17 +9,14 @@ use std::time::{Duration, UNIX_EPOCH};
 use p2p_core::NodeId;
 use p2p_core::tracker::TrackerConfig;
 use p2p_net::client::{Client, ClientConfig, NoProgress};
-use p2p_net::meta::MemoryMeta;
 use p2p_net::node::{NodeConfig, NodeService};
-use p2p_net::tracker::TrackerService;
 use p2p_net::transport::{Timeouts, server_builder};
 use rand::{RngCore, SeedableRng};
 
 use crate::plan::{Action, CLIENTS, DiskAction, FAULT_WINDOW_MS, Scenario, Target};
 use crate::store::{DiskFault, MemSink, MemStore};
+use crate::trackers::{Disk, PORT, TrackerRef};
 use crate::transport::{SimDialer, incoming};
-
-const PORT: u16 = 7000;
 
 /// Timing of a simulated cluster. Small values keep runs short.
 #[derive(Debug, Clone)]
@@ -245,8 +242,6 @@ struct Shared {
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
-/// The tracker process running now (the last one started).
-type TrackerRef = Arc<Mutex<Option<TrackerService<MemoryMeta>>>>;
 
 impl Shared {
     /// Whether name `file` may be lost without a bug: a version it may hold
@@ -304,7 +299,7 @@ impl Shared {
     }
 
     fn mark_gone(&mut self, stores: &BTreeMap<String, MemStore>, tracker: &TrackerRef) {
-        let service = tracker.lock().expect("tracker handle lock").clone();
+        let service = tracker.lock().expect("tracker set lock").current();
         for (file, rec) in &self.names {
             let located = service
                 .as_ref()
@@ -490,7 +485,7 @@ async fn client_script(
         SimDialer {
             timeouts: cfg.timeouts.clone(),
         },
-        &format!("tracker:{PORT}"),
+        &crate::trackers::addresses(scenario.trackers),
         ClientConfig {
             chunk_size_bytes: cfg.chunk_size_bytes,
             chunks_in_flight: 2,
@@ -875,11 +870,10 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         .max_message_latency(Duration::from_millis(3))
         .build();
 
-    let tracker_meta = MemoryMeta::default();
-    // The tracker process running now, to audit its state at the end.
+    // The tracker processes, to audit their state as the run goes and at
+    // the end, and what the group committed, by term.
     let tracker_service: TrackerRef = Arc::default();
-    // What earlier tracker processes decided (each start counts anew).
-    let heal_before: Arc<Mutex<crate::coverage::Counts>> = Arc::default();
+    let group_writes: crate::trackers::Writes = Arc::default();
     crate::coverage::take_logged();
     let tcfg = TrackerConfig {
         dead_after_ms: cfg.dead_after_ms,
@@ -895,43 +889,18 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         // while other puts are in flight.
         orphan_grace_ms: 1_500,
     };
-    {
-        let timeouts = cfg.timeouts.clone();
-        let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
-        // Each start of the tracker hands out sessions of its own, as each
-        // process of the binary does (from its seed, not a random one here).
-        let starts = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let seed = scenario.seed;
-        let running = tracker_service.clone();
-        let heal = heal_before.clone();
-        sim.host("tracker", move || {
-            let start = starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let tcfg = TrackerConfig {
-                session_base: (seed ^ (start << 40)) >> 1,
-                ..tcfg.clone()
-            };
-            let (meta, timeouts) = (tracker_meta.clone(), timeouts.clone());
-            let running = running.clone();
-            let heal = heal.clone();
-            async move {
-                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-                let service = TrackerService::open(tcfg, meta).await?;
-                let previous = running
-                    .lock()
-                    .expect("tracker handle lock")
-                    .replace(service.clone());
-                if let Some(h) = previous.and_then(|p| p.try_inspect(|t| t.heal_counters())) {
-                    crate::coverage::add_heal(&mut heal.lock().expect("heal lock"), &h);
-                }
-                tokio::spawn(service.clone().run_ticker(heartbeat / 2));
-                server_builder(&timeouts)
-                    .add_service(service.into_server())
-                    .serve_with_incoming(incoming(listener))
-                    .await?;
-                Ok(())
-            }
-        });
-    }
+    let tracker_disks = crate::trackers::spawn(
+        &mut sim,
+        crate::trackers::Setup {
+            trackers: scenario.trackers,
+            seed: scenario.seed,
+            config: tcfg,
+            timeouts: cfg.timeouts.clone(),
+            heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+        },
+        &tracker_service,
+        &group_writes,
+    );
     let mut stores = BTreeMap::new();
     for i in 0..scenario.nodes {
         let name = host_name(Target::Node(i));
@@ -957,13 +926,15 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         };
         let host = name.clone();
         let exited = shared.clone();
+        let trackers = crate::trackers::addresses(scenario.trackers);
         sim.host(host.as_str(), move || {
-            let (store, timeouts, ncfg, name, exited) = (
+            let (store, timeouts, ncfg, name, exited, trackers) = (
                 store.clone(),
                 timeouts.clone(),
                 ncfg.clone(),
                 name.clone(),
                 exited.clone(),
+                trackers.clone(),
             );
             async move {
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
@@ -971,7 +942,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 let node = NodeService::open(
                     id,
                     format!("{name}:{PORT}"),
-                    format!("tracker:{PORT}"),
+                    trackers.clone(),
                     store,
                     SimDialer {
                         timeouts: timeouts.clone(),
@@ -1044,6 +1015,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 partitions: &mut partitions,
                 deferred: &mut deferred,
                 tracker: &tracker_service,
+                tracker_disks: &tracker_disks,
                 now,
             };
             let line = match step.action {
@@ -1066,10 +1038,11 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             };
             let kind = match &step.action {
                 Action::CrashFor {
-                    target: Target::Tracker,
+                    target: Target::Tracker(_),
                     ..
                 }
-                | Action::Crash(Target::Tracker) => Some("crash_tracker"),
+                | Action::Crash(Target::Tracker(_)) => Some("crash_tracker"),
+                Action::Wipe { .. } => Some("wipe_tracker"),
                 Action::CrashFor { .. } | Action::Crash(_) => Some("crash"),
                 Action::PartitionFor { .. } | Action::Partition(..) => Some("partition"),
                 Action::Loss { .. } => Some("loss"),
@@ -1232,21 +1205,35 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             }
         }
     }
-    let sim_ms = sim.elapsed().as_millis() as u64;
-    let audit = tracker_service
-        .lock()
-        .expect("tracker handle lock")
-        .as_ref()
-        .and_then(TrackerService::try_audit);
-    let mut coverage = std::mem::take(&mut *heal_before.lock().expect("heal lock"));
-    if let Some(h) = tracker_service
-        .lock()
-        .expect("tracker handle lock")
-        .as_ref()
-        .and_then(|t| t.try_inspect(|t| t.heal_counters()))
-    {
-        crate::coverage::add_heal(&mut coverage, &h);
+    // A group's members converge once the faults are over: each has
+    // applied the whole log, and all hold the same records.
+    let mut group_states = None;
+    if scenario.trackers > 1 && sim_error.is_none() {
+        let until = sim.elapsed() + Duration::from_secs(3);
+        loop {
+            let states = crate::trackers::states(&tracker_service, &tracker_disks);
+            if crate::trackers::agree(&states) || sim.elapsed() >= until {
+                group_states = Some(states);
+                break;
+            }
+            if let Err(e) = sim.step() {
+                sim_error = Some(e.to_string());
+                break;
+            }
+        }
     }
+    let sim_ms = sim.elapsed().as_millis() as u64;
+    let (audit, mut coverage) = {
+        let mut set = tracker_service.lock().expect("tracker set lock");
+        let audit = set.current().and_then(|t| t.try_audit());
+        let mut coverage = std::mem::take(&mut set.ended);
+        for h in set.running.values() {
+            if let Some(c) = h.service.try_inspect(|t| t.heal_counters()) {
+                crate::coverage::add_heal(&mut coverage, &c);
+            }
+        }
+        (audit, coverage)
+    };
     for (k, v) in crate::coverage::take_logged() {
         *coverage.entry(k).or_default() += v;
     }
@@ -1264,6 +1251,30 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         s.violations.push(format!(
             "the tracker's incremental state differs from a recomputation: {e}"
         ));
+    }
+    let two = crate::trackers::two_leaders(&group_writes);
+    if !two.is_empty() {
+        s.violations.push(format!(
+            "two trackers accepted writes in one term: {}",
+            two.join("; ")
+        ));
+    }
+    if let Some(states) = group_states {
+        let each: Vec<String> = states
+            .iter()
+            .map(|(h, applied, digest)| format!("{h} applied {applied} records {digest}"))
+            .collect();
+        let line = each.join(", ");
+        if crate::trackers::agree(&states) {
+            s.trace
+                .push(format!("{sim_ms:>6}ms tracker group agrees: {line}"));
+        } else {
+            s.violations.push(format!(
+                "the tracker group's members differ 3s after the run: {line}"
+            ));
+            s.trace
+                .push(format!("{sim_ms:>6}ms TRACKER GROUP DIFFERS: {line}"));
+        }
     }
     if let Some(e) = sim_error {
         s.violations.push(format!(
@@ -1296,7 +1307,7 @@ fn under_replicated(
         .iter()
         .filter(|(h, _)| !down.contains(*h) && !s.destroyed.contains(*h) && !s.left.contains(*h))
         .collect();
-    let service = tracker.lock().expect("tracker handle lock").clone();
+    let service = tracker.lock().expect("tracker set lock").current();
     let mut short = Vec::new();
     for (file, rec) in &s.names {
         let Some((_, rec)) = rec.surely() else {
@@ -1348,7 +1359,7 @@ fn phantom_copies(
     chunk_size: u64,
 ) -> Vec<String> {
     let s = shared.lock().expect("shared lock");
-    let service = tracker.lock().expect("tracker handle lock").clone();
+    let service = tracker.lock().expect("tracker set lock").current();
     let Some(service) = service else {
         return Vec::new();
     };
@@ -1394,6 +1405,7 @@ struct Hosts<'a, 'b> {
     partitions: &'a mut BTreeSet<(String, String)>,
     deferred: &'a mut Vec<(u64, Deferred)>,
     tracker: &'a TrackerRef,
+    tracker_disks: &'a [Arc<Mutex<Disk>>],
     now: u64,
 }
 
@@ -1427,10 +1439,28 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
                 return format!("restart {host} (it was down)");
             }
             sim.crash(host.as_str());
+            tracker.lock().expect("tracker set lock").crashed(&host);
             down.insert(host.clone());
             h.deferred
                 .push((h.now + u64::from(*down_ms), Deferred::Restart(host.clone())));
             format!("crash {host} for {down_ms}ms")
+        }
+        Action::Wipe {
+            tracker: i,
+            down_ms,
+        } => {
+            let host = crate::trackers::host(*i);
+            let Some(disk) = h.tracker_disks.get(usize::from(*i)) else {
+                return format!("{action}: no such tracker");
+            };
+            if down.insert(host.clone()) {
+                sim.crash(host.as_str());
+                tracker.lock().expect("tracker set lock").crashed(&host);
+            }
+            *disk.lock().expect("disk lock") = Disk::empty();
+            h.deferred
+                .push((h.now + u64::from(*down_ms), Deferred::Restart(host.clone())));
+            format!("wipe {host}: crashed, disk lost, back on an empty one in {down_ms}ms")
         }
         Action::Disk { node, what, n } => {
             let s = shared.lock().expect("shared lock");
@@ -1446,7 +1476,7 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
                     // does not count, such as a repeated put's, is deleted
                     // later): rot of the last copy is a loss no system
                     // prevents.
-                    let service = tracker.lock().expect("tracker handle lock").clone();
+                    let service = tracker.lock().expect("tracker set lock").current();
                     let elsewhere = |c: &p2p_core::ChunkId| {
                         // A trim waiting for the copies that stay to be
                         // verified: rot of one after its verification
@@ -1504,6 +1534,7 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
             let h = host_name(*t);
             if down.insert(h.clone()) {
                 sim.crash(h.as_str());
+                tracker.lock().expect("tracker set lock").crashed(&h);
                 format!("crash {h}")
             } else {
                 format!("crash {h} (already down)")

@@ -71,6 +71,7 @@ fn destroying_every_holder_is_reported_as_expected_loss() {
     let scenario = Scenario {
         seed: 1,
         nodes: 6,
+        trackers: 1,
         steps: vec![
             at(
                 0,
@@ -127,6 +128,7 @@ fn without_destruction_nothing_is_lost() {
     let scenario = Scenario {
         seed: 1,
         nodes: 6,
+        trackers: 1,
         steps: vec![
             at(
                 0,
@@ -199,6 +201,7 @@ fn rolling_losses_after_repair_lose_nothing() {
     let scenario = Scenario {
         seed: 5,
         nodes: 7,
+        trackers: 1,
         steps,
     };
     let report = run(&scenario, &cfg);
@@ -435,6 +438,7 @@ fn rm_and_reput_of_the_same_bytes_race_without_loss() {
         let scenario = Scenario {
             seed,
             nodes: 2,
+            trackers: 1,
             steps,
         };
         let report = run(&scenario, &SimConfig::default());

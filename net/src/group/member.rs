@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -12,7 +13,9 @@ use openraft::{BasicNode, Raft, ServerState};
 use p2p_core::tracker::Record;
 
 use super::network::ask_join;
-use super::{AppliedStore, Batch, GroupNetwork, GroupRaft, LogStore, StateMachine, member_id};
+use super::{
+    AppliedStore, Batch, GroupNetwork, GroupRaft, LogStore, Runtime, StateMachine, member_id,
+};
 use crate::transport::Dialer;
 
 /// Why a write through the group did not take effect, or might not have.
@@ -37,6 +40,14 @@ pub enum GroupError {
     /// The group's configuration is invalid.
     #[error("tracker group configuration: {0}")]
     Config(String),
+}
+
+/// Where a write landed in the group's log: the term of the leader that
+/// committed it, and its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub term: u64,
+    pub index: u64,
 }
 
 /// Election and heartbeat timing.
@@ -68,17 +79,22 @@ pub struct Member<M: AppliedStore> {
     /// Every member, by number.
     pub members: BTreeMap<u64, String>,
     pub timing: Timing,
-    /// Set when this member came back on an empty disk to a formed group:
-    /// it casts no vote until then.
-    pub abstain_until: Option<tokio::time::Instant>,
+    /// When this member started on an empty disk: until when it casts no
+    /// vote.
+    abstain: Arc<Abstain>,
     store: M,
 }
 
 impl<M: AppliedStore> Member<M> {
     /// Start the member at `addr` of the group `peers` (its own address
-    /// included), over `log` and `store`. A group that has never formed is
-    /// formed: every member proposes the same membership, and the library
-    /// keeps one (the others are told it is formed already).
+    /// included), over `log` and `store`. On an empty disk it forms the
+    /// group with the others, if none of them has a log yet (every member
+    /// proposes the same membership and the library keeps one), or else
+    /// rejoins it (see [`Abstain`]), in the background: the members'
+    /// service must be served meanwhile. The library's
+    /// random choices (election timeouts) are drawn from `seed`: a random
+    /// one in a real process, one per simulated host and start in the
+    /// simulator.
     pub async fn start<D: Dialer>(
         addr: &str,
         peers: &[String],
@@ -86,6 +102,7 @@ impl<M: AppliedStore> Member<M> {
         store: M,
         dialer: D,
         timing: &Timing,
+        seed: u64,
     ) -> Result<Self, GroupError> {
         let members: BTreeMap<u64, String> =
             peers.iter().map(|p| (member_id(p), p.clone())).collect();
@@ -116,12 +133,17 @@ impl<M: AppliedStore> Member<M> {
         }
         .validate()
         .map_err(|e| GroupError::Config(e.to_string()))?;
-        let raft = Raft::new(
-            id,
-            Arc::new(config),
-            GroupNetwork::new(dialer.clone()),
-            log,
-            StateMachine::new(store.clone()),
+        // Every task of the library is spawned by `Raft::new` or by those
+        // tasks, so all of them draw from this seed.
+        let raft = Runtime::scope(
+            seed,
+            Raft::new(
+                id,
+                Arc::new(config),
+                GroupNetwork::new(dialer.clone()),
+                log,
+                StateMachine::new(store.clone()),
+            ),
         )
         .await
         .map_err(|e| GroupError::Fatal(e.to_string()))?;
@@ -129,34 +151,21 @@ impl<M: AppliedStore> Member<M> {
             .is_initialized()
             .await
             .map_err(|e| GroupError::Fatal(e.to_string()))?;
-        let mut abstain_until = None;
+        // A member on an empty disk casts no vote for a while, and, if the
+        // group has a log, none until it has caught up (see [`Abstain`]).
+        let abstain = Arc::new(Abstain::new(if initialized {
+            None
+        } else {
+            Some(tokio::time::Instant::now() + timing.election_max * 2)
+        }));
         if !initialized {
-            // An empty disk: the group's first start, or this member lost
-            // its data. If any other member says the group has formed, it
-            // must not form one of its own: it asks the leader to take it
-            // back from an empty log, and follows.
-            let mut formed = false;
-            let started = tokio::time::Instant::now();
-            for (_, other) in members.iter().filter(|(i, _)| **i != id) {
-                if let Ok(a) = ask_join(&dialer, other, id).await {
-                    formed |= a.formed;
-                }
-            }
-            if formed {
-                abstain_until = Some(started + timing.election_max * 2);
-                tracing::info!(member = %addr, "the group has formed: rejoining it from an empty disk");
-                let (dialer, others) = (dialer.clone(), members.clone());
-                tokio::spawn(async move { rejoin(dialer, others, id).await });
-            } else {
-                let nodes: BTreeMap<u64, BasicNode> = members
-                    .iter()
-                    .map(|(&i, a)| (i, BasicNode::new(a.clone())))
-                    .collect();
-                // Refused if another member's proposal got here first.
-                if let Err(e) = raft.initialize(nodes).await {
-                    tracing::debug!(error = %e, "the group is formed already");
-                }
-            }
+            let (raft, dialer, members, abstain) = (
+                raft.clone(),
+                dialer.clone(),
+                members.clone(),
+                abstain.clone(),
+            );
+            tokio::spawn(async move { form_or_rejoin(raft, dialer, members, id, abstain).await });
         }
         Ok(Self {
             raft,
@@ -164,14 +173,14 @@ impl<M: AppliedStore> Member<M> {
             addr: addr.to_string(),
             members,
             timing: timing.clone(),
-            abstain_until,
+            abstain,
             store,
         })
     }
 
     /// The members' service this member serves to the others.
     pub fn service(&self) -> super::GroupService<M> {
-        super::GroupService::new(self.raft.clone()).abstaining_until(self.abstain_until)
+        super::GroupService::new(self.raft.clone()).abstaining(self.abstain.clone())
     }
 
     /// The record store this member applies to.
@@ -209,8 +218,8 @@ impl<M: AppliedStore> Member<M> {
     }
 
     /// Replicate `records` and return once a majority has them durably and
-    /// they are applied here.
-    pub async fn write(&self, records: &[Record]) -> Result<(), GroupError> {
+    /// they are applied here: where in the log they are.
+    pub async fn write(&self, records: &[Record]) -> Result<Written, GroupError> {
         // A leader cut off from the majority would wait for ever.
         let limit = self.timing.election_max * 4;
         let write = self.raft.client_write(Batch::of(records));
@@ -218,7 +227,10 @@ impl<M: AppliedStore> Member<M> {
             return Err(GroupError::NoQuorum(limit));
         };
         match r {
-            Ok(_) => Ok(()),
+            Ok(w) => Ok(Written {
+                term: w.log_id.leader_id.term,
+                index: w.log_id.index,
+            }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(GroupError::NotLeader {
                     leader: f.leader_node.map(|n| n.addr),
@@ -239,18 +251,102 @@ impl<M: AppliedStore> Member<M> {
     }
 }
 
-/// Ask the leader, until it agrees (about a minute at most), to take
-/// member `id` back from an empty log.
-async fn rejoin<D: Dialer>(dialer: D, members: BTreeMap<u64, String>, id: u64) {
-    for _ in 0..120 {
+/// Why a member that started on an empty disk does not vote yet.
+///
+/// It may have lost its data: the votes it cast (it could vote twice in one
+/// term, and two leaders could be elected in it) and log entries that
+/// counted toward a commit (with its vote, a member that lacks them could
+/// be elected and overwrite them). So it casts no vote for two election
+/// timeouts after it starts (any election it took part in before is over),
+/// and, if the group has a log, none until a leader has taken it back and
+/// it has applied everything that leader had committed then. If no member
+/// has a log (the group's first start), it votes at once.
+#[derive(Debug)]
+pub struct Abstain {
+    until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Applied index to reach; `u64::MAX` until known, 0 when none.
+    until_applied: AtomicU64,
+}
+
+impl Abstain {
+    fn new(until: Option<tokio::time::Instant>) -> Self {
+        Self {
+            until_applied: AtomicU64::new(if until.is_some() { u64::MAX } else { 0 }),
+            until: std::sync::Mutex::new(until),
+        }
+    }
+
+    /// Whether this member knows where it stands: it formed the group, or
+    /// a leader took it back. Until then it takes no entries either: the
+    /// leader must allow its log to go back first (a conflict answered
+    /// before that leaves the leader retrying the same entries for ever).
+    pub fn settled(&self) -> bool {
+        self.until_applied.load(Ordering::SeqCst) != u64::MAX
+    }
+
+    /// Why this member casts no vote now, if it does not, having applied
+    /// the log up to `applied`.
+    pub fn reason(&self, applied: Option<u64>) -> Option<&'static str> {
+        let until = *self.until.lock().expect("abstain lock");
+        if until.is_some_and(|t| tokio::time::Instant::now() < t) {
+            return Some("this member started on an empty disk and casts no vote yet");
+        }
+        let need = self.until_applied.load(Ordering::SeqCst);
+        let caught_up = match applied {
+            Some(a) => a >= need,
+            None => need == 0,
+        };
+        (!caught_up).then_some("this member lost its disk and casts no vote until it has caught up")
+    }
+}
+
+/// On an empty disk: form the group, or, if it has a log already (this
+/// member lost its disk), ask its leader to take this member back, and
+/// learn up to where it must catch up before it votes. Asks until one of
+/// the others answers (a member that cannot tell must not form a group of
+/// its own), then, for a rejoin, until a leader takes it back.
+async fn form_or_rejoin<M: AppliedStore, D: Dialer>(
+    raft: GroupRaft<M>,
+    dialer: D,
+    members: BTreeMap<u64, String>,
+    id: u64,
+    abstain: Arc<Abstain>,
+) {
+    let mut announced = false;
+    loop {
+        let mut answered = false;
+        let mut has_log = false;
         for (_, addr) in members.iter().filter(|(i, _)| **i != id) {
-            if let Ok(a) = ask_join(&dialer, addr, id).await
-                && a.taken
-            {
+            let Ok(a) = ask_join(&dialer, addr, id).await else {
+                continue;
+            };
+            answered = true;
+            has_log |= a.has_log;
+            if let Some(at) = a.taken {
+                abstain.until_applied.store(at, Ordering::SeqCst);
+                tracing::info!(leader = %addr, catch_up_to = at, "taken back into the tracker group");
                 return;
             }
         }
+        if answered && !has_log {
+            let nodes: BTreeMap<u64, BasicNode> = members
+                .iter()
+                .map(|(&i, a)| (i, BasicNode::new(a.clone())))
+                .collect();
+            // Refused if another member's proposal got here first.
+            if let Err(e) = raft.initialize(nodes).await {
+                tracing::debug!(error = %e, "the group is formed already");
+            }
+            // Nobody has a log: no leader was ever elected, so no vote this
+            // member may have forgotten counted for one.
+            *abstain.until.lock().expect("abstain lock") = None;
+            abstain.until_applied.store(0, Ordering::SeqCst);
+            return;
+        }
+        if has_log && !announced {
+            announced = true;
+            tracing::info!("the tracker group has a log: rejoining it from an empty disk");
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    tracing::warn!("no leader took this member back; it waits for the leader's log");
 }

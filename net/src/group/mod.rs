@@ -34,7 +34,7 @@ pub mod serve;
 pub mod state_machine;
 
 pub use log_store::LogStore;
-pub use member::{GroupError, Member, Timing};
+pub use member::{GroupError, Member, Timing, Written};
 pub use network::{GroupNetwork, GroupService};
 pub use serve::{GroupMeta, Leading};
 pub use state_machine::StateMachine;
@@ -60,15 +60,26 @@ impl fmt::Display for Batch {
     }
 }
 
+/// The runtime the group runs on: tokio, with the library's randomness
+/// (election timeouts) drawn from a seed per member, so that a simulated
+/// run replays exactly. A member's Raft must start inside
+/// [`Runtime::scope`] (see [`Member::start`]).
+pub type Runtime =
+    openraft::rt::deterministic_rng::DeterministicRng<openraft_rt_tokio::TokioRuntime>;
+
 openraft::declare_raft_types!(
     /// The group's types for openraft: members are numbered by a hash of
-    /// their address ([`member_id`]) and known by that address.
+    /// their address ([`member_id`]) and known by that address. Standard
+    /// Raft leadership: at most one leader per term (the simulator checks
+    /// that no two members commit writes in the same term).
     pub GroupConfig:
         D = Batch,
         R = (),
         NodeId = u64,
         Node = openraft::BasicNode,
-        AsyncRuntime = openraft_rt_tokio::TokioRuntime,
+        Term = u64,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
+        AsyncRuntime = Runtime,
 );
 
 /// A member's Raft handle.

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -23,6 +24,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::member::Abstain;
 use super::{AppliedStore, GroupConfig, GroupRaft, decode, encode};
 use crate::transport::Dialer;
 
@@ -210,32 +212,50 @@ impl RaftNetworkV2<C> for Peer {
 /// The members' RPCs, served by each member for the others.
 pub struct GroupService<M: AppliedStore> {
     raft: GroupRaft<M>,
-    /// A member that came back on an empty disk forgot the votes it cast:
-    /// it casts none until then (an election timeout or two), so it cannot
-    /// vote twice in one term.
-    abstain_until: Option<tokio::time::Instant>,
+    /// A member that started on an empty disk may have forgotten votes and
+    /// entries: it casts no vote until [`Abstain`] allows.
+    abstain: Option<Arc<Abstain>>,
 }
 
 impl<M: AppliedStore> GroupService<M> {
     pub fn new(raft: GroupRaft<M>) -> Self {
         Self {
             raft,
-            abstain_until: None,
+            abstain: None,
         }
     }
 
-    /// Cast no vote until `until`.
-    pub fn abstaining_until(mut self, until: Option<tokio::time::Instant>) -> Self {
-        self.abstain_until = until;
+    /// Cast no vote while `abstain` says so.
+    pub fn abstaining(mut self, abstain: Arc<Abstain>) -> Self {
+        self.abstain = Some(abstain);
         self
     }
 
-    fn abstains(&self) -> Result<(), Status> {
-        match self.abstain_until {
-            Some(t) if tokio::time::Instant::now() < t => Err(Status::unavailable(
-                "this member came back on an empty disk and casts no vote yet",
+    /// Entries are refused until this member knows where it stands (see
+    /// [`Abstain::settled`]).
+    fn unsettled(&self) -> Result<(), Status> {
+        match &self.abstain {
+            Some(a) if !a.settled() => Err(Status::unavailable(
+                "this member started on an empty disk and is rejoining the group",
             )),
             _ => Ok(()),
+        }
+    }
+
+    fn abstains(&self) -> Result<(), Status> {
+        let Some(a) = &self.abstain else {
+            return Ok(());
+        };
+        let applied = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map(|l| l.index);
+        match a.reason(applied) {
+            Some(why) => Err(Status::unavailable(why)),
+            None => Ok(()),
         }
     }
 
@@ -265,6 +285,7 @@ impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M>
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.unsettled()?;
         let rpc: AppendEntriesRequest<C> = request(req.get_ref())?;
         reply(self.raft.append_entries(rpc).await)
     }
@@ -291,6 +312,7 @@ impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M>
         &self,
         req: Request<Streaming<pb::RaftMessage>>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.unsettled()?;
         let mut parts = req.into_inner();
         let head = parts
             .next()
@@ -319,22 +341,27 @@ impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M>
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let id: u64 = request(req.get_ref())?;
-        let formed = self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let leading = self.raft.metrics().borrow_watched().state == openraft::ServerState::Leader;
-        let mut taken = false;
-        if formed && leading {
+        let (leading, has_log, committed) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (
+                m.state == openraft::ServerState::Leader,
+                // Index 0 is the first membership; a leader's first entry
+                // is index 1.
+                m.last_log_index.is_some_and(|i| i >= 1),
+                m.local_committed.as_ref().map_or(0, |l| l.index),
+            )
+        };
+        let mut taken = None;
+        if leading {
             // The member lost its disk: its log starts again from nothing,
             // which the leader would otherwise take for a bug.
-            taken = matches!(
+            if matches!(
                 self.raft.trigger().allow_next_revert(&id, true).await,
                 Ok(Ok(()))
-            );
-            if taken {
+            ) {
                 tracing::info!(member = id, "a member rejoins from an empty disk");
+                taken = Some(committed);
             }
         }
         let leader = {
@@ -348,7 +375,7 @@ impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M>
             })
         };
         reply::<JoinAnswer, String>(Ok(JoinAnswer {
-            formed,
+            has_log,
             leader,
             taken,
         }))
@@ -358,12 +385,15 @@ impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M>
 /// A member's answer to one that starts on an empty disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinAnswer {
-    /// The group has formed.
-    pub formed: bool,
+    /// The group has a log: a leader has been elected (the asking member
+    /// must rejoin it, not form a group).
+    pub has_log: bool,
     /// The leader, if known.
     pub leader: Option<String>,
-    /// This member leads and takes the new one back from an empty log.
-    pub taken: bool,
+    /// This member leads and takes the asking one back from an empty log;
+    /// the asking one votes once it has applied up to this index (what the
+    /// leader had committed).
+    pub taken: Option<u64>,
 }
 
 /// Ask the member at `addr` about the group, for member `id` on an empty

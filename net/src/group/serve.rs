@@ -46,6 +46,7 @@ impl<M: AppliedStore> MetaStore for GroupMeta<M> {
         self.member
             .write(&records)
             .await
+            .map(|_| ())
             .map_err(|e| MetaError::Db {
                 path: "tracker group".into(),
                 msg: e.to_string(),
@@ -68,6 +69,13 @@ impl<M: AppliedStore> Leading<M> {
             serving: AtomicU64::new(0),
             rebuild: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The term this member answers requests in, if it does now: it
+    /// leads, and has rebuilt its tracker for that term.
+    pub fn serving(&self) -> Option<u64> {
+        let term = self.serving.load(Ordering::SeqCst);
+        (term != 0 && self.check().is_ok()).then_some(term)
     }
 
     fn leader_addr(&self) -> Option<String> {
@@ -97,7 +105,7 @@ impl<M: AppliedStore> Leading<M> {
                     .ensure_linearizable(ReadPolicy::ReadIndex)
                     .await
                 {
-                    Ok(_) => match service.reload().await {
+                    Ok(_) => match service.reload(term).await {
                         Ok(()) => {
                             self.serving.store(term, Ordering::SeqCst);
                             tracing::info!(term, "leading the tracker group");
