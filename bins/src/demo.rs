@@ -1,8 +1,10 @@
-//! `p2p demo`: a whole cluster in one process on loopback. A tracker and
-//! several nodes start on free ports, a generated file is stored with 3
-//! replicas, two nodes are stopped without warning, the file still comes
-//! back byte-identical, and the tracker has every chunk copied back to 3
-//! live nodes (counted on the nodes themselves).
+//! `p2p demo`: a whole cluster in one process on loopback. A group of three
+//! trackers and several nodes start on free ports, a generated file is
+//! stored with 3 replicas, two nodes are stopped without warning, the file
+//! still comes back byte-identical, and the trackers have every chunk
+//! copied back to 3 live nodes (counted on the nodes themselves). Then the
+//! leading tracker is stopped: another takes over, and the cluster stores
+//! and serves files as before.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,6 +16,9 @@ use rand::{RngCore, SeedableRng};
 
 use crate::daemon::{NodeOptions, RunningNode, TrackerOptions, bind, run_node, run_tracker};
 use crate::output::human_bytes;
+
+/// Trackers in the demo's group.
+const TRACKERS: usize = 3;
 
 /// Settings of the demo.
 #[derive(Debug, Clone)]
@@ -57,27 +62,40 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
     }
     let t0 = Instant::now();
     let heartbeat = Duration::from_millis(250);
-    let (tl, taddr) = bind("127.0.0.1:0").await?;
-    let (stop_tracker, stopped) = tokio::sync::oneshot::channel::<()>();
-    let tracker = run_tracker(
-        tl,
-        TrackerOptions {
-            data: dir.join("tracker"),
-            dead_after: Duration::from_secs(2),
-            heartbeat,
-            repair_grace: Duration::ZERO,
-            full_report: Duration::from_secs(3600),
-            orphan_grace: Duration::from_secs(3600),
-            peers: Vec::new(),
-            advertise: taddr.to_string(),
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    )
-    .await?;
-    println!("tracker      listening on {taddr}");
-    let tracker_url = format!("http://{taddr}");
+    // Three trackers, replicated: any one can stop.
+    let mut listeners = Vec::new();
+    for _ in 0..TRACKERS {
+        listeners.push(bind("127.0.0.1:0").await?);
+    }
+    let peers: Vec<String> = listeners.iter().map(|(_, a)| a.to_string()).collect();
+    let mut trackers = Vec::new();
+    for (i, (tl, taddr)) in listeners.into_iter().enumerate() {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = run_tracker(
+            tl,
+            TrackerOptions {
+                data: dir.join(format!("tracker{i}")),
+                dead_after: Duration::from_secs(2),
+                heartbeat,
+                repair_grace: Duration::ZERO,
+                full_report: Duration::from_secs(3600),
+                orphan_grace: Duration::from_secs(3600),
+                peers: peers.clone(),
+                advertise: taddr.to_string(),
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await?;
+        println!("tracker {i}    listening on {taddr}");
+        trackers.push((taddr.to_string(), stop, task));
+    }
+    let tracker_url = peers
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut nodes: Vec<RunningNode> = Vec::new();
     for i in 0..opts.nodes {
         let (l, addr) = bind("127.0.0.1:0").await?;
@@ -101,7 +119,7 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
     }
     let client = Client::new(TcpDialer::default(), &tracker_url, ClientConfig::default());
     let n = opts.nodes;
-    wait_for("nodes to register", Duration::from_secs(10), async || {
+    wait_for("nodes to register", Duration::from_secs(20), async || {
         Ok(client
             .status()
             .await?
@@ -212,8 +230,57 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
         live.len(),
         chunks.len()
     );
+
+    // The leading tracker stops without warning: another member, which
+    // has every record, takes over; nodes and the client follow it.
+    let status = client.status().await?;
+    let leader = status
+        .trackers
+        .iter()
+        .find(|t| t.role == "leader")
+        .map(|t| t.addr.clone())
+        .context("no tracker leads")?;
+    let i = trackers
+        .iter()
+        .position(|(a, _, _)| *a == leader)
+        .context("the leader is not one of the demo's trackers")?;
+    let (_, stop, task) = trackers.remove(i);
+    let t_fail = Instant::now();
+    let _ = stop.send(());
+    let _ = task.await;
+    println!("killed       tracker {i} at {leader}, the leader");
+    let small = dir.join("after-failover.bin");
+    std::fs::write(&small, b"stored after the leading tracker stopped\n")
+        .with_context(|| format!("cannot write {}", small.display()))?;
+    client
+        .put_file(
+            &small,
+            Some("after-failover.txt"),
+            opts.replicas,
+            false,
+            &NoProgress,
+        )
+        .await?;
+    let failover_s = t_fail.elapsed().as_secs_f64();
+    let status = client.status().await?;
+    let new_leader = status
+        .trackers
+        .iter()
+        .find(|t| t.role == "leader")
+        .map_or("?".to_string(), |t| t.addr.clone());
     println!(
-        "report       {} stored with R={}, {} of {} nodes killed, file intact, factor restored; whole demo {:.1} s",
+        "failover     tracker at {new_leader} leads; a put succeeded {failover_s:.2} s after the leader stopped"
+    );
+    client.get_file("demo.bin", &output, &NoProgress).await?;
+    if file_hash(&output)? != want {
+        bail!("after the failover the file came back different");
+    }
+    println!(
+        "verified     demo.bin read back identical through the new leader ({} files listed)",
+        client.list().await?.len()
+    );
+    println!(
+        "report       {} stored with R={}, {} of {} nodes killed, file intact, factor restored; leading tracker killed, failover in {failover_s:.2} s; whole demo {:.1} s",
         human_bytes(opts.size_bytes),
         opts.replicas,
         killed,
@@ -223,7 +290,9 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
     for node in nodes {
         node.stop().await;
     }
-    let _ = stop_tracker.send(());
-    let _ = tracker.await;
+    for (_, stop, task) in trackers {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     Ok(())
 }

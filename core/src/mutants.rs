@@ -37,6 +37,13 @@ pub enum Mutant {
     /// a moment later): a tracker crash in between forgets what it
     /// acknowledged.
     TrackerAckBeforePersist,
+    /// A tracker that becomes the group's leader serves at once, from the
+    /// state it had, without waiting for the group's log to be applied
+    /// and its tracker rebuilt from it.
+    LeaderSkipsCatchUp,
+    /// A group member back on an empty disk votes and takes entries at
+    /// once, as if it had lost nothing.
+    RejoinVotesAtOnce,
 }
 
 impl Mutant {
@@ -52,6 +59,8 @@ impl Mutant {
         Mutant::ApplyOvertakenHeartbeat,
         Mutant::DeletingCountsAsHolder,
         Mutant::TrackerAckBeforePersist,
+        Mutant::LeaderSkipsCatchUp,
+        Mutant::RejoinVotesAtOnce,
     ];
 
     /// Its name on the command line, kebab-case.
@@ -67,6 +76,8 @@ impl Mutant {
             Mutant::ApplyOvertakenHeartbeat => "apply-overtaken-heartbeat",
             Mutant::DeletingCountsAsHolder => "deleting-counts-as-holder",
             Mutant::TrackerAckBeforePersist => "tracker-ack-before-persist",
+            Mutant::LeaderSkipsCatchUp => "leader-skips-catch-up",
+            Mutant::RejoinVotesAtOnce => "rejoin-votes-at-once",
         }
     }
 

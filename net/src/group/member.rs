@@ -282,11 +282,15 @@ impl Abstain {
     /// before that leaves the leader retrying the same entries for ever).
     pub fn settled(&self) -> bool {
         self.until_applied.load(Ordering::SeqCst) != u64::MAX
+            || p2p_core::mutants::on(p2p_core::mutants::Mutant::RejoinVotesAtOnce)
     }
 
     /// Why this member casts no vote now, if it does not, having applied
     /// the log up to `applied`.
     pub fn reason(&self, applied: Option<u64>) -> Option<&'static str> {
+        if p2p_core::mutants::on(p2p_core::mutants::Mutant::RejoinVotesAtOnce) {
+            return None;
+        }
         let until = *self.until.lock().expect("abstain lock");
         if until.is_some_and(|t| tokio::time::Instant::now() < t) {
             return Some("this member started on an empty disk and casts no vote yet");

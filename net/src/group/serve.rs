@@ -98,6 +98,10 @@ impl<M: AppliedStore> Leading<M> {
                 }
             } else if self.serving.load(Ordering::SeqCst) != term {
                 self.serving.store(0, Ordering::SeqCst);
+                if p2p_core::mutants::on(p2p_core::mutants::Mutant::LeaderSkipsCatchUp) {
+                    self.serving.store(term, Ordering::SeqCst);
+                    continue;
+                }
                 // Everything committed before this term, applied here.
                 match self
                     .member
