@@ -10,14 +10,17 @@ use p2p_core::NodeId;
 use p2p_core::tracker::TrackerConfig;
 use std::sync::Arc;
 
+use p2p_net::enrollment::{EnrollmentService, authenticated, trackers_only};
 use p2p_net::group::{GroupMeta, Leading, LogStore, Member, Timing};
 use p2p_net::meta::RedbMeta;
 use p2p_net::node::{NodeConfig, NodeService};
 use p2p_net::store::DiskStore;
+use p2p_net::tls::{Ca, Credentials};
 use p2p_net::tracker::TrackerService;
 use p2p_net::transport::{TcpDialer, Timeouts, server_builder, tcp_incoming};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
 /// Bind `listen` (`host:port`, port 0 for any).
 pub async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -60,9 +63,10 @@ pub async fn run_tracker(
         session_base: rand::random::<u64>() >> 1,
         ..TrackerConfig::default()
     };
+    let tls = tracker_tls(&opts)?;
     if !opts.peers.is_empty() {
         drop(meta);
-        return run_group_tracker(listener, opts, config, shutdown).await;
+        return run_group_tracker(listener, opts, config, tls, shutdown).await;
     }
     let service = TrackerService::open(config, meta).await?;
     let ticker = tokio::spawn(
@@ -77,9 +81,21 @@ pub async fn run_tracker(
             trim_heap();
         }
     });
+    let mut builder = server_builder(&Timeouts::default());
+    let mut enrollment = None;
+    if let Some((ca, creds)) = &tls {
+        builder = builder
+            .tls_config(creds.server())
+            .context("tracker TLS settings")?;
+        enrollment = Some(EnrollmentService::new(service.clone(), ca.clone()).into_server());
+    }
     Ok(tokio::spawn(async move {
-        let r = server_builder(&Timeouts::default())
-            .add_service(service.into_server())
+        let r = builder
+            .add_service(InterceptedService::new(
+                service.into_server(),
+                authenticated,
+            ))
+            .add_optional_service(enrollment)
             .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
             .await;
         ticker.abort();
@@ -88,12 +104,37 @@ pub async fn run_tracker(
     }))
 }
 
+/// A tracker's TLS, if `p2p init` made the cluster's CA in its data
+/// directory: the CA, and a certificate for this tracker's address made
+/// now. It also notes where the trackers are, for `p2p token`.
+fn tracker_tls(opts: &TrackerOptions) -> anyhow::Result<Option<(Arc<Ca>, Credentials)>> {
+    let Some(ca) = Ca::load(&opts.data).context("cannot read the cluster's CA")? else {
+        return Ok(None);
+    };
+    let mut addrs = vec![opts.advertise.clone()];
+    let list = if opts.peers.is_empty() {
+        opts.advertise.clone()
+    } else {
+        opts.peers.join(",")
+    };
+    if addrs[0].starts_with("0.0.0.0:") || addrs[0].starts_with("[::]:") {
+        addrs.push(addrs[0].replacen("0.0.0.0", "127.0.0.1", 1));
+    }
+    ca.set_trackers(&list)
+        .context("cannot note the trackers' addresses")?;
+    let creds = ca
+        .tracker_credentials(&addrs)
+        .context("cannot issue the tracker's certificate")?;
+    Ok(Some((Arc::new(ca), creds)))
+}
+
 /// Serve a member of a tracker group on `listener`: the tracker's service
 /// (answered while this member leads) and the members' own service.
 async fn run_group_tracker(
     listener: TcpListener,
     opts: TrackerOptions,
     config: TrackerConfig,
+    tls: Option<(Arc<Ca>, Credentials)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let log = LogStore::open(&opts.data)
@@ -104,7 +145,11 @@ async fn run_group_tracker(
         &opts.peers,
         log,
         store,
-        TcpDialer::default(),
+        match &tls {
+            // Members talk to each other with the tracker's certificate.
+            Some((_, creds)) => TcpDialer::default().with_tls(creds),
+            None => TcpDialer::default(),
+        },
         &Timing::default(),
         rand::random(),
     )
@@ -121,10 +166,22 @@ async fn run_group_tracker(
             .run_ticker((opts.heartbeat / 2).max(Duration::from_millis(10))),
     );
     let group = member.service().into_server();
+    let mut builder = server_builder(&Timeouts::default());
+    let mut enrollment = None;
+    if let Some((ca, creds)) = &tls {
+        builder = builder
+            .tls_config(creds.server())
+            .context("tracker TLS settings")?;
+        enrollment = Some(EnrollmentService::new(service.clone(), ca.clone()).into_server());
+    }
     Ok(tokio::spawn(async move {
-        let r = server_builder(&Timeouts::default())
-            .add_service(service.into_server())
-            .add_service(group)
+        let r = builder
+            .add_service(InterceptedService::new(
+                service.into_server(),
+                authenticated,
+            ))
+            .add_service(InterceptedService::new(group, trackers_only))
+            .add_optional_service(enrollment)
             .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
             .await;
         follow.abort();
@@ -161,6 +218,9 @@ pub struct NodeOptions {
     pub scrub_bytes_per_sec: u64,
     /// A scrub pass starts at most this often.
     pub scrub_every: Duration,
+    /// An enrollment token, used on first start if the node has no
+    /// credentials in `<data>/tls/` yet.
+    pub join: Option<String>,
 }
 
 /// The node's stable id, created on first start in `<data>/node-id`.
@@ -214,6 +274,31 @@ pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Resul
     let bound = listener.local_addr().context("listener has no address")?;
     let addr = opts.advertise.clone().unwrap_or_else(|| bound.to_string());
     let id = node_id(&opts.data)?;
+    let tls_dir = opts.data.join("tls");
+    let mut creds = Credentials::load(&tls_dir).with_context(|| {
+        format!(
+            "cannot read the node's credentials in {}",
+            tls_dir.display()
+        )
+    })?;
+    if creds.is_none()
+        && let Some(token) = &opts.join
+    {
+        let c =
+            p2p_net::tls::enroll(token, Some((id.as_str(), &addr)), &Timeouts::default()).await?;
+        c.save(&tls_dir).with_context(|| {
+            format!(
+                "cannot keep the node's credentials in {}",
+                tls_dir.display()
+            )
+        })?;
+        tracing::info!(node = %id, "enrolled");
+        creds = Some(c);
+    }
+    let dialer = match &creds {
+        Some(c) => TcpDialer::default().with_tls(c),
+        None => TcpDialer::default(),
+    };
     let store = DiskStore::open(&opts.data)
         .await
         .with_context(|| format!("cannot open chunk store in {}", opts.data.display()))?;
@@ -223,15 +308,7 @@ pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Resul
         scrub_every: opts.scrub_every,
         ..NodeConfig::default()
     };
-    let service = NodeService::open(
-        id,
-        addr,
-        opts.tracker.clone(),
-        store,
-        TcpDialer::default(),
-        config,
-    )
-    .await?;
+    let service = NodeService::open(id, addr, opts.tracker.clone(), store, dialer, config).await?;
     let heartbeats = tokio::spawn(service.clone().run_heartbeats());
     let scrubber = tokio::spawn(service.clone().run_scrubber());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -244,9 +321,15 @@ pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Resul
         }
     };
     let svc = service.clone();
+    let mut builder = server_builder(&Timeouts::default());
+    if let Some(c) = &creds {
+        builder = builder
+            .tls_config(c.server())
+            .context("node TLS settings")?;
+    }
     let server = tokio::spawn(async move {
-        server_builder(&Timeouts::default())
-            .add_service(svc.into_server())
+        builder
+            .add_service(InterceptedService::new(svc.into_server(), authenticated))
             .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
             .await
             .context("node server failed")

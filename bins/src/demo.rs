@@ -108,6 +108,7 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
                 heartbeat,
                 scrub_bytes_per_sec: 16 << 20,
                 scrub_every: Duration::from_secs(60),
+                join: None,
             },
         )
         .await?;

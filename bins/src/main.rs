@@ -19,14 +19,11 @@ use p2p_net::transport::{TcpDialer, Timeouts};
     about = "Peer-to-peer file sharing: a tracker, nodes that store replicated chunks, and a client"
 )]
 struct Cli {
-    /// Tracker URL.
-    #[arg(
-        long,
-        global = true,
-        env = "P2P_TRACKER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    tracker: String,
+    /// Tracker URL, or a tracker group's, comma-separated [default: what
+    /// enrollment noted (`p2p login`, `node --join`), else
+    /// http://127.0.0.1:50051].
+    #[arg(long, global = true, env = "P2P_TRACKER")]
+    tracker: Option<String>,
     /// Give up on a peer that does not answer within this time.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -102,7 +99,34 @@ enum Cmd {
         /// Run as a daemon, without the shell.
         #[arg(long)]
         no_shell: bool,
+        /// Enrollment token (from `p2p token --role node`): on first start,
+        /// get this node a certificate of the cluster; its credentials are
+        /// kept in DATA/tls/, so later starts need no token.
+        #[arg(long)]
+        join: Option<String>,
     },
+    /// Make the cluster's certificate authority in the tracker's data
+    /// directory: the tracker then serves only mutual TLS.
+    Init {
+        #[arg(long, default_value = "p2p-data/tracker")]
+        data: PathBuf,
+    },
+    /// Print a one-time enrollment token (run on the tracker's host).
+    Token {
+        /// The tracker's data directory (where `p2p init` made the CA).
+        #[arg(long, default_value = "p2p-data/tracker")]
+        data: PathBuf,
+        /// What the token lets its holder be: node, client or admin.
+        #[arg(long)]
+        role: String,
+        /// How long the token works.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Enroll this user with a token (from `p2p token --role client`):
+    /// credentials go to $P2P_CONFIG (default ~/.config/p2p), and every
+    /// command then uses them.
+    Login { token: String },
     /// Store a file; exits 0 only when every chunk is durably on its R holders.
     Put {
         path: PathBuf,
@@ -192,19 +216,67 @@ fn print_json(v: &serde_json::Value) {
     let _ = writeln!(std::io::stdout(), "{text}");
 }
 
+/// Where a person's credentials are: `$P2P_CONFIG`, else `~/.config/p2p`.
+fn config_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("P2P_CONFIG") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".config").join("p2p")
+}
+
+/// The tracker addresses noted in `dir` at enrollment, if any.
+fn noted_trackers(dir: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("trackers"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// A token's tracker list as URLs (`https://`: a cluster that enrolls
+/// speaks only TLS).
+fn token_trackers(token: &str) -> anyhow::Result<String> {
+    let (t, _) = p2p_core::enroll::Token::parse(token)?;
+    Ok(p2p_net::transport::tracker_members(&t.trackers)
+        .iter()
+        .map(|a| {
+            format!(
+                "https://{}",
+                a.trim_start_matches("https://")
+                    .trim_start_matches("http://")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+const DEFAULT_TRACKER: &str = "http://127.0.0.1:50051";
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let dialer = TcpDialer {
+    let user_dir = config_dir();
+    let user = p2p_net::tls::Credentials::load(&user_dir)
+        .with_context(|| format!("cannot read credentials in {}", user_dir.display()))?;
+    let tracker = cli
+        .tracker
+        .clone()
+        .or_else(|| noted_trackers(&user_dir))
+        .unwrap_or_else(|| DEFAULT_TRACKER.to_string());
+    let mut dialer = TcpDialer {
         timeouts: Timeouts {
             request: cli.timeout,
             piece: cli.timeout,
             ..Timeouts::default()
         },
+        tls: None,
     };
+    if let Some(c) = &user {
+        dialer = dialer.with_tls(c);
+    }
     let defaults = ClientConfig::default();
-    let client = |chunk_size: u64| {
+    let client_with = |dialer: TcpDialer, tracker: &str, chunk_size: u64| {
         Client::new(
-            dialer.clone(),
-            &cli.tracker,
+            dialer,
+            tracker,
             ClientConfig {
                 chunk_size_bytes: chunk_size,
                 chunks_in_flight: cli.parallel.map_or(defaults.chunks_in_flight, usize::from),
@@ -213,7 +285,76 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
         )
     };
+    let client = |chunk_size: u64| client_with(dialer.clone(), &tracker, chunk_size);
+    let client_cmd = matches!(
+        cli.cmd,
+        Cmd::Put { .. }
+            | Cmd::Get { .. }
+            | Cmd::Ls { .. }
+            | Cmd::Rm { .. }
+            | Cmd::Status { .. }
+            | Cmd::Leave { .. }
+    );
+    if client_cmd && user.is_none() && tracker.contains("https://") {
+        anyhow::bail!(
+            "the tracker at {tracker} speaks mutual TLS: enroll first (p2p login TOKEN, with a token from p2p token --role client)"
+        );
+    }
     match cli.cmd {
+        Cmd::Init { ref data } => {
+            let ca = p2p_net::tls::Ca::init(data)?;
+            println!(
+                "made the cluster's certificate authority in {} (pin {}); the tracker serves only mutual TLS from now on. Give nodes and users tokens: p2p token --data {} --role node|client|admin",
+                data.join("tls").display(),
+                hex::encode(ca.pin()),
+                data.display()
+            );
+        }
+        Cmd::Token {
+            ref data,
+            ref role,
+            ttl,
+        } => {
+            let role = p2p_core::enroll::Role::from_name(role)
+                .filter(|r| *r != p2p_core::enroll::Role::Tracker)
+                .with_context(|| format!("unknown role {role:?}: node, client or admin"))?;
+            if ttl > Duration::from_secs(p2p_core::limits::TOKEN_TTL_MAX_S) || ttl.is_zero() {
+                anyhow::bail!("--ttl must be more than 0 and at most 7 days");
+            }
+            let ca = p2p_net::tls::Ca::load(data)?.with_context(|| {
+                format!(
+                    "no certificate authority in {} (run p2p init --data {} first)",
+                    data.join("tls").display(),
+                    data.display()
+                )
+            })?;
+            let trackers = match cli.tracker.clone() {
+                Some(t) => t,
+                None => ca.trackers().context(
+                    "where are the trackers? start the tracker once (it notes its address) or give --tracker",
+                )?,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            println!("{}", ca.token(role, ttl, now, &trackers));
+        }
+        Cmd::Login { ref token } => {
+            let creds = p2p_net::tls::enroll(token, None, &dialer.timeouts).await?;
+            creds
+                .save(&user_dir)
+                .with_context(|| format!("cannot keep credentials in {}", user_dir.display()))?;
+            let trackers = token_trackers(token)?;
+            std::fs::write(user_dir.join("trackers"), &trackers)
+                .with_context(|| format!("cannot write {}", user_dir.join("trackers").display()))?;
+            let who = creds
+                .identity()
+                .map_or("?".to_string(), |(r, id)| format!("{r} {id}"));
+            println!(
+                "enrolled as {who}; credentials in {}, trackers {trackers}",
+                user_dir.display()
+            );
+        }
         Cmd::Tracker {
             ref listen,
             ref data,
@@ -251,14 +392,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             scrub_rate,
             scrub_interval,
             no_shell,
+            ref join,
         } => {
             let (l, addr) = daemon::bind(listen).await?;
             let data = data
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("p2p-data/node-{}", addr.port())));
+            let tls_dir = data.join("tls");
+            // The trackers: as given, else where the token says (noted
+            // for later starts), else where enrollment noted them.
+            let node_tracker = match (&cli.tracker, join) {
+                (Some(t), _) => t.clone(),
+                (None, Some(token)) => {
+                    let t = token_trackers(token)?;
+                    std::fs::create_dir_all(&tls_dir)
+                        .with_context(|| format!("cannot create {}", tls_dir.display()))?;
+                    std::fs::write(tls_dir.join("trackers"), &t)
+                        .with_context(|| format!("cannot write {}", tls_dir.display()))?;
+                    t
+                }
+                (None, None) => {
+                    noted_trackers(&tls_dir).unwrap_or_else(|| DEFAULT_TRACKER.to_string())
+                }
+            };
             let opts = NodeOptions {
                 data: data.clone(),
-                tracker: cli.tracker.clone(),
+                tracker: node_tracker.clone(),
+                join: join.clone(),
                 advertise: advertise.clone(),
                 heartbeat,
                 scrub_bytes_per_sec: scrub_rate.saturating_mul(1 << 20),
@@ -266,14 +426,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let node = daemon::run_node(l, opts).await?;
             eprintln!(
-                "node {} listening on {addr}, data in {}, tracker {}",
+                "node {} listening on {addr}, data in {}, tracker {node_tracker}",
                 node.service.id(),
                 data.display(),
-                cli.tracker
             );
             if !no_shell {
                 eprintln!("type 'help' for commands");
-                let c = client(CHUNK_SIZE_DEFAULT_BYTES);
+                // The shell acts for the person at the prompt: their
+                // credentials, or else the node's.
+                let mut d = dialer.clone();
+                if user.is_none()
+                    && let Some(c) = p2p_net::tls::Credentials::load(&tls_dir)?
+                {
+                    d = d.with_tls(&c);
+                }
+                let shell_tracker = cli.tracker.clone().unwrap_or(node_tracker.clone());
+                let c = client_with(d, &shell_tracker, CHUNK_SIZE_DEFAULT_BYTES);
                 if let shell::ShellEnd::Left = shell::run(&node, &c).await {
                     node.server.await.context("node task failed")??;
                     return Ok(());

@@ -21,6 +21,7 @@
 
 pub mod ack;
 pub mod chunking;
+pub mod enroll;
 pub mod get_plan;
 pub mod id;
 pub mod inventory;

@@ -50,3 +50,12 @@ pub const GROUP_MESSAGE_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Largest snapshot of a tracker group's state a member takes from
 /// another (held in memory while it is installed).
 pub const GROUP_SNAPSHOT_MAX_BYTES: usize = 4 * 1024 * 1024 * 1024;
+/// An enrollment token's text.
+pub const TOKEN_LEN_MAX_BYTES: usize = 4096;
+/// A certificate, key or certificate signing request in PEM, as enrollment
+/// carries them.
+pub const PEM_MAX_BYTES: usize = 16 * 1024;
+/// Used enrollment tokens the trackers remember (each until it expires).
+pub const USED_TOKENS_MAX: usize = 1 << 16;
+/// How long an enrollment token works at most.
+pub const TOKEN_TTL_MAX_S: u64 = 7 * 24 * 3600;

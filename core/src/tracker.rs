@@ -28,6 +28,7 @@ use crate::ack::{self, Stamp};
 use crate::id::{ChunkId, ManifestHash, NodeId};
 use crate::limits::{
     ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS, PUT_LEASES_MAX, REPLICAS_MAX,
+    USED_TOKENS_MAX,
 };
 use crate::manifest::{Manifest, ManifestError, validate_replicas};
 use crate::mutants::{self, Mutant};
@@ -103,6 +104,12 @@ pub enum Record {
     },
     /// A file was removed; chunks no other file uses are deleted from nodes.
     FileRemoved { name: String },
+    /// An enrollment token was used: it works no more (remembered until it
+    /// expires).
+    TokenUsed {
+        nonce: [u8; 16],
+        expires_unix_s: u64,
+    },
 }
 
 /// Why the tracker refused a request.
@@ -148,6 +155,12 @@ pub enum TrackerError {
     /// Part of a full report arrived without its beginning.
     #[error("node {0} sent part of a report it did not begin")]
     NoReport(NodeId),
+    /// An enrollment token was refused.
+    #[error(transparent)]
+    Token(#[from] crate::enroll::TokenError),
+    /// Too many enrollment tokens are in use at once.
+    #[error("too many enrollment tokens in use; try again once some have expired")]
+    TooManyTokens,
 }
 
 #[derive(Debug, Clone)]
@@ -394,6 +407,8 @@ pub struct Tracker {
     last_session: u64,
     /// Restored from records and not every node has reported yet.
     recovery: Option<Recovery>,
+    /// Enrollment tokens used, by nonce: until when each would have worked.
+    used_tokens: BTreeMap<[u8; 16], u64>,
 }
 
 /// After a restart, chunks look under-replicated only because their
@@ -537,6 +552,12 @@ impl Tracker {
                 }
             }
             Record::FileRemoved { name } => self.drop_file(name, None),
+            Record::TokenUsed {
+                nonce,
+                expires_unix_s,
+            } => {
+                self.used_tokens.insert(*nonce, *expires_unix_s);
+            }
         }
         self.outbox.push_back(record);
     }
@@ -1216,6 +1237,29 @@ impl Tracker {
     /// The put `put` committed (or gave up): its lease ends.
     pub fn end_put(&mut self, put: u64) {
         self.heal.leases.remove(&put);
+    }
+
+    /// Spend the enrollment token `token` (already verified: issued by this
+    /// cluster, not expired at `now_unix_s`): refused if it was used
+    /// before. Tokens that expired are forgotten, and at most
+    /// [`USED_TOKENS_MAX`] are remembered at once.
+    pub fn use_token(
+        &mut self,
+        token: &crate::enroll::Token,
+        now_unix_s: u64,
+    ) -> Result<(), TrackerError> {
+        self.used_tokens.retain(|_, until| *until > now_unix_s);
+        if self.used_tokens.contains_key(&token.nonce) {
+            return Err(TrackerError::Token(crate::enroll::TokenError::Used));
+        }
+        if self.used_tokens.len() >= USED_TOKENS_MAX {
+            return Err(TrackerError::TooManyTokens);
+        }
+        self.apply(Record::TokenUsed {
+            nonce: token.nonce,
+            expires_unix_s: token.expires_unix_s,
+        });
+        Ok(())
     }
 
     /// Record a file whose every chunk is durably on `R` distinct registered

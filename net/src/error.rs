@@ -64,6 +64,23 @@ pub enum ClientError {
     /// A leave could not complete.
     #[error("leave incomplete: {0}")]
     Leave(String),
+    /// Enrollment (joining the cluster with a token) failed.
+    #[error("enrollment failed: {0}")]
+    Enroll(String),
+}
+
+/// An error and its causes on one line.
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg = format!("{msg}: {t}");
+        }
+        src = s.source();
+    }
+    msg
 }
 
 /// Whether a gRPC status means "could not talk to the peer" rather than
@@ -87,10 +104,13 @@ pub fn status_line(status: &tonic::Status) -> String {
         src = e.source();
     }
     if msg.is_empty() {
-        format!("{:?}", status.code())
-    } else {
-        msg
+        return format!("{:?}", status.code());
     }
+    // What plaintext HTTP/2 makes of a TLS server's first bytes.
+    if msg.contains("frame with invalid size") {
+        msg.push_str(" (the peer may speak TLS: use https:// and enroll with p2p login TOKEN)");
+    }
+    msg
 }
 
 impl ClientError {

@@ -15,17 +15,23 @@
 //! - [`client`]: put, get, ls, status and leave as a library.
 //! - [`sink`]: where a get writes; the output file's single writer.
 //! - [`convert`]: wire messages to and from core types, validated on entry.
+//! - [`tls`]: the cluster's CA, certificates with a role, enrollment, and
+//!   the TLS settings of servers and clients; [`enrollment`]: the
+//!   trackers' enrollment service and the check that a caller presented a
+//!   certificate.
 //!
 //! Time is read only through `tokio::time`, which the simulator controls.
 
 pub mod client;
 pub mod convert;
+pub mod enrollment;
 pub mod error;
 pub mod group;
 pub mod meta;
 pub mod node;
 pub mod sink;
 pub mod store;
+pub mod tls;
 pub mod tracker;
 pub mod transport;
 

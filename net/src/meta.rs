@@ -28,6 +28,8 @@ const FILES_V2: TableDefinition<&str, &[u8]> = TableDefinition::new("files_v2");
 /// In a tracker group: the last log entry applied and the group's
 /// membership, written in the same transaction as the records it applied.
 const APPLIED: TableDefinition<&str, &[u8]> = TableDefinition::new("group_applied");
+/// Enrollment tokens used: nonce to expiry (unix seconds).
+const TOKENS: TableDefinition<&[u8], u64> = TableDefinition::new("used_tokens");
 const APPLIED_KEY: &str = "applied";
 /// redb's page cache.
 const DB_CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -89,6 +91,13 @@ pub fn encode_records(records: &[Record]) -> Vec<u8> {
                     Kind::FileCommitted(encode_stored(manifest, holders))
                 }
                 Record::FileRemoved { name } => Kind::FileRemoved(name.clone()),
+                Record::TokenUsed {
+                    nonce,
+                    expires_unix_s,
+                } => Kind::TokenUsed(pb::TokenUsed {
+                    nonce: nonce.to_vec().into(),
+                    expires_unix_s: *expires_unix_s,
+                }),
             }),
         })
         .collect();
@@ -115,6 +124,14 @@ pub fn decode_records(bytes: &[u8]) -> Result<Vec<Record>, String> {
                 Ok(Record::FileCommitted { manifest, holders })
             }
             Some(Kind::FileRemoved(name)) => Ok(Record::FileRemoved { name }),
+            Some(Kind::TokenUsed(t)) => Ok(Record::TokenUsed {
+                nonce: t
+                    .nonce
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| "a token nonce not of 16 bytes".to_string())?,
+                expires_unix_s: t.expires_unix_s,
+            }),
             None => Err("a record of no known kind".into()),
         })
         .collect()
@@ -147,6 +164,7 @@ impl RedbMeta {
         txn.open_table(FILES).map_err(|e| err(&e))?;
         txn.open_table(FILES_V2).map_err(|e| err(&e))?;
         txn.open_table(APPLIED).map_err(|e| err(&e))?;
+        txn.open_table(TOKENS).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
         Ok(Self {
             db: Arc::new(db),
@@ -193,6 +211,18 @@ impl RedbMeta {
             let (manifest, holders) =
                 decode_stored(&stored).map_err(|msg| damaged(k.value(), msg))?;
             each(Record::FileCommitted { manifest, holders });
+        }
+        let tokens = txn.open_table(TOKENS).map_err(|e| err(&e))?;
+        for row in tokens.iter().map_err(|e| err(&e))? {
+            let (k, v) = row.map_err(|e| err(&e))?;
+            let nonce: [u8; 16] = k
+                .value()
+                .try_into()
+                .map_err(|_| damaged("used_tokens", "a nonce not of 16 bytes".into()))?;
+            each(Record::TokenUsed {
+                nonce,
+                expires_unix_s: v.value(),
+            });
         }
         Ok(())
     }
@@ -293,11 +323,14 @@ impl RedbMeta {
             }
             let mut t = txn.open_table(NODES).map_err(|e| err(&e))?;
             t.retain(|_, _| false).map_err(|e| err(&e))?;
+            let mut t = txn.open_table(TOKENS).map_err(|e| err(&e))?;
+            t.retain(|_, _| false).map_err(|e| err(&e))?;
         }
         {
             let mut nodes = txn.open_table(NODES).map_err(|e| err(&e))?;
             let mut old = txn.open_table(FILES).map_err(|e| err(&e))?;
             let mut files = txn.open_table(FILES_V2).map_err(|e| err(&e))?;
+            let mut tokens = txn.open_table(TOKENS).map_err(|e| err(&e))?;
             for r in records {
                 match r {
                     Record::NodeJoined { id, addr } => {
@@ -318,6 +351,14 @@ impl RedbMeta {
                     Record::FileRemoved { name } => {
                         old.remove(name.as_str()).map_err(|e| err(&e))?;
                         files.remove(name.as_str()).map_err(|e| err(&e))?;
+                    }
+                    Record::TokenUsed {
+                        nonce,
+                        expires_unix_s,
+                    } => {
+                        tokens
+                            .insert(nonce.as_slice(), *expires_unix_s)
+                            .map_err(|e| err(&e))?;
                     }
                 }
             }
@@ -502,6 +543,7 @@ impl MemoryMeta {
         let all = self.records.lock().expect("meta lock").clone();
         let mut nodes = std::collections::BTreeMap::new();
         let mut files = std::collections::BTreeMap::new();
+        let mut tokens = std::collections::BTreeMap::new();
         for r in all {
             match r {
                 Record::NodeJoined { ref id, .. } => {
@@ -516,9 +558,16 @@ impl MemoryMeta {
                 Record::FileRemoved { name } => {
                     files.remove(&name);
                 }
+                Record::TokenUsed { nonce, .. } => {
+                    tokens.insert(nonce, r);
+                }
             }
         }
-        nodes.into_values().chain(files.into_values()).collect()
+        nodes
+            .into_values()
+            .chain(files.into_values())
+            .chain(tokens.into_values())
+            .collect()
     }
 }
 

@@ -18,11 +18,14 @@ use futures::{Stream, StreamExt};
 use p2p_core::ChunkId;
 use p2p_core::NodeId;
 use p2p_core::ack::{AckBook, Stamp};
+use p2p_core::enroll::Call;
 use p2p_core::inventory::Inventory;
 use p2p_core::limits::{
     CHUNK_SIZE_MAX_BYTES, MESSAGE_SIZE_MAX_BYTES, PIECE_SIZE_BYTES, REPORT_PART_CHUNKS,
 };
 use p2p_core::mutants::Mutant;
+
+use crate::enrollment::{allow, caller};
 use p2p_proto as pb;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
@@ -744,6 +747,7 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
         &self,
         req: Request<Streaming<pb::PutChunkRequest>>,
     ) -> Result<Response<pb::PutChunkResponse>, Status> {
+        allow(&caller(&req), Call::PutChunk)?;
         let mut stream = req.into_inner();
         let piece_timeout = self.inner.peers.timeouts().piece;
         let first = tokio::time::timeout(piece_timeout, stream.message())
@@ -803,6 +807,7 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
         &self,
         req: Request<pb::GetChunkRequest>,
     ) -> Result<Response<Self::GetChunkStream>, Status> {
+        allow(&caller(&req), Call::GetChunk)?;
         let id = convert::chunk_id(&req.into_inner().chunk)?;
         // The permit bounds the chunks held in memory; it travels with the stream.
         let permit = self
@@ -836,6 +841,7 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
         &self,
         req: Request<pb::LeaveRequest>,
     ) -> Result<Response<Self::LeaveStream>, Status> {
+        allow(&caller(&req), Call::Leave)?;
         let force = req.into_inner().force;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let node = self.clone();
@@ -865,8 +871,9 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
 
     async fn ping(
         &self,
-        _req: Request<pb::PingRequest>,
+        req: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
+        allow(&caller(&req), Call::Ping)?;
         Ok(Response::new(pb::PingResponse {
             node_id: self.inner.id.to_string(),
         }))

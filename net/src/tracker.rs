@@ -118,6 +118,9 @@ fn mix64(x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+use crate::enrollment::{allow, caller};
+use p2p_core::enroll::Call;
+
 fn to_status(e: TrackerError) -> Status {
     match e {
         TrackerError::NotEnoughNodes { .. } => Status::failed_precondition(e.to_string()),
@@ -132,6 +135,8 @@ fn to_status(e: TrackerError) -> Status {
         TrackerError::FileExists(_) => Status::already_exists(e.to_string()),
         TrackerError::NotEnoughHolders { .. } => Status::failed_precondition(e.to_string()),
         TrackerError::NoReport(_) => Status::failed_precondition(e.to_string()),
+        TrackerError::Token(_) => Status::permission_denied(e.to_string()),
+        TrackerError::TooManyTokens => Status::resource_exhausted(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }
 }
@@ -263,6 +268,16 @@ impl<M: MetaStore> TrackerService<M> {
         Ok(total)
     }
 
+    /// Spend enrollment token `token` (verified by the caller), durably:
+    /// refused if it was spent before.
+    pub async fn spend_token(
+        &self,
+        token: &p2p_core::enroll::Token,
+        now_unix_s: u64,
+    ) -> Result<(), Status> {
+        self.mutate(|t, _| t.use_token(token, now_unix_s)).await
+    }
+
     /// Run `f` on the state, persist what it recorded, then return its result.
     async fn mutate<T>(
         &self,
@@ -315,7 +330,9 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let caller = caller(&req);
         let req = req.into_inner();
+        allow(&caller, Call::AsNode { node: &req.node_id })?;
         let id = convert::node_id(&req.node_id)?;
         let chunks = convert::chunk_ids(&req.chunks)?;
         let n = chunks.len();
@@ -339,11 +356,18 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             .acquire()
             .await
             .map_err(|_| Status::unavailable("tracker shutting down"))?;
+        let caller = caller(&req);
         let mut parts = req.into_inner();
         let first = parts
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("an empty report"))?;
+        allow(
+            &caller,
+            Call::AsNode {
+                node: &first.node_id,
+            },
+        )?;
         let id = convert::node_id(&first.node_id)?;
         let addr = first.addr.clone();
         self.mutate(|t, now| t.begin_report(id.clone(), addr.clone(), now))
@@ -374,7 +398,9 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = caller(&req);
         let req = req.into_inner();
+        allow(&caller, Call::AsNode { node: &req.node_id })?;
         let id = convert::node_id(&req.node_id)?;
         let added = convert::chunk_ids(&req.added)?;
         if !req.added_puts.is_empty() && req.added_puts.len() != added.len() {
@@ -470,6 +496,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateResponse>, Status> {
+        allow(&caller(&req), Call::Files)?;
         let req = req.into_inner();
         let exclude: BTreeSet<_> = req
             .exclude
@@ -496,6 +523,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
+        allow(&caller(&req), Call::Files)?;
         let req = req.into_inner();
         let (manifest, holders) = decode_commit(&req)?;
         let mut acked = Vec::with_capacity(holders.len());
@@ -537,6 +565,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::LocateRequest>,
     ) -> Result<Response<pb::LocateResponse>, Status> {
+        allow(&caller(&req), Call::Files)?;
         let name = req.into_inner().name;
         let located = self.read().await?.locate(&name).map_err(to_status)?;
         let refs =
@@ -559,6 +588,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        allow(&caller(&req), Call::Files)?;
         let req = req.into_inner();
         let limit = match req.limit as usize {
             0 => LIST_PAGE_MAX_FILES,
@@ -578,6 +608,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
+        allow(&caller(&req), Call::Files)?;
         let name = req.into_inner().name;
         let hash = self.mutate(|t, _| t.remove(&name)).await?;
         tracing::info!(file = %name, manifest = %hash, "file removed");
@@ -588,8 +619,9 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
 
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        allow(&caller(&req), Call::Status)?;
         let s = self.read().await?.status(self.now_ms());
         Ok(Response::new(pb::StatusResponse {
             nodes: s
@@ -620,7 +652,9 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::BeginLeaveRequest>,
     ) -> Result<Response<pb::BeginLeaveResponse>, Status> {
+        let caller = caller(&req);
         let req = req.into_inner();
+        allow(&caller, Call::AsNode { node: &req.node_id })?;
         let id = convert::node_id(&req.node_id)?;
         let handoffs = self
             .mutate(|t, now| t.begin_leave(&id, req.force, now))
@@ -635,7 +669,9 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         &self,
         req: Request<pb::FinishLeaveRequest>,
     ) -> Result<Response<pb::FinishLeaveResponse>, Status> {
+        let caller = caller(&req);
         let req = req.into_inner();
+        allow(&caller, Call::AsNode { node: &req.node_id })?;
         let id = convert::node_id(&req.node_id)?;
         let handed = convert::handed_from_pb(&req.handed)?;
         let still = self

@@ -53,15 +53,36 @@ pub trait Dialer: Clone + Send + Sync + 'static {
     fn timeouts(&self) -> &Timeouts;
 }
 
-/// Dials real TCP.
+/// Dials real TCP; with `tls`, mutual TLS (`https://`).
 #[derive(Debug, Clone, Default)]
 pub struct TcpDialer {
     pub timeouts: Timeouts,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl TcpDialer {
+    /// Dial with mutual TLS: trust only the cluster's CA, present `creds`.
+    pub fn with_tls(mut self, creds: &crate::tls::Credentials) -> Self {
+        self.tls = Some(creds.client());
+        self
+    }
 }
 
 impl Dialer for TcpDialer {
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
-        Ok(endpoint(addr, &self.timeouts)?.connect_lazy())
+        let Some(tls) = &self.tls else {
+            return Ok(endpoint(addr, &self.timeouts)?.connect_lazy());
+        };
+        let bare = addr
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        let ep = endpoint(&format!("https://{bare}"), &self.timeouts)?
+            .tls_config(tls.clone())
+            .map_err(|e| ClientError::Addr {
+                addr: addr.to_string(),
+                msg: e.to_string(),
+            })?;
+        Ok(ep.connect_lazy())
     }
 
     fn timeouts(&self) -> &Timeouts {

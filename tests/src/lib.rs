@@ -129,6 +129,8 @@ fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Child> {
     let log_file = std::fs::File::create(log)?;
     Command::new(p2p_bin())
         .args(args)
+        // No person's credentials from the machine running the tests.
+        .env("P2P_CONFIG", log.with_extension("no-config"))
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -353,6 +355,7 @@ impl Cluster {
         let out = Command::new(p2p_bin())
             .args(args)
             .env("P2P_TRACKER", self.tracker_url())
+            .env("P2P_CONFIG", self.dir.path().join("no-config"))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .output()
@@ -428,8 +431,19 @@ impl Drop for Cluster {
             self.kill_member(i);
         }
         if std::thread::panicking() {
-            // Keep the logs of a failed test.
+            // Keep the logs of a failed test, and only them: its data (up
+            // to a few GiB of chunks and inputs) would fill the disk over
+            // many failed runs.
             let kept = self.dir.path().to_path_buf();
+            for entry in std::fs::read_dir(&kept).into_iter().flatten().flatten() {
+                let path = entry.path();
+                let is_log = path.extension().is_some_and(|e| e == "log");
+                if path.is_dir() {
+                    let _ = std::fs::remove_dir_all(&path);
+                } else if !is_log {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
             eprintln!("cluster logs kept in {}", kept.display());
             std::mem::forget(std::mem::replace(
                 &mut self.dir,
