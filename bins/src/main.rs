@@ -75,6 +75,10 @@ enum Cmd {
         /// listen address.
         #[arg(long)]
         advertise: Option<String>,
+        /// Serve plaintext on a non-loopback address (without `p2p init`,
+        /// anyone who reaches the port can do anything).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Run a node: serve chunks and read shell commands on standard input.
     Node {
@@ -104,6 +108,10 @@ enum Cmd {
         /// kept in DATA/tls/, so later starts need no token.
         #[arg(long)]
         join: Option<String>,
+        /// Serve plaintext on a non-loopback address (without enrollment,
+        /// anyone who reaches the port can read and write its chunks).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Make the cluster's certificate authority in the tracker's data
     /// directory: the tracker then serves only mutual TLS.
@@ -252,6 +260,29 @@ fn token_trackers(token: &str) -> anyhow::Result<String> {
 
 const DEFAULT_TRACKER: &str = "http://127.0.0.1:50051";
 
+/// Whether `listen` (`host:port`) is reachable from this machine only.
+fn loopback(listen: &str) -> bool {
+    let host = match listen.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => listen,
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The secure default: no plaintext server where others can reach it,
+/// unless asked for with `--insecure` (as Redis's protected mode).
+fn refuse_open_plaintext(listen: &str, tls: bool, insecure: bool, how: &str) -> anyhow::Result<()> {
+    if tls || insecure || loopback(listen) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve plaintext on {listen}, where anyone who reaches it could do anything: set up mutual TLS ({how}) or pass --insecure"
+    )
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let user_dir = config_dir();
     let user = p2p_net::tls::Credentials::load(&user_dir)
@@ -365,7 +396,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             orphan_grace,
             ref peers,
             ref advertise,
+            insecure,
         } => {
+            let tls = p2p_net::tls::Ca::load(data)?.is_some();
+            refuse_open_plaintext(
+                listen,
+                tls,
+                insecure,
+                &format!("p2p init --data {}", data.display()),
+            )?;
             let (l, addr) = daemon::bind(listen).await?;
             let opts = TrackerOptions {
                 data: data.clone(),
@@ -393,12 +432,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             scrub_interval,
             no_shell,
             ref join,
+            insecure,
         } => {
             let (l, addr) = daemon::bind(listen).await?;
             let data = data
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("p2p-data/node-{}", addr.port())));
             let tls_dir = data.join("tls");
+            let tls = join.is_some() || tls_dir.join("cert.pem").exists();
+            refuse_open_plaintext(
+                listen,
+                tls,
+                insecure,
+                "--join TOKEN (from p2p token --role node)",
+            )?;
             // The trackers: as given, else where the token says (noted
             // for later starts), else where enrollment noted them.
             let node_tracker = match (&cli.tracker, join) {

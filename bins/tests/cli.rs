@@ -139,3 +139,32 @@ fn ls_streams_in_pages_with_the_same_output() {
         }
     }
 }
+
+// The secure default: a tracker or node without TLS refuses a non-loopback
+// address, with one line naming both ways out; loopback stays open.
+#[test]
+fn plaintext_on_an_open_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["tracker", "--listen", "0.0.0.0:0", "--data"],
+        vec!["node", "--no-shell", "--listen", "0.0.0.0:0", "--data"],
+    ] {
+        let data = dir.path().join(args[0]);
+        let mut args = args.clone();
+        args.push(data.to_str().unwrap());
+        let out = Command::new(env!("CARGO_BIN_EXE_p2p"))
+            .args(&args)
+            .env_remove("P2P_TRACKER")
+            .env("P2P_CONFIG", dir.path().join("user"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} served plaintext");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("refusing to serve plaintext") && err.contains("--insecure"),
+            "{err}"
+        );
+        assert!(!data.join("tracker.redb").exists(), "it opened its data");
+    }
+}
