@@ -527,58 +527,67 @@ mod enroll_client {
         config.alpn_protocols = vec![b"h2".to_vec()];
         let config = Arc::new(config);
         let mut last = String::from("no tracker address in the token");
-        for addr in crate::transport::tracker_members(&parsed.trackers) {
-            let bare = addr
-                .trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .to_string();
-            let host = host_of(&bare).to_string();
-            let (config, bare2) = (config.clone(), bare.clone());
-            let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-                let (config, bare, host) = (config.clone(), bare2.clone(), host.clone());
-                async move {
-                    let tcp = tokio::net::TcpStream::connect(&bare).await?;
-                    tcp.set_nodelay(true)?;
-                    let name = ServerName::try_from(host)
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    let tls = tokio_rustls::TlsConnector::from(config)
-                        .connect(name, tcp)
-                        .await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+        // A tracker group may be electing its leader (the members answer
+        // UNAVAILABLE meanwhile): go round the members for a while.
+        let started = tokio::time::Instant::now();
+        let patience = timeouts.request.min(std::time::Duration::from_secs(20));
+        loop {
+            for addr in crate::transport::tracker_members(&parsed.trackers) {
+                let bare = addr
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .to_string();
+                let host = host_of(&bare).to_string();
+                let (config, bare2) = (config.clone(), bare.clone());
+                let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+                    let (config, bare, host) = (config.clone(), bare2.clone(), host.clone());
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(&bare).await?;
+                        tcp.set_nodelay(true)?;
+                        let name = ServerName::try_from(host)
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        let tls = tokio_rustls::TlsConnector::from(config)
+                            .connect(name, tcp)
+                            .await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(tls))
+                    }
+                });
+                let channel = match crate::transport::endpoint(&bare, timeouts)?
+                    .connect_with_connector(connector)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = format!("tracker {bare}: {}", crate::error::source_chain(&e));
+                        continue;
+                    }
+                };
+                let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
+                let req = pb::EnrollRequest {
+                    token: token.trim().to_string(),
+                    csr_pem: csr_pem.clone(),
+                    node_id: node.map(|n| n.0.to_string()).unwrap_or_default(),
+                    addr: node.map(|n| n.1.to_string()).unwrap_or_default(),
+                };
+                match client.enroll(req).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        return Ok(Credentials {
+                            ca_pem: r.ca_pem,
+                            cert_pem: r.cert_pem,
+                            key_pem,
+                        });
+                    }
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        last = format!("tracker {bare}: {}", s.message());
+                    }
+                    Err(s) => return Err(crate::ClientError::Enroll(s.message().to_string())),
                 }
-            });
-            let channel = match crate::transport::endpoint(&bare, timeouts)?
-                .connect_with_connector(connector)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    last = format!("tracker {bare}: {}", crate::error::source_chain(&e));
-                    continue;
-                }
-            };
-            let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
-            let req = pb::EnrollRequest {
-                token: token.trim().to_string(),
-                csr_pem: csr_pem.clone(),
-                node_id: node.map(|n| n.0.to_string()).unwrap_or_default(),
-                addr: node.map(|n| n.1.to_string()).unwrap_or_default(),
-            };
-            match client.enroll(req).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    return Ok(Credentials {
-                        ca_pem: r.ca_pem,
-                        cert_pem: r.cert_pem,
-                        key_pem,
-                    });
-                }
-                Err(s) if s.code() == tonic::Code::Unavailable => {
-                    last = format!("tracker {bare}: {}", s.message());
-                }
-                Err(s) => return Err(crate::ClientError::Enroll(s.message().to_string())),
             }
+            if started.elapsed() >= patience {
+                return Err(crate::ClientError::Enroll(last));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
-        Err(crate::ClientError::Enroll(last))
     }
 }
