@@ -10,7 +10,7 @@ use p2p_core::NodeId;
 use p2p_core::tracker::TrackerConfig;
 use std::sync::Arc;
 
-use p2p_net::enrollment::{EnrollmentService, authenticated, trackers_only};
+use p2p_net::enrollment::{EnrollmentService, checking};
 use p2p_net::group::{GroupMeta, Leading, LogStore, Member, Timing};
 use p2p_net::meta::RedbMeta;
 use p2p_net::node::{NodeConfig, NodeService};
@@ -83,26 +83,48 @@ pub async fn run_tracker(
     });
     let mut builder = server_builder(&Timeouts::default());
     let mut enrollment = None;
+    let mut watcher = None;
     if let Some((ca, creds)) = &tls {
         builder = builder
             .tls_config(creds.server())
             .context("tracker TLS settings")?;
         enrollment = Some(EnrollmentService::new(service.clone(), ca.clone()).into_server());
+        watcher = Some(tokio::spawn(watch_revoked(
+            opts.data.clone(),
+            service.revoked(),
+        )));
     }
+    let check = checking(service.revoked(), false);
     Ok(tokio::spawn(async move {
         let r = builder
-            .add_service(InterceptedService::new(
-                service.into_server(),
-                authenticated,
-            ))
+            .add_service(InterceptedService::new(service.into_server(), check))
             .add_optional_service(enrollment)
             .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
             .await;
         ticker.abort();
         trimmer.abort();
+        if let Some(w) = watcher {
+            w.abort();
+        }
         r.context("tracker server failed")
     }))
 }
+
+/// Follow `<data>/tls/revoked` (what `p2p revoke` appends to): its
+/// identities are refused within a second, and nodes told on heartbeats.
+async fn watch_revoked(data: PathBuf, revoked: p2p_net::enrollment::Revoked) {
+    let path = data.join("tls").join(REVOKED_FILE);
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            revoked.replace(text.lines().map(|l| l.trim().to_string()));
+        }
+    }
+}
+
+/// The file in a tracker's `tls/` directory that lists revoked identities.
+pub const REVOKED_FILE: &str = "revoked";
 
 /// A tracker's TLS, if `p2p init` made the cluster's CA in its data
 /// directory: the CA, and a certificate for this tracker's address made
@@ -168,24 +190,33 @@ async fn run_group_tracker(
     let group = member.service().into_server();
     let mut builder = server_builder(&Timeouts::default());
     let mut enrollment = None;
+    let mut watcher = None;
     if let Some((ca, creds)) = &tls {
         builder = builder
             .tls_config(creds.server())
             .context("tracker TLS settings")?;
         enrollment = Some(EnrollmentService::new(service.clone(), ca.clone()).into_server());
+        watcher = Some(tokio::spawn(watch_revoked(
+            opts.data.clone(),
+            service.revoked(),
+        )));
     }
+    let (check, check_group) = (
+        checking(service.revoked(), false),
+        checking(service.revoked(), true),
+    );
     Ok(tokio::spawn(async move {
         let r = builder
-            .add_service(InterceptedService::new(
-                service.into_server(),
-                authenticated,
-            ))
-            .add_service(InterceptedService::new(group, trackers_only))
+            .add_service(InterceptedService::new(service.into_server(), check))
+            .add_service(InterceptedService::new(group, check_group))
             .add_optional_service(enrollment)
             .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
             .await;
         follow.abort();
         ticker.abort();
+        if let Some(w) = watcher {
+            w.abort();
+        }
         member.shutdown().await;
         r.context("tracker server failed")
     }))
@@ -327,9 +358,10 @@ pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Resul
             .tls_config(c.server())
             .context("node TLS settings")?;
     }
+    let check = checking(service.revoked(), false);
     let server = tokio::spawn(async move {
         builder
-            .add_service(InterceptedService::new(svc.into_server(), authenticated))
+            .add_service(InterceptedService::new(svc.into_server(), check))
             .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
             .await
             .context("node server failed")

@@ -131,6 +131,16 @@ enum Cmd {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Revoke a certificate (run on the tracker's host): the tracker refuses
+    /// it within a second, nodes after their next heartbeat.
+    Revoke {
+        /// The tracker's data directory.
+        #[arg(long, default_value = "p2p-data/tracker")]
+        data: PathBuf,
+        /// The identity the certificate names: a node's id, or the id
+        /// `p2p login` printed.
+        id: String,
+    },
     /// Enroll this user with a token (from `p2p token --role client`):
     /// credentials go to $P2P_CONFIG (default ~/.config/p2p), and every
     /// command then uses them.
@@ -369,6 +379,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             println!("{}", ca.token(role, ttl, now, &trackers));
+        }
+        Cmd::Revoke { ref data, ref id } => {
+            if id.is_empty()
+                || id.len() > 255
+                || id.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                anyhow::bail!("{id:?} is not an identity (a node id or a person's id)");
+            }
+            p2p_net::tls::Ca::load(data)?.with_context(|| {
+                format!(
+                    "no certificate authority in {}: nothing to revoke",
+                    data.join("tls").display()
+                )
+            })?;
+            let path = data.join("tls").join(daemon::REVOKED_FILE);
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            writeln!(f, "{id}").with_context(|| format!("cannot write {}", path.display()))?;
+            f.sync_all()
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!(
+                "revoked {id}: the tracker refuses it within a second, nodes after their next heartbeat (in a tracker group, run this on every tracker's host)"
+            );
         }
         Cmd::Login { ref token } => {
             let creds = p2p_net::tls::enroll(token, None, &dialer.timeouts).await?;

@@ -59,3 +59,5 @@ pub const PEM_MAX_BYTES: usize = 16 * 1024;
 pub const USED_TOKENS_MAX: usize = 1 << 16;
 /// How long an enrollment token works at most.
 pub const TOKEN_TTL_MAX_S: u64 = 7 * 24 * 3600;
+/// Revoked certificates' identities the trackers and nodes hold.
+pub const REVOKED_MAX: usize = 4096;

@@ -123,6 +123,61 @@ pub fn trackers_only(req: Request<()>) -> Result<Request<()>, Status> {
     Ok(req)
 }
 
+/// The identities whose certificates the cluster revoked (`p2p revoke`):
+/// read by the trackers from their data directory, learnt by nodes on
+/// heartbeat replies. Clones share the set.
+#[derive(Clone, Default, Debug)]
+pub struct Revoked(Arc<std::sync::RwLock<std::collections::BTreeSet<String>>>);
+
+impl Revoked {
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.read().expect("revoked lock").contains(id)
+    }
+
+    /// Replace the set (at most [`p2p_core::limits::REVOKED_MAX`] kept).
+    pub fn replace(&self, ids: impl IntoIterator<Item = String>) {
+        let set = ids
+            .into_iter()
+            .filter(|i| !i.is_empty())
+            .take(p2p_core::limits::REVOKED_MAX)
+            .collect();
+        *self.0.write().expect("revoked lock") = set;
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        self.0
+            .read()
+            .expect("revoked lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// [`authenticated`] (or [`trackers_only`]), refusing revoked certificates.
+#[allow(clippy::result_large_err)]
+pub fn checking(
+    revoked: Revoked,
+    trackers: bool,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |req| {
+        let req = if trackers {
+            trackers_only(req)?
+        } else {
+            authenticated(req)?
+        };
+        if let Some(c) = caller(&req)
+            && revoked.contains(&c.id)
+        {
+            return Err(Status::permission_denied(format!(
+                "the certificate of {} {} was revoked",
+                c.role, c.id
+            )));
+        }
+        Ok(req)
+    }
+}
+
 /// Who made the call, as [`authenticated`] noted it (`None` without TLS).
 pub fn caller<T>(req: &Request<T>) -> Option<Caller> {
     req.extensions().get::<Caller>().cloned()

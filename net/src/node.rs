@@ -74,6 +74,8 @@ struct RepairOutcomes {
 
 struct Inner<S: ChunkStore, D: Dialer> {
     id: NodeId,
+    /// Certificates the cluster revoked, as the tracker last said.
+    revoked: crate::enrollment::Revoked,
     addr: String,
     tracker_addr: String,
     store: S,
@@ -111,6 +113,13 @@ pub struct NodeService<S: ChunkStore, D: Dialer> {
     inner: Arc<Inner<S, D>>,
 }
 
+impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
+    /// The revoked certificates this node refuses (learnt on heartbeats).
+    pub fn revoked(&self) -> crate::enrollment::Revoked {
+        self.inner.revoked.clone()
+    }
+}
+
 impl<S: ChunkStore, D: Dialer> Clone for NodeService<S, D> {
     fn clone(&self) -> Self {
         Self {
@@ -145,6 +154,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         Ok(Self {
             inner: Arc::new(Inner {
                 id,
+                revoked: Default::default(),
                 addr,
                 tracker_addr,
                 store,
@@ -354,6 +364,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         let result = match result {
             Ok(resp) => {
                 let resp = resp.into_inner();
+                self.inner.revoked.replace(resp.revoked);
                 if resp.reregister {
                     // Not applied: the uploads it reported go again, after
                     // the full report (which does not cancel deletions).

@@ -87,6 +87,8 @@ pub struct TrackerService<M: MetaStore> {
     /// The session base it opened with: a leader's sessions are drawn from
     /// it (see [`TrackerService::reload`]).
     session_seed: u64,
+    /// Revoked certificates, passed on to nodes in heartbeat replies.
+    revoked: crate::enrollment::Revoked,
     /// Set when the database failed a write: the in-memory state may be
     /// ahead of the disk, so nothing more is acknowledged.
     poisoned: Arc<AtomicBool>,
@@ -103,6 +105,7 @@ impl<M: MetaStore> Clone for TrackerService<M> {
             gate: self.gate.clone(),
             epoch: self.epoch,
             session_seed: self.session_seed,
+            revoked: self.revoked.clone(),
             poisoned: self.poisoned.clone(),
             reports: self.reports.clone(),
         }
@@ -152,9 +155,15 @@ impl<M: MetaStore> TrackerService<M> {
             gate: None,
             epoch: Instant::now(),
             session_seed,
+            revoked: Default::default(),
             poisoned: Arc::new(AtomicBool::new(false)),
             reports: Arc::new(Semaphore::new(REPORTS_AT_ONCE_MAX)),
         })
+    }
+
+    /// The revoked certificates this tracker refuses and tells nodes of.
+    pub fn revoked(&self) -> crate::enrollment::Revoked {
+        self.revoked.clone()
     }
 
     /// Serve only while `gate` allows (a member of a tracker group).
@@ -457,9 +466,11 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             HeartbeatReply::Reregister => pb::HeartbeatResponse {
                 reregister: true,
                 commands: vec![],
+                revoked: self.revoked.list(),
             },
             HeartbeatReply::Ok { commands } => pb::HeartbeatResponse {
                 reregister: false,
+                revoked: self.revoked.list(),
                 commands: commands
                     .into_iter()
                     .map(|c| pb::Command {

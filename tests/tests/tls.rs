@@ -343,6 +343,53 @@ fn enrolled_cluster_serves_only_its_certificates() {
     ok(&user, &["get", "f", "-o", out.to_str().unwrap()]);
     assert!(same_bytes(&input, &out).unwrap());
 
+    // Revoking a person's certificate: the tracker refuses it within a
+    // second, and the nodes (told on heartbeats) refuse its chunk reads.
+    let victim = d.join("victim");
+    let who = ok(&victim, &["login", &token(&tdata, "client", "10m")]);
+    let victim_id = who
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(';')
+        .to_string();
+    ok(&victim, &["ls"]);
+    ok(
+        &nobody,
+        &["revoke", "--data", tdata.to_str().unwrap(), &victim_id],
+    );
+    wait_for(
+        "the tracker to refuse the revoked",
+        Duration::from_secs(10),
+        || !p2p(&victim, &["ls"]).status.success(),
+    );
+    refused(&victim, &["ls"], "revoked");
+    let victim_creds = p2p_net::tls::Credentials::load(&victim).unwrap().unwrap();
+    let some_node = node_dirs[1].0.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node_refuses = || {
+        rt.block_on(async {
+            let ch = tonic::transport::Endpoint::from_shared(format!("https://{some_node}"))
+                .unwrap()
+                .tls_config(victim_creds.client())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let s = p2p_proto::node_client::NodeClient::new(ch)
+                .ping(p2p_proto::PingRequest::default())
+                .await;
+            matches!(s, Err(ref s) if s.code() == tonic::Code::PermissionDenied)
+        })
+    };
+    wait_for(
+        "a node to refuse the revoked",
+        Duration::from_secs(10),
+        node_refuses,
+    );
+    // Everyone else is unaffected.
+    ok(&user, &["ls"]);
+
     // Making a node leave takes an admin: a client is refused, an admin
     // is obeyed.
     let leaving = node_dirs[3].0.clone();
