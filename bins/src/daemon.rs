@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use p2p_net::enrollment::{EnrollmentService, checking};
 use p2p_net::group::{GroupMeta, Leading, LogStore, Member, Timing};
-use p2p_net::meta::RedbMeta;
+use p2p_net::meta::{MetaStore, RedbMeta};
 use p2p_net::node::{NodeConfig, NodeService};
 use p2p_net::store::DiskStore;
 use p2p_net::tls::{Ca, Credentials};
@@ -81,19 +81,7 @@ pub async fn run_tracker(
             trim_heap();
         }
     });
-    let mut builder = server_builder(&Timeouts::default());
-    let mut enrollment = None;
-    let mut watcher = None;
-    if let Some((ca, creds)) = &tls {
-        builder = builder
-            .tls_config(creds.server())
-            .context("tracker TLS settings")?;
-        enrollment = Some(EnrollmentService::new(service.clone(), ca.clone()).into_server());
-        watcher = Some(tokio::spawn(watch_revoked(
-            opts.data.clone(),
-            service.revoked(),
-        )));
-    }
+    let (mut builder, enrollment, watcher) = tracker_server(&service, &tls, &opts.data)?;
     let check = checking(service.revoked(), false);
     Ok(tokio::spawn(async move {
         let r = builder
@@ -108,6 +96,31 @@ pub async fn run_tracker(
         }
         r.context("tracker server failed")
     }))
+}
+
+/// The server a tracker serves on, and with TLS its enrollment service and
+/// the task that follows revocations.
+type TrackerServer<M> = (
+    tonic::transport::Server,
+    Option<p2p_proto::enrollment_server::EnrollmentServer<EnrollmentService<M>>>,
+    Option<JoinHandle<()>>,
+);
+
+fn tracker_server<M: MetaStore>(
+    service: &TrackerService<M>,
+    tls: &Option<(Arc<Ca>, Credentials)>,
+    data: &Path,
+) -> anyhow::Result<TrackerServer<M>> {
+    let mut builder = server_builder(&Timeouts::default());
+    let Some((ca, creds)) = tls else {
+        return Ok((builder, None, None));
+    };
+    builder = builder
+        .tls_config(creds.server())
+        .context("tracker TLS settings")?;
+    let enrollment = EnrollmentService::new(service.clone(), ca.clone()).into_server();
+    let watcher = tokio::spawn(watch_revoked(data.to_path_buf(), service.revoked()));
+    Ok((builder, Some(enrollment), Some(watcher)))
 }
 
 /// Follow `<data>/tls/revoked` (what `p2p revoke` appends to): its
@@ -188,19 +201,7 @@ async fn run_group_tracker(
             .run_ticker((opts.heartbeat / 2).max(Duration::from_millis(10))),
     );
     let group = member.service().into_server();
-    let mut builder = server_builder(&Timeouts::default());
-    let mut enrollment = None;
-    let mut watcher = None;
-    if let Some((ca, creds)) = &tls {
-        builder = builder
-            .tls_config(creds.server())
-            .context("tracker TLS settings")?;
-        enrollment = Some(EnrollmentService::new(service.clone(), ca.clone()).into_server());
-        watcher = Some(tokio::spawn(watch_revoked(
-            opts.data.clone(),
-            service.revoked(),
-        )));
-    }
+    let (mut builder, enrollment, watcher) = tracker_server(&service, &tls, &opts.data)?;
     let (check, check_group) = (
         checking(service.revoked(), false),
         checking(service.revoked(), true),

@@ -4,6 +4,9 @@
 //! the same bytes written R times (put) or once (get) with fsync, and a
 //! plain TCP copy of them over loopback.
 //!
+//! Also the same operations on a second cluster over mutual TLS (enrolled
+//! with tokens), in the same runs: TLS's cost as a ratio to plaintext.
+//!
 //! Run: `cargo bench -p p2p-tests --bench cluster` (1 GiB by default;
 //! `BENCH_SIZE_MIB=256` for a quicker run).
 
@@ -60,6 +63,8 @@ fn main() -> anyhow::Result<()> {
     let bin = p2p_tests::build_p2p()?;
     eprintln!("p2p binary: {}", bin.display());
     let c = Cluster::start(4)?;
+    // The same cluster over mutual TLS, measured in the same runs.
+    let ct = Cluster::start_tls(4)?;
     let input = c.path("bench.bin");
     eprintln!("writing {size_mib} MiB of random input...");
     random_file(&input, size as usize, 99)?;
@@ -76,6 +81,7 @@ fn main() -> anyhow::Result<()> {
     let out = c.path("bench.out");
     let (mut disk_put, mut disk_get, mut tcp) = (vec![], vec![], vec![]);
     let (mut puts, mut gets) = (vec![], vec![]);
+    let (mut tls_puts, mut tls_gets) = (vec![], vec![]);
     let (mut put_rss, mut get_rss) = (0, 0);
     // One untimed warm-up round first: on a VM, the first write into
     // never-touched memory is several times slower, whichever step does it.
@@ -122,6 +128,40 @@ fn main() -> anyhow::Result<()> {
             bail!("get returned different bytes");
         }
         std::fs::remove_file(&out)?;
+        // Over mutual TLS.
+        let p2p_tls = |args: &[&str]| {
+            let mut cmd = Command::new(bin);
+            cmd.args(args)
+                .env("P2P_TRACKER", ct.tracker_url())
+                .env("P2P_CONFIG", ct.dir.path().join("user"));
+            cmd
+        };
+        sync();
+        let (t, _) = measure(&mut p2p_tls(&[
+            "put",
+            input.to_str().context("utf-8")?,
+            "--name",
+            &name,
+            "--replicas",
+            &REPLICAS.to_string(),
+        ]))?;
+        if timed {
+            tls_puts.push(t);
+        }
+        sync();
+        let (t, _) = measure(&mut p2p_tls(&[
+            "get",
+            &name,
+            "-o",
+            out.to_str().context("utf-8")?,
+        ]))?;
+        if timed {
+            tls_gets.push(t);
+        }
+        if !same_file(&input, &out)? {
+            bail!("get over TLS returned different bytes");
+        }
+        std::fs::remove_file(&out)?;
     }
     let median = |v: &mut Vec<Duration>| {
         v.sort();
@@ -133,6 +173,7 @@ fn main() -> anyhow::Result<()> {
         median(&mut tcp),
     );
     let (put_t, get_t) = (median(&mut puts), median(&mut gets));
+    let (tls_put_t, tls_get_t) = (median(&mut tls_puts), median(&mut tls_gets));
     // The floor of an operation is its slower physical component.
     let put_floor = disk_put.max(tcp);
     let get_floor = disk_get.max(tcp);
@@ -159,6 +200,13 @@ fn main() -> anyhow::Result<()> {
     row("floor: tcp copy over loopback", tcp, None);
     row("p2p put", put_t, Some(put_floor));
     row("p2p get", get_t, Some(get_floor));
+    row("p2p put, mutual TLS", tls_put_t, Some(put_floor));
+    row("p2p get, mutual TLS", tls_get_t, Some(get_floor));
+    println!(
+        "mutual TLS vs plaintext (same runs): put {:.2}x, get {:.2}x of plaintext throughput",
+        put_t.as_secs_f64() / tls_put_t.as_secs_f64(),
+        get_t.as_secs_f64() / tls_get_t.as_secs_f64()
+    );
     println!(
         "client peak memory: put {:.1} MiB, get {:.1} MiB",
         put_rss as f64 / MIB as f64,

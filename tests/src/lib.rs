@@ -123,6 +123,9 @@ pub struct Cluster {
     /// A tracker group's members (empty: one tracker at `tracker_addr`).
     pub members: Vec<(String, Option<Child>)>,
     pub nodes: Vec<NodeProc>,
+    /// Mutual TLS: the tracker has a CA, nodes joined with tokens, and
+    /// `p2p` runs as a person logged in with a client token.
+    pub tls: bool,
 }
 
 fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Child> {
@@ -149,6 +152,7 @@ impl Cluster {
             tracker: None,
             members: Vec::new(),
             nodes: Vec::new(),
+            tls: false,
         };
         c.start_tracker()?;
         for _ in 0..n {
@@ -156,6 +160,49 @@ impl Cluster {
         }
         c.wait_alive(n)?;
         Ok(c)
+    }
+
+    /// Start a tracker with the cluster's CA (`p2p init`), log a person in
+    /// with a client token, start `n` nodes that join with node tokens,
+    /// and wait until every node is alive: everything over mutual TLS.
+    pub fn start_tls(n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("tracker");
+        let mut c = Self {
+            dir,
+            tracker_addr: free_addr(),
+            tracker: None,
+            members: Vec::new(),
+            nodes: Vec::new(),
+            tls: true,
+        };
+        c.p2p_ok(&["init", "--data", data.to_str().context("utf-8 path")?])?;
+        c.spawn_tracker()?;
+        c.wait_until("the tracker to start", Duration::from_secs(20), |c| {
+            Ok(c.dir.path().join("tracker/tls/trackers").exists())
+        })?;
+        let token = c.token("client")?;
+        c.p2p_ok(&["login", &token])?;
+        for _ in 0..n {
+            c.add_node()?;
+        }
+        c.wait_alive(n)?;
+        Ok(c)
+    }
+
+    /// A one-time enrollment token for `role` (a TLS cluster).
+    pub fn token(&self, role: &str) -> anyhow::Result<String> {
+        let data = self.dir.path().join("tracker");
+        Ok(self
+            .p2p_ok(&[
+                "token",
+                "--data",
+                data.to_str().context("utf-8 path")?,
+                "--role",
+                role,
+            ])?
+            .trim()
+            .to_string())
     }
 
     /// Start a group of `trackers` trackers and `n` nodes, and wait until
@@ -169,6 +216,7 @@ impl Cluster {
             tracker: None,
             members: addrs.into_iter().map(|a| (a, None)).collect(),
             nodes: Vec::new(),
+            tls: false,
         };
         for i in 0..trackers {
             c.start_member(i)?;
@@ -243,14 +291,16 @@ impl Cluster {
     }
 
     pub fn tracker_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
         self.tracker_addr
             .split(',')
-            .map(|a| format!("http://{a}"))
+            .map(|a| format!("{scheme}://{a}"))
             .collect::<Vec<_>>()
             .join(",")
     }
 
-    pub fn start_tracker(&mut self) -> anyhow::Result<()> {
+    /// Start the single tracker on its address and data directory.
+    fn spawn_tracker(&mut self) -> anyhow::Result<()> {
         let data = self.dir.path().join("tracker");
         let log = self.dir.path().join("tracker.log");
         let child = spawn(
@@ -268,6 +318,11 @@ impl Cluster {
             &log,
         )?;
         self.tracker = Some(child);
+        Ok(())
+    }
+
+    pub fn start_tracker(&mut self) -> anyhow::Result<()> {
+        self.spawn_tracker()?;
         self.wait_until("the tracker to answer", Duration::from_secs(20), |c| {
             Ok(c.p2p(&["status", "--json"])?.status.success())
         })
@@ -292,23 +347,27 @@ impl Cluster {
         let i = self.nodes.len();
         let addr = free_addr();
         let log = self.dir.path().join(format!("node{i}.log"));
-        let child = spawn(
-            &[
-                "node",
-                "--listen",
-                &addr,
-                "--data",
-                data.to_str().context("utf-8 path")?,
-                "--tracker",
-                &self.tracker_url(),
-                "--heartbeat",
-                HEARTBEAT,
-                "--scrub-interval",
-                SCRUB_INTERVAL,
-                "--no-shell",
-            ],
-            &log,
-        )?;
+        let url = self.tracker_url();
+        let mut args = vec![
+            "node",
+            "--listen",
+            &addr,
+            "--data",
+            data.to_str().context("utf-8 path")?,
+            "--tracker",
+            &url,
+            "--heartbeat",
+            HEARTBEAT,
+            "--scrub-interval",
+            SCRUB_INTERVAL,
+            "--no-shell",
+        ];
+        let token;
+        if self.tls {
+            token = self.token("node")?;
+            args.extend(["--join", token.as_str()]);
+        }
+        let child = spawn(&args, &log)?;
         self.nodes.push(NodeProc {
             addr,
             data,
@@ -355,7 +414,12 @@ impl Cluster {
         let out = Command::new(p2p_bin())
             .args(args)
             .env("P2P_TRACKER", self.tracker_url())
-            .env("P2P_CONFIG", self.dir.path().join("no-config"))
+            .env(
+                "P2P_CONFIG",
+                self.dir
+                    .path()
+                    .join(if self.tls { "user" } else { "no-config" }),
+            )
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .output()
