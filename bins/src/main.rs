@@ -10,7 +10,8 @@ use p2p_cli::daemon::{self, NodeOptions, TrackerOptions};
 use p2p_cli::{demo, output, shell};
 use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, REPLICAS_DEFAULT};
 use p2p_net::client::{Client, ClientConfig};
-use p2p_net::transport::{TcpDialer, Timeouts};
+use p2p_net::tls::{note_trackers, noted_trackers};
+use p2p_net::transport::{TcpDialer, Timeouts, host_of, strip_scheme};
 
 #[derive(Parser)]
 #[command(
@@ -243,27 +244,13 @@ fn config_dir() -> PathBuf {
     home.join(".config").join("p2p")
 }
 
-/// The tracker addresses noted in `dir` at enrollment, if any.
-fn noted_trackers(dir: &std::path::Path) -> Option<String> {
-    std::fs::read_to_string(dir.join("trackers"))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 /// A token's tracker list as URLs (`https://`: a cluster that enrolls
 /// speaks only TLS).
 fn token_trackers(token: &str) -> anyhow::Result<String> {
     let (t, _) = p2p_core::enroll::Token::parse(token)?;
     Ok(p2p_net::transport::tracker_members(&t.trackers)
         .iter()
-        .map(|a| {
-            format!(
-                "https://{}",
-                a.trim_start_matches("https://")
-                    .trim_start_matches("http://")
-            )
-        })
+        .map(|a| format!("https://{}", strip_scheme(a)))
         .collect::<Vec<_>>()
         .join(","))
 }
@@ -272,10 +259,7 @@ const DEFAULT_TRACKER: &str = "http://127.0.0.1:50051";
 
 /// Whether `listen` (`host:port`) is reachable from this machine only.
 fn loopback(listen: &str) -> bool {
-    let host = match listen.rsplit_once(':') {
-        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
-        None => listen,
-    };
+    let host = host_of(listen);
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
@@ -413,8 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .save(&user_dir)
                 .with_context(|| format!("cannot keep credentials in {}", user_dir.display()))?;
             let trackers = token_trackers(token)?;
-            std::fs::write(user_dir.join("trackers"), &trackers)
-                .with_context(|| format!("cannot write {}", user_dir.join("trackers").display()))?;
+            note_trackers(&user_dir, &trackers)?;
             let who = creds
                 .identity()
                 .map_or("?".to_string(), |(r, id)| format!("{r} {id}"));
@@ -435,7 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ref advertise,
             insecure,
         } => {
-            let tls = p2p_net::tls::Ca::load(data)?.is_some();
+            let tls = p2p_net::tls::Ca::exists(data);
             refuse_open_plaintext(
                 listen,
                 tls,
@@ -489,10 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (Some(t), _) => t.clone(),
                 (None, Some(token)) => {
                     let t = token_trackers(token)?;
-                    std::fs::create_dir_all(&tls_dir)
-                        .with_context(|| format!("cannot create {}", tls_dir.display()))?;
-                    std::fs::write(tls_dir.join("trackers"), &t)
-                        .with_context(|| format!("cannot write {}", tls_dir.display()))?;
+                    note_trackers(&tls_dir, &t)?;
                     t
                 }
                 (None, None) => {

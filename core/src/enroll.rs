@@ -66,8 +66,6 @@ pub enum TokenError {
     Expired { ago_s: u64 },
     #[error("the enrollment token was used already; ask for a new one (`p2p token`)")]
     Used,
-    #[error("a {0} token cannot enroll as a {1}")]
-    WrongRole(Role, Role),
 }
 
 /// A CA certificate's pin: the first 16 bytes of the BLAKE3 hash of its
@@ -107,32 +105,26 @@ fn hex16(s: &str) -> Result<[u8; 16], TokenError> {
         return Err(TokenError::Malformed("a field is not lowercase hex"));
     }
     let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
-            .map_err(|_| TokenError::Malformed("a field is not hex"))?;
-    }
+    hex::decode_to_slice(s, &mut out).map_err(|_| TokenError::Malformed("a field is not hex"))?;
     Ok(out)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl Token {
-    /// What the MAC covers.
-    fn signed_part(&self) -> String {
+    /// The fields before the MAC, joined by `sep`.
+    fn head(&self, sep: char) -> String {
         format!(
-            "{PREFIX}|{}|{}|{}|{}|{}",
+            "{PREFIX}{sep}{}{sep}{}{sep}{}{sep}{}",
             self.role,
             self.expires_unix_s,
-            hex(&self.nonce),
-            hex(&self.pin),
-            self.trackers
+            hex::encode(self.nonce),
+            hex::encode(self.pin),
         )
     }
 
     fn mac(&self, key: &[u8; 32]) -> [u8; 16] {
-        let h = blake3::keyed_hash(key, self.signed_part().as_bytes());
+        // The MAC covers every field.
+        let signed = format!("{}|{}", self.head('|'), self.trackers);
+        let h = blake3::keyed_hash(key, signed.as_bytes());
         let mut mac = [0u8; 16];
         mac.copy_from_slice(&h.as_bytes()[..16]);
         mac
@@ -141,12 +133,9 @@ impl Token {
     /// The token's text, authenticated with `key`.
     pub fn sign(&self, key: &[u8; 32]) -> String {
         format!(
-            "{PREFIX}.{}.{}.{}.{}.{}.{}",
-            self.role,
-            self.expires_unix_s,
-            hex(&self.nonce),
-            hex(&self.pin),
-            hex(&self.mac(key)),
+            "{}.{}.{}",
+            self.head('.'),
+            hex::encode(self.mac(key)),
             self.trackers
         )
     }

@@ -31,6 +31,8 @@ use rcgen::{
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+use crate::transport::host_of;
+
 /// Why TLS material could not be made, read or used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -115,17 +117,6 @@ pub fn identity_of(der: &[u8]) -> Option<(Role, String)> {
     })
 }
 
-/// The host part of `host:port` (IPv6 in brackets).
-fn host_of(addr: &str) -> &str {
-    let addr = addr
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    match addr.rsplit_once(':') {
-        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
-        None => addr,
-    }
-}
-
 fn san_of(addr: &str) -> Result<SanType, TlsError> {
     let host = host_of(addr);
     Ok(match host.parse::<IpAddr>() {
@@ -192,13 +183,18 @@ impl Ca {
         })
     }
 
+    /// Whether `p2p init` made a CA under `<data>/tls/` (without reading it).
+    pub fn exists(data: &Path) -> bool {
+        Self::dir_of(data).join("ca-key.pem").exists()
+    }
+
     /// The CA under `<data>/tls/`, if `p2p init` made one there.
     pub fn load(data: &Path) -> Result<Option<Ca>, TlsError> {
         let dir = Self::dir_of(data);
-        let key_path = dir.join("ca-key.pem");
-        if !key_path.exists() {
+        if !Self::exists(data) {
             return Ok(None);
         }
+        let key_path = dir.join("ca-key.pem");
         let key = KeyPair::from_pem(&read_small(&key_path)?).map_err(|e| TlsError::Bad {
             path: key_path.clone(),
             msg: e.to_string(),
@@ -241,18 +237,15 @@ impl Ca {
         &self.token_key
     }
 
-    /// Where tokens tell joiners to go: what the tracker wrote when it
+    /// Where tokens tell joiners to go: what the tracker noted when it
     /// started (`<data>/tls/trackers`).
     pub fn trackers(&self) -> Option<String> {
-        read_small(&self.dir.join("trackers"))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
+        noted_trackers(&self.dir)
     }
 
     /// Note where this cluster's trackers are, for `p2p token`.
     pub fn set_trackers(&self, list: &str) -> Result<(), TlsError> {
-        write_file(&self.dir.join("trackers"), list, false)
+        note_trackers(&self.dir, list)
     }
 
     /// A new enrollment token for `role`, valid for `ttl` from `now_unix_s`.
@@ -326,6 +319,21 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// The tracker addresses noted in `dir` (a tracker's `tls/` when it
+/// starts; a node's `tls/` or a person's config at enrollment), if any.
+pub fn noted_trackers(dir: &Path) -> Option<String> {
+    read_small(&dir.join("trackers"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Note the tracker addresses `list` in `dir`.
+pub fn note_trackers(dir: &Path, list: &str) -> Result<(), TlsError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    write_file(&dir.join("trackers"), list, false)
 }
 
 /// A key pair and the signing request that carries its public key, made
@@ -429,8 +437,9 @@ mod enroll_client {
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-    use super::{Credentials, host_of, new_key_and_csr};
+    use super::{Credentials, new_key_and_csr};
     use crate::transport::Timeouts;
+    use crate::transport::{host_of, strip_scheme};
     use p2p_proto as pb;
 
     #[derive(Debug)]
@@ -533,10 +542,7 @@ mod enroll_client {
         let patience = timeouts.request.min(std::time::Duration::from_secs(20));
         loop {
             for addr in crate::transport::tracker_members(&parsed.trackers) {
-                let bare = addr
-                    .trim_start_matches("https://")
-                    .trim_start_matches("http://")
-                    .to_string();
+                let bare = strip_scheme(&addr).to_string();
                 let host = host_of(&bare).to_string();
                 let (config, bare2) = (config.clone(), bare.clone());
                 let connector = tower::service_fn(move |_: tonic::transport::Uri| {

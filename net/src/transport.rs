@@ -73,10 +73,7 @@ impl Dialer for TcpDialer {
         let Some(tls) = &self.tls else {
             return Ok(endpoint(addr, &self.timeouts)?.connect_lazy());
         };
-        let bare = addr
-            .trim_start_matches("https://")
-            .trim_start_matches("http://");
-        let ep = endpoint(&format!("https://{bare}"), &self.timeouts)?
+        let ep = endpoint(&format!("https://{}", strip_scheme(addr)), &self.timeouts)?
             .tls_config(tls.clone())
             .map_err(|e| ClientError::Addr {
                 addr: addr.to_string(),
@@ -87,6 +84,21 @@ impl Dialer for TcpDialer {
 
     fn timeouts(&self) -> &Timeouts {
         &self.timeouts
+    }
+}
+
+/// `host:port` whatever scheme `addr` was given with.
+pub fn strip_scheme(addr: &str) -> &str {
+    addr.trim_start_matches("https://")
+        .trim_start_matches("http://")
+}
+
+/// The host of `addr` (`host:port`, any scheme; IPv6 without brackets).
+pub fn host_of(addr: &str) -> &str {
+    let addr = strip_scheme(addr);
+    match addr.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
     }
 }
 
