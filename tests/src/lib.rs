@@ -347,27 +347,13 @@ impl Cluster {
         let i = self.nodes.len();
         let addr = free_addr();
         let log = self.dir.path().join(format!("node{i}.log"));
-        let url = self.tracker_url();
-        let mut args = vec![
-            "node",
-            "--listen",
-            &addr,
-            "--data",
-            data.to_str().context("utf-8 path")?,
-            "--tracker",
-            &url,
-            "--heartbeat",
-            HEARTBEAT,
-            "--scrub-interval",
-            SCRUB_INTERVAL,
-            "--no-shell",
-        ];
-        let token;
-        if self.tls {
-            token = self.token("node")?;
-            args.extend(["--join", token.as_str()]);
-        }
-        let child = spawn(&args, &log)?;
+        // A node of a TLS cluster enrolls on its first start.
+        let token = if self.tls {
+            Some(self.token("node")?)
+        } else {
+            None
+        };
+        let child = self.spawn_node(&addr, &data, &log, token.as_deref())?;
         self.nodes.push(NodeProc {
             addr,
             data,
@@ -380,25 +366,38 @@ impl Cluster {
     pub fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
         let (addr, data) = (self.nodes[i].addr.clone(), self.nodes[i].data.clone());
         let log = self.dir.path().join(format!("node{i}.restart.log"));
-        let child = spawn(
-            &[
-                "node",
-                "--listen",
-                &addr,
-                "--data",
-                data.to_str().context("utf-8 path")?,
-                "--tracker",
-                &self.tracker_url(),
-                "--heartbeat",
-                HEARTBEAT,
-                "--scrub-interval",
-                SCRUB_INTERVAL,
-                "--no-shell",
-            ],
-            &log,
-        )?;
+        let child = self.spawn_node(&addr, &data, &log, None)?;
         self.nodes[i].child = Some(child);
         Ok(())
+    }
+
+    /// A node process at `addr` on `data`, joining with `token` if given.
+    fn spawn_node(
+        &self,
+        addr: &str,
+        data: &Path,
+        log: &Path,
+        token: Option<&str>,
+    ) -> anyhow::Result<Child> {
+        let url = self.tracker_url();
+        let mut args = vec![
+            "node",
+            "--listen",
+            addr,
+            "--data",
+            data.to_str().context("utf-8 path")?,
+            "--tracker",
+            &url,
+            "--heartbeat",
+            HEARTBEAT,
+            "--scrub-interval",
+            SCRUB_INTERVAL,
+            "--no-shell",
+        ];
+        if let Some(t) = token {
+            args.extend(["--join", t]);
+        }
+        spawn(&args, log)
     }
 
     /// SIGKILL node `i`.
