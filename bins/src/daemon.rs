@@ -61,6 +61,8 @@ pub async fn run_tracker(
         orphan_grace_ms: opts.orphan_grace.as_millis() as u64,
         // Every tracker process hands out sessions of its own.
         session_base: rand::random::<u64>() >> 1,
+        // And receipts only it can check (see `p2p_core::ack`).
+        receipt_secret: rand::random(),
         ..TrackerConfig::default()
     };
     let tls = tracker_tls(&opts)?;

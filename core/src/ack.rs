@@ -29,10 +29,59 @@
 //! Node side: [`AckBook`]. Its uploads and deletes of one chunk must not
 //! interleave (the node serialises them per chunk), and the stamp is taken
 //! after the copy is in place.
+//!
+//! An acknowledgement also carries a [`Receipt`]: a MAC over the chunk and
+//! the stamp under a key only the node and the tracker know (handed to the
+//! node with each registration session, derived by the tracker from a
+//! secret of its own). A put's client passes receipts on to its commit, and
+//! the tracker counts a holder on the client's word only if its receipt
+//! checks: a client cannot commit a file naming holders that never stored
+//! its chunks.
 
 use std::collections::HashMap;
 
-use crate::id::ChunkId;
+use crate::id::{ChunkId, NodeId};
+
+/// The key a node's receipts are made with during one session.
+pub type ReceiptKey = [u8; 32];
+
+/// A node's proof that it durably stored a chunk (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Receipt(pub [u8; 32]);
+
+/// A node's acknowledgement of an upload, as a put carries it to its
+/// commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ack {
+    pub stamp: Stamp,
+    pub receipt: Receipt,
+}
+
+/// The key of `node`'s receipts in `session`, from the tracker's secret.
+pub fn receipt_key(secret: &[u8; 32], node: &NodeId, session: u64) -> ReceiptKey {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    h.update(b"p2p receipt key v1\0");
+    h.update(node.as_str().as_bytes());
+    h.update(&[0]);
+    h.update(&session.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// The receipt for `chunk` stored at `stamp`.
+pub fn receipt(key: &ReceiptKey, chunk: &ChunkId, stamp: Stamp) -> Receipt {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(b"p2p receipt v1\0");
+    h.update(chunk.as_bytes());
+    h.update(&stamp.session.to_le_bytes());
+    h.update(&stamp.seq.to_le_bytes());
+    Receipt(*h.finalize().as_bytes())
+}
+
+/// Whether `ack` is a receipt made with `key` for `chunk` (compared in
+/// constant time).
+pub fn receipt_holds(key: &ReceiptKey, chunk: &ChunkId, ack: &Ack) -> bool {
+    blake3::Hash::from(receipt(key, chunk, ack.stamp).0) == blake3::Hash::from(ack.receipt.0)
+}
 
 /// Where in a node's heartbeat sequence something happened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -77,6 +126,8 @@ pub fn survives(ack: Stamp, delete: Stamp, current: u64) -> bool {
 #[derive(Debug, Default, Clone)]
 pub struct AckBook {
     now: Stamp,
+    /// This session's receipt key (see [`receipt`]).
+    key: ReceiptKey,
     /// The latest acknowledgement of each chunk that could still make a
     /// delete be skipped.
     acked: HashMap<ChunkId, Stamp>,
@@ -85,8 +136,9 @@ pub struct AckBook {
 impl AckBook {
     /// A new registration: heartbeats count from 1 again. Earlier
     /// acknowledgements cannot match a delete of this session.
-    pub fn registered(&mut self, session: u64) {
+    pub fn registered(&mut self, session: u64, key: ReceiptKey) {
         self.now = Stamp { session, seq: 0 };
+        self.key = key;
         self.acked.clear();
     }
 
@@ -96,11 +148,14 @@ impl AckBook {
         self.now
     }
 
-    /// An upload of `chunk` is in place: the stamp its acknowledgement
-    /// carries.
-    pub fn acked(&mut self, chunk: ChunkId) -> Stamp {
+    /// An upload of `chunk` is in place: the stamp and receipt its
+    /// acknowledgement carries.
+    pub fn acked(&mut self, chunk: ChunkId) -> Ack {
         self.acked.insert(chunk, self.now);
-        self.now
+        Ack {
+            stamp: self.now,
+            receipt: receipt(&self.key, &chunk, self.now),
+        }
     }
 
     /// Whether to carry out a delete of `chunk` that came in the reply to
@@ -159,8 +214,8 @@ mod tests {
         let c = ChunkId::of(b"c");
         let d = ChunkId::of(b"d");
         let mut b = AckBook::default();
-        b.registered(7);
-        let before = b.acked(c);
+        b.registered(7, [7; 32]);
+        let before = b.acked(c).stamp;
         assert_eq!(before, s(7, 0));
         let h1 = b.next_heartbeat();
         assert_eq!(h1, s(7, 1));
@@ -176,7 +231,32 @@ mod tests {
         let h2 = b.next_heartbeat();
         assert!(b.may_delete(&d, h2));
         b.acked(c);
-        b.registered(8);
+        b.registered(8, [8; 32]);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn receipts_hold_only_for_their_key_chunk_and_stamp() {
+        let secret = [3u8; 32];
+        let n = NodeId::new("n1").unwrap();
+        let key = receipt_key(&secret, &n, 5);
+        let mut b = AckBook::default();
+        b.registered(5, key);
+        let c = ChunkId::of(b"c");
+        let ack = b.acked(c);
+        assert!(receipt_holds(&key, &c, &ack));
+        // Another chunk, another stamp, another session's or node's key,
+        // another tracker's secret: no.
+        assert!(!receipt_holds(&key, &ChunkId::of(b"d"), &ack));
+        let later = Ack {
+            stamp: s(5, 9),
+            ..ack
+        };
+        assert!(!receipt_holds(&key, &c, &later));
+        assert!(!receipt_holds(&receipt_key(&secret, &n, 6), &c, &ack));
+        let m = NodeId::new("n2").unwrap();
+        assert!(!receipt_holds(&receipt_key(&secret, &m, 5), &c, &ack));
+        assert!(!receipt_holds(&receipt_key(&[4; 32], &n, 5), &c, &ack));
+        assert!(!receipt_holds(&key, &c, &Ack::default()));
     }
 }

@@ -44,6 +44,9 @@ pub enum Mutant {
     /// A group member back on an empty disk votes and takes entries at
     /// once, as if it had lost nothing.
     RejoinVotesAtOnce,
+    /// The tracker counts every holder a client's commit names, without
+    /// checking the holders' receipts.
+    CommitWithoutReceipt,
 }
 
 impl Mutant {
@@ -61,6 +64,7 @@ impl Mutant {
         Mutant::TrackerAckBeforePersist,
         Mutant::LeaderSkipsCatchUp,
         Mutant::RejoinVotesAtOnce,
+        Mutant::CommitWithoutReceipt,
     ];
 
     /// Its name on the command line, kebab-case.
@@ -78,6 +82,7 @@ impl Mutant {
             Mutant::TrackerAckBeforePersist => "tracker-ack-before-persist",
             Mutant::LeaderSkipsCatchUp => "leader-skips-catch-up",
             Mutant::RejoinVotesAtOnce => "rejoin-votes-at-once",
+            Mutant::CommitWithoutReceipt => "commit-without-receipt",
         }
     }
 

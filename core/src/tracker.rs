@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use roaring::RoaringBitmap;
 use smallvec::SmallVec;
 
-use crate::ack::{self, Stamp};
+use crate::ack::{self, Ack, ReceiptKey, Stamp};
 use crate::id::{ChunkId, ManifestHash, NodeId};
 use crate::limits::{
     ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS, PUT_LEASES_MAX, REPLICAS_MAX,
@@ -66,6 +66,10 @@ pub struct TrackerConfig {
     /// (see [`Tracker::touch_put`]). A put whose lease (renewed by every
     /// allocation) lapses for this long counts as over.
     pub orphan_grace_ms: u64,
+    /// The secret nodes' receipt keys are derived from ([`ack::receipt`]).
+    /// Give every tracker process a random one (the binary does): whoever
+    /// knows it can forge any node's receipts.
+    pub receipt_secret: [u8; 32],
 }
 
 impl Default for TrackerConfig {
@@ -79,6 +83,7 @@ impl Default for TrackerConfig {
             session_base: 0,
             full_report_interval_ms: 60 * 60 * 1000,
             orphan_grace_ms: 60 * 60 * 1000,
+            receipt_secret: [0; 32],
         }
     }
 }
@@ -1264,9 +1269,10 @@ impl Tracker {
 
     /// Record a file whose every chunk is durably on `R` distinct registered
     /// nodes. Committing the same manifest twice is a no-op; a different
-    /// manifest under an existing name is refused. The same as
-    /// [`Tracker::commit_with`] with no acknowledgement stamps and no
-    /// replacing.
+    /// manifest under an existing name is refused. For tests and tools
+    /// that hold no receipts: every named holder counts as acknowledged at
+    /// no stamp (so not over a deletion sent to it), as if it had proved
+    /// it. A client's commit goes through [`Tracker::commit_with`].
     pub fn commit(
         &mut self,
         manifest: Manifest,
@@ -1274,14 +1280,25 @@ impl Tracker {
     ) -> Result<ManifestHash, TrackerError> {
         let holders = holders
             .into_iter()
-            .map(|h| h.into_iter().map(|n| (n, Stamp::default())).collect())
+            .map(|h| h.into_iter().map(|n| (n, Ack::default())).collect())
             .collect();
-        self.commit_with(manifest, holders, false, 0)
+        self.commit_checked(manifest, holders, false, 0, false)
+    }
+
+    /// The key of `node`'s receipts in its current session (none before it
+    /// registered), handed to the node with its session.
+    pub fn receipt_key(&self, node: &NodeId) -> Option<ReceiptKey> {
+        let nx = *self.node_ix.get(node)?;
+        let session = self.node(nx).session;
+        (session != 0).then(|| ack::receipt_key(&self.config.receipt_secret, node, session))
     }
 
     /// Record a file whose every chunk is durably on `R` distinct registered
     /// nodes: `holders[i]` are the nodes that acknowledged chunk `i`, each
-    /// with the [`Stamp`] of its acknowledgement. Committing the same
+    /// with its acknowledgement ([`Ack`]: stamp and receipt). A holder
+    /// counts on the client's word only if its receipt holds for the
+    /// chunk, the stamp and the node's current session; the tracker's own
+    /// records (holders that reported the chunk) count regardless. Committing the same
     /// manifest twice is a no-op. A different manifest under an existing
     /// name is refused unless `replace`: then readers see the old version
     /// or this one, and the old version's chunks no other file uses are
@@ -1295,9 +1312,20 @@ impl Tracker {
     pub fn commit_with(
         &mut self,
         manifest: Manifest,
-        holders: Vec<Vec<(NodeId, Stamp)>>,
+        holders: Vec<Vec<(NodeId, Ack)>>,
         replace: bool,
         now_ms: u64,
+    ) -> Result<ManifestHash, TrackerError> {
+        self.commit_checked(manifest, holders, replace, now_ms, true)
+    }
+
+    fn commit_checked(
+        &mut self,
+        manifest: Manifest,
+        holders: Vec<Vec<(NodeId, Ack)>>,
+        replace: bool,
+        now_ms: u64,
+        check_receipts: bool,
     ) -> Result<ManifestHash, TrackerError> {
         manifest.validate()?;
         let hash = manifest.hash();
@@ -1327,16 +1355,28 @@ impl Tracker {
                 Vec::new()
             };
             let mut set: BTreeSet<NodeId> = BTreeSet::new();
-            for (n, stamp) in h {
+            for (n, a) in h {
                 let Some(&nx) = self.node_ix.get(&n) else {
                     continue;
                 };
                 let session = self.node(nx).session;
-                // An acknowledgement counts unless the copy may be gone
-                // since: deleted at the tracker's word (the tombstone), the
-                // node registered again since (its report decides, below),
-                // or it reported the copy gone (found rotten) afterwards.
-                let current = stamp.session == 0 || stamp.session == session;
+                let stamp = a.stamp;
+                // An acknowledgement counts if the node made it (its
+                // receipt holds), unless the copy may be gone since:
+                // deleted at the tracker's word (the tombstone), the node
+                // registered again since (its report decides, below), or it
+                // reported the copy gone (found rotten) afterwards.
+                let current = if check_receipts {
+                    session != 0
+                        && stamp.session == session
+                        && (ack::receipt_holds(
+                            &ack::receipt_key(&self.config.receipt_secret, &n, session),
+                            chunk,
+                            &a,
+                        ) || mutants::on(Mutant::CommitWithoutReceipt))
+                } else {
+                    stamp.session == 0 || stamp.session == session
+                };
                 let not_gone = self
                     .heal
                     .reported_gone(chunk, &n)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use p2p_core::ack::Stamp;
+use p2p_core::ack::{Ack, Receipt, Stamp};
 use p2p_core::chunking::{chunk_count, chunk_offset};
 use p2p_core::get_plan::{Candidate, FetchFailure, GetOutcome, GetPlan};
 use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, UPLOAD_PIECE_SIZE_BYTES};
@@ -92,12 +92,12 @@ pub struct GetReport {
     pub fetched_bytes: u64,
 }
 
-/// One chunk's replication result: its holders, each with the stamp of
-/// its acknowledgement.
+/// One chunk's replication result: its holders, each with its
+/// acknowledgement (stamp and receipt).
 struct ChunkDone {
     index: usize,
     len: u64,
-    holders: Result<Vec<(NodeId, Stamp)>, ClientError>,
+    holders: Result<Vec<(NodeId, Ack)>, ClientError>,
     retries: usize,
 }
 
@@ -123,14 +123,14 @@ pub const GROUP_FAILOVER: std::time::Duration = std::time::Duration::from_secs(1
 /// Upload one chunk to one node: a header, then pieces of at most
 /// [`UPLOAD_PIECE_SIZE_BYTES`].
 /// Returns once the node has verified the hash and synced the chunk, with
-/// the stamp of its acknowledgement (see `p2p_core::ack`).
+/// its acknowledgement: stamp and receipt (see `p2p_core::ack`).
 pub async fn upload_chunk<D: Dialer>(
     peers: &Peers<D>,
     addr: &str,
     id: ChunkId,
     data: Bytes,
     put: u64,
-) -> Result<Stamp, ClientError> {
+) -> Result<Ack, ClientError> {
     let mut node = peers.node(addr)?;
     let header = pb::PutChunkRequest {
         msg: Some(pb::put_chunk_request::Msg::Header(pb::PutChunkHeader {
@@ -159,10 +159,15 @@ pub async fn upload_chunk<D: Dialer>(
             msg: "did not store the chunk".into(),
         });
     }
-    Ok(resp.stamp.map_or_else(Stamp::default, |s| Stamp {
-        session: s.session,
-        seq: s.seq,
-    }))
+    Ok(Ack {
+        stamp: resp.stamp.map_or_else(Stamp::default, |s| Stamp {
+            session: s.session,
+            seq: s.seq,
+        }),
+        receipt: <[u8; 32]>::try_from(&resp.receipt[..])
+            .map(Receipt)
+            .unwrap_or_default(),
+    })
 }
 
 /// Fetch one chunk, verifying length and hash as pieces arrive, and write
@@ -513,7 +518,7 @@ impl<D: Dialer> Client<D> {
         }));
         progress.start(size_bytes);
         let mut ids = Vec::with_capacity(n as usize);
-        let mut holders: Vec<Vec<(NodeId, Stamp)>> = vec![Vec::new(); n as usize];
+        let mut holders: Vec<Vec<(NodeId, Ack)>> = vec![Vec::new(); n as usize];
         // Nodes that ran out of space: no later chunk of this put goes there.
         let full = std::sync::Mutex::new(BTreeSet::new());
         let mut tasks = FuturesUnordered::new();
@@ -570,10 +575,14 @@ impl<D: Dialer> Client<D> {
         for (pb, h) in req.holders.iter_mut().zip(&holders) {
             pb.stamps = h
                 .iter()
-                .map(|(_, s)| pb::Stamp {
-                    session: s.session,
-                    seq: s.seq,
+                .map(|(_, a)| pb::Stamp {
+                    session: a.stamp.session,
+                    seq: a.stamp.seq,
                 })
+                .collect();
+            pb.receipts = h
+                .iter()
+                .map(|(_, a)| Bytes::copy_from_slice(&a.receipt.0))
                 .collect();
         }
         req.put = put;
@@ -620,7 +629,7 @@ impl<D: Dialer> Client<D> {
             retries,
         };
         let mut plan = ReplicaPut::new(targets, replicas as usize, replicas as usize + 2);
-        let mut stamps: std::collections::BTreeMap<NodeId, Stamp> = Default::default();
+        let mut acks: std::collections::BTreeMap<NodeId, Ack> = Default::default();
         let mut uploads = FuturesUnordered::new();
         let mut last_error = String::from("no node accepted it");
         loop {
@@ -658,8 +667,8 @@ impl<D: Dialer> Client<D> {
                     let acked = h
                         .into_iter()
                         .map(|n| {
-                            let stamp = stamps.get(&n.id).copied().unwrap_or_default();
-                            (n.id, stamp)
+                            let ack = acks.get(&n.id).copied().unwrap_or_default();
+                            (n.id, ack)
                         })
                         .collect();
                     return done(Ok(acked), retries);
@@ -675,8 +684,8 @@ impl<D: Dialer> Client<D> {
                 None => {}
             }
             match uploads.next().await {
-                Some((target, Ok(stamp))) => {
-                    stamps.insert(target.id.clone(), stamp);
+                Some((target, Ok(ack))) => {
+                    acks.insert(target.id.clone(), ack);
                     plan.handle_acked(&target);
                 }
                 Some((target, Err(e))) => {

@@ -458,6 +458,7 @@ pub fn encode_commit(
             .map(|h| pb::Holders {
                 node_ids: h.iter().map(|n| n.to_string()).collect(),
                 stamps: vec![],
+                receipts: vec![],
             })
             .collect(),
         put: 0,

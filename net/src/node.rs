@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use p2p_core::ChunkId;
 use p2p_core::NodeId;
-use p2p_core::ack::{AckBook, Stamp};
+use p2p_core::ack::{AckBook, ReceiptKey, Stamp};
 use p2p_core::enroll::Call;
 use p2p_core::inventory::Inventory;
 use p2p_core::limits::{
@@ -256,9 +256,9 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                     }
                 })
             } else {
-                self.register_once().await.map(|(ms, s)| {
+                self.register_once().await.map(|(ms, s, key)| {
                     registered = true;
-                    self.book().registered(s);
+                    self.book().registered(s, key);
                     if ms > 0 {
                         interval =
                             Duration::from_millis(ms).min(self.inner.config.heartbeat_interval);
@@ -299,9 +299,9 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
     }
 
     /// Register with the full inventory, streamed in parts of bounded
-    /// size; returns the heartbeat interval the tracker asks for and the
-    /// registration's session.
-    async fn register_once(&self) -> Result<(u64, u64), ClientError> {
+    /// size; returns the heartbeat interval the tracker asks for, the
+    /// registration's session and its receipt key.
+    async fn register_once(&self) -> Result<(u64, u64, ReceiptKey), ClientError> {
         let all = {
             let mut inv = self.inventory();
             inv.reported_all();
@@ -324,7 +324,11 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .map_err(|s| self.tracker_err(s))?;
         tracing::info!(node = %self.inner.id, chunks = all.len(), "registered with the tracker");
         let resp = resp.into_inner();
-        Ok((resp.heartbeat_interval_ms, resp.session))
+        // A key of the wrong length (a tracker that sends none) makes
+        // receipts that do not hold: puts then count this node only once
+        // it reports the chunk.
+        let key = ReceiptKey::try_from(&resp.receipt_key[..]).unwrap_or_default();
+        Ok((resp.heartbeat_interval_ms, resp.session, key))
     }
 
     /// One heartbeat, numbered in the registration's session (the tracker
@@ -791,18 +795,19 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
                 } else {
                     writer.commit().await.map_err(store_status)?;
                 }
-                let stamp = {
+                let ack = {
                     let mut book = self.book();
-                    let stamp = book.acked(id);
+                    let ack = book.acked(id);
                     self.inventory().added(id, h.put);
-                    stamp
+                    ack
                 };
                 Ok(Response::new(pb::PutChunkResponse {
                     stored: true,
                     stamp: Some(pb::Stamp {
-                        session: stamp.session,
-                        seq: stamp.seq,
+                        session: ack.stamp.session,
+                        seq: ack.stamp.seq,
                     }),
+                    receipt: bytes::Bytes::copy_from_slice(&ack.receipt.0),
                 }))
             }
             Err(s) => {

@@ -394,6 +394,7 @@ impl Credentials {
     /// against the CA. A client without one may connect (to enroll); every
     /// other call refuses it.
     pub fn server(&self) -> ServerTlsConfig {
+        install_provider();
         let chain = format!("{}\n{}", self.cert_pem.trim_end(), self.ca_pem);
         ServerTlsConfig::new()
             .identity(Identity::from_pem(chain, &self.key_pem))
@@ -404,10 +405,38 @@ impl Credentials {
     /// A client's settings: trust only the cluster's CA, present this
     /// certificate.
     pub fn client(&self) -> ClientTlsConfig {
+        install_provider();
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
     }
+}
+
+/// The process's TLS provider (tonic's servers and channels use it):
+/// ring's, with AES-128-GCM preferred. It is as safe as AES-256 for this
+/// use and about 15 % cheaper per byte, and every byte of every chunk
+/// moves encrypted. The order a client offers decides (rustls servers
+/// follow the client's preference).
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    let mut p = default_provider();
+    let first = [
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+    ];
+    p.cipher_suites
+        .retain(|s| !first.iter().any(|f| f.suite() == s.suite()));
+    p.cipher_suites.splice(0..0, first);
+    p
+}
+
+/// Make [`provider`] the process's default, once (a later call, or one
+/// after another default was installed, changes nothing).
+pub fn install_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = provider().install_default();
+    });
 }
 
 /// The certificates a request came with, if over TLS, as role and
@@ -523,7 +552,7 @@ mod enroll_client {
             .map_err(|e| crate::ClientError::Enroll(e.to_string()))?;
         let (key_pem, csr_pem) =
             new_key_and_csr().map_err(|e| crate::ClientError::Enroll(e.to_string()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(super::provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| crate::ClientError::Enroll(e.to_string()))?

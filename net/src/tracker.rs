@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use p2p_core::ack::Stamp;
+use p2p_core::ack::{Ack, Receipt, Stamp};
 use p2p_core::limits::{LIST_PAGE_MAX_FILES, REPORTS_AT_ONCE_MAX, TRACKER_MESSAGE_SIZE_MAX_BYTES};
 use p2p_core::tracker::{HeartbeatReply, Sequence, Tracker, TrackerConfig, TrackerError};
 use p2p_proto as pb;
@@ -87,6 +87,8 @@ pub struct TrackerService<M: MetaStore> {
     /// The session base it opened with: a leader's sessions are drawn from
     /// it (see [`TrackerService::reload`]).
     session_seed: u64,
+    /// The receipt secret this process opened with (see `reload`).
+    receipt_seed: [u8; 32],
     /// Revoked certificates, passed on to nodes in heartbeat replies.
     revoked: crate::enrollment::Revoked,
     /// Set when the database failed a write: the in-memory state may be
@@ -105,6 +107,7 @@ impl<M: MetaStore> Clone for TrackerService<M> {
             gate: self.gate.clone(),
             epoch: self.epoch,
             session_seed: self.session_seed,
+            receipt_seed: self.receipt_seed,
             revoked: self.revoked.clone(),
             poisoned: self.poisoned.clone(),
             reports: self.reports.clone(),
@@ -148,6 +151,7 @@ impl<M: MetaStore> TrackerService<M> {
     /// Rebuild the tracker from `meta` and start serving from that state.
     pub async fn open(config: TrackerConfig, meta: M) -> Result<Self, MetaError> {
         let session_seed = config.session_base;
+        let receipt_seed = config.receipt_secret;
         let tracker = meta.restore(config).await?;
         Ok(Self {
             state: Arc::new(Mutex::new(tracker)),
@@ -155,6 +159,7 @@ impl<M: MetaStore> TrackerService<M> {
             gate: None,
             epoch: Instant::now(),
             session_seed,
+            receipt_seed,
             revoked: Default::default(),
             poisoned: Arc::new(AtomicBool::new(false)),
             reports: Arc::new(Semaphore::new(REPORTS_AT_ONCE_MAX)),
@@ -181,6 +186,8 @@ impl<M: MetaStore> TrackerService<M> {
         let mut state = self.state.lock().await;
         let config = TrackerConfig {
             session_base: mix64(self.session_seed ^ term.rotate_left(32)) >> 1,
+            // Receipts of the last leadership's sessions do not hold.
+            receipt_secret: *blake3::keyed_hash(&self.receipt_seed, &term.to_le_bytes()).as_bytes(),
             ..state.config().clone()
         };
         *state = self.meta.restore(config).await?;
@@ -345,14 +352,20 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let id = convert::node_id(&req.node_id)?;
         let chunks = convert::chunk_ids(&req.chunks)?;
         let n = chunks.len();
-        let session = self
-            .mutate(|t, now| t.register(id.clone(), req.addr.clone(), chunks, now))
+        let (session, key) = self
+            .mutate(|t, now| {
+                let s = t.register(id.clone(), req.addr.clone(), chunks, now)?;
+                Ok((s, t.receipt_key(&id)))
+            })
             .await?;
         tracing::info!(node = %id, addr = %req.addr, chunks = n, "node registered");
         let interval = self.state.lock().await.config().heartbeat_interval_ms;
         Ok(Response::new(pb::RegisterResponse {
             heartbeat_interval_ms: interval,
             session,
+            receipt_key: key
+                .map(|k| bytes::Bytes::copy_from_slice(&k))
+                .unwrap_or_default(),
         }))
     }
 
@@ -394,12 +407,20 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
                 return Err(e);
             }
         };
-        let session = self.mutate(|t, now| t.end_report(&id, now)).await?;
+        let (session, key) = self
+            .mutate(|t, now| {
+                let s = t.end_report(&id, now)?;
+                Ok((s, t.receipt_key(&id)))
+            })
+            .await?;
         tracing::info!(node = %id, addr = %addr, chunks = total, "node reported its inventory");
         let interval = self.state.lock().await.config().heartbeat_interval_ms;
         Ok(Response::new(pb::RegisterResponse {
             heartbeat_interval_ms: interval,
             session,
+            receipt_key: key
+                .map(|k| bytes::Bytes::copy_from_slice(&k))
+                .unwrap_or_default(),
         }))
     }
 
@@ -539,21 +560,30 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let (manifest, holders) = decode_commit(&req)?;
         let mut acked = Vec::with_capacity(holders.len());
         for (ids, pb) in holders.into_iter().zip(&req.holders) {
-            if !pb.stamps.is_empty() && pb.stamps.len() != ids.len() {
+            if (!pb.stamps.is_empty() && pb.stamps.len() != ids.len())
+                || (!pb.receipts.is_empty() && pb.receipts.len() != ids.len())
+            {
                 return Err(Status::invalid_argument(
-                    "a commit's stamps do not match its holders",
+                    "a commit's stamps or receipts do not match its holders",
                 ));
             }
-            let stamp = |i: usize| {
-                pb.stamps.get(i).map_or_else(Stamp::default, |s| Stamp {
+            // A missing or malformed receipt is one that does not hold.
+            let ack = |i: usize| Ack {
+                stamp: pb.stamps.get(i).map_or_else(Stamp::default, |s| Stamp {
                     session: s.session,
                     seq: s.seq,
-                })
+                }),
+                receipt: pb
+                    .receipts
+                    .get(i)
+                    .and_then(|r| <[u8; 32]>::try_from(&r[..]).ok())
+                    .map(Receipt)
+                    .unwrap_or_default(),
             };
             acked.push(
                 ids.into_iter()
                     .enumerate()
-                    .map(|(i, n)| (n, stamp(i)))
+                    .map(|(i, n)| (n, ack(i)))
                     .collect(),
             );
         }

@@ -73,11 +73,70 @@ async fn an_inventory_larger_than_a_message_registers_in_parts() {
         holders: vec![pb::Holders {
             node_ids: vec![],
             stamps: vec![],
+            receipts: vec![],
         }],
         put: 0,
         replace: false,
     };
     t.commit(commit).await.unwrap();
+}
+
+// A commit names a holder on the client's word only with the receipt the
+// node made: without it (or with a forged one) the commit is refused and no
+// file appears; with the node's real receipt it is accepted.
+#[tokio::test]
+async fn a_commit_naming_a_holder_counts_it_only_with_its_receipt() {
+    use p2p_core::ack::{Receipt, Stamp, receipt};
+    let (addr, peers) = start().await;
+    let mut t = peers.tracker(&addr).unwrap();
+    let reg = t
+        .report(tokio_stream::iter(vec![part("n1", &[])]))
+        .await
+        .unwrap()
+        .into_inner();
+    let key: [u8; 32] = reg.receipt_key[..].try_into().expect("a 32-byte key");
+    let chunk = ChunkId::of(b"never uploaded");
+    let stamp = Stamp {
+        session: reg.session,
+        seq: 1,
+    };
+    let commit = |r: Receipt| pb::CommitRequest {
+        manifest: Some(pb::Manifest {
+            name: "f".into(),
+            size: 14,
+            chunk_size: 1024,
+            replicas: 1,
+            chunks: vec![Bytes::copy_from_slice(chunk.as_bytes())],
+        }),
+        holders: vec![pb::Holders {
+            node_ids: vec!["n1".into()],
+            stamps: vec![pb::Stamp {
+                session: stamp.session,
+                seq: stamp.seq,
+            }],
+            receipts: vec![Bytes::copy_from_slice(&r.0)],
+        }],
+        put: 0,
+        replace: false,
+    };
+    let forged = [
+        Receipt::default(),
+        receipt(&[7; 32], &chunk, stamp),
+        receipt(&key, &ChunkId::of(b"another"), stamp),
+    ];
+    for r in forged {
+        let e = t.commit(commit(r)).await.unwrap_err();
+        assert!(e.message().contains("acknowledged holders"), "{e:?}");
+    }
+    let ls = t
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ls.files.is_empty(), "{ls:?}");
+    t.commit(commit(receipt(&key, &chunk, stamp)))
+        .await
+        .unwrap();
 }
 
 // Every part of a report must name the same node; an empty stream is no

@@ -888,6 +888,8 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         // Short, so failed puts' copies are collected within a scenario
         // while other puts are in flight.
         orphan_grace_ms: 1_500,
+        // Each tracker start draws its own (see `trackers::spawn`).
+        receipt_secret: [0; 32],
     };
     let tracker_disks = crate::trackers::spawn(
         &mut sim,

@@ -214,6 +214,7 @@ pub fn spawn(
             let base = seed ^ (start << 40) ^ (u64::from(i) << 56);
             let config = TrackerConfig {
                 session_base: base >> 1,
+                receipt_secret: *blake3::hash(&base.to_le_bytes()).as_bytes(),
                 ..config.clone()
             };
             let disk = disk.lock().expect("disk lock").clone();

@@ -98,6 +98,7 @@ impl Layout {
                         .map(|k| self.node_id((g + k) % self.nodes))
                         .collect(),
                     stamps: vec![],
+                    receipts: vec![],
                 })
                 .collect(),
             put: 0,

@@ -85,7 +85,7 @@ struct InFlight {
     replace: bool,
     /// Copies still to upload: (chunk index, node).
     todo: Vec<(usize, NodeId)>,
-    acks: Vec<Vec<(NodeId, Stamp)>>,
+    acks: Vec<Vec<(NodeId, Ack)>>,
 }
 
 struct World {
@@ -108,7 +108,7 @@ impl World {
         for i in 0..NODES {
             let session = t.register(nid(i), format!("a{i}"), vec![], 0).unwrap();
             let mut book = AckBook::default();
-            book.registered(session);
+            book.registered(session, t.receipt_key(&nid(i)).unwrap());
             nodes.insert(
                 nid(i),
                 Node {
@@ -159,8 +159,8 @@ impl World {
         let n = self.nodes.get_mut(&node).unwrap();
         n.disk.insert(chunk);
         n.inv.added(chunk, put.id);
-        let stamp = n.book.acked(chunk);
-        put.acks[i].push((node, stamp));
+        let ack = n.book.acked(chunk);
+        put.acks[i].push((node, ack));
     }
 
     fn commit(&mut self, p: usize) {

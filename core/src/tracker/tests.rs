@@ -455,25 +455,16 @@ fn orphans_are_collected_after_the_grace_unless_a_put_may_commit_them() {
 // (its new report says what it holds).
 #[test]
 fn an_acknowledged_copy_reported_gone_before_the_commit_does_not_count() {
-    use crate::ack::Stamp;
     let mut t = Tracker::new(TrackerConfig::default());
     let sessions: Vec<u64> = (0..4)
         .map(|i| t.register(nid(i), format!("a{i}"), vec![], 0).unwrap())
         .collect();
     let m = manifest("f", 1, 3);
     let chunk = m.chunks[0];
-    let acks = || -> Vec<Vec<(NodeId, Stamp)>> {
+    let acks = || -> Vec<Vec<(NodeId, Ack)>> {
         vec![
             (0..3)
-                .map(|i| {
-                    (
-                        nid(i),
-                        Stamp {
-                            session: sessions[i],
-                            seq: 0,
-                        },
-                    )
-                })
+                .map(|i| (nid(i), signed(&nid(i), sessions[i], 0, &chunk)))
                 .collect(),
         ]
     };
@@ -489,22 +480,15 @@ fn an_acknowledged_copy_reported_gone_before_the_commit_does_not_count() {
     );
     // n00 uploads it again (acknowledged after that report): it counts.
     let mut again = acks();
-    again[0][0].1.seq = 2;
+    again[0][0].1 = signed(&nid(0), sessions[0], 2, &chunk);
     t.commit_with(m.clone(), again, false, 40).unwrap();
     // A node that registered again since its acknowledgement counts only
     // if its new report names the copy.
     let g = manifest("g", 1, 3);
+    let gc = g.chunks[0];
     let old = vec![
         (0..3)
-            .map(|i| {
-                (
-                    nid(i),
-                    Stamp {
-                        session: sessions[i],
-                        seq: 2,
-                    },
-                )
-            })
+            .map(|i| (nid(i), signed(&nid(i), sessions[i], 2, &gc)))
             .collect(),
     ];
     t.register(nid(1), "a1".into(), vec![], 50).unwrap();
@@ -513,4 +497,65 @@ fn an_acknowledged_copy_reported_gone_before_the_commit_does_not_count() {
         matches!(r, Err(TrackerError::NotEnoughHolders { acked: 2, .. })),
         "{r:?}"
     );
+}
+
+/// An acknowledgement as node `n` makes it in `session`, under the default
+/// config's secret.
+fn signed(n: &NodeId, session: u64, seq: u64, chunk: &ChunkId) -> Ack {
+    let key = crate::ack::receipt_key(&TrackerConfig::default().receipt_secret, n, session);
+    let stamp = crate::ack::Stamp { session, seq };
+    Ack {
+        stamp,
+        receipt: crate::ack::receipt(&key, chunk, stamp),
+    }
+}
+
+// A client cannot commit a file naming holders that never stored its
+// chunks: a holder counts on the client's word only with the receipt the
+// node made for that chunk in its current session.
+#[test]
+fn a_commit_counts_only_holders_whose_receipts_hold() {
+    let mut t = Tracker::new(TrackerConfig {
+        receipt_secret: [9; 32],
+        ..TrackerConfig::default()
+    });
+    let sessions: Vec<u64> = (0..4)
+        .map(|i| t.register(nid(i), format!("a{i}"), vec![], 0).unwrap())
+        .collect();
+    let m = manifest("f", 1, 3);
+    let chunk = m.chunks[0];
+    let keys: Vec<_> = (0..4).map(|i| t.receipt_key(&nid(i)).unwrap()).collect();
+    let made = |i: usize, session: u64, c: &ChunkId| {
+        let key = if session == sessions[i] {
+            keys[i]
+        } else {
+            crate::ack::receipt_key(&[9; 32], &nid(i), session)
+        };
+        let stamp = crate::ack::Stamp { session, seq: 1 };
+        (
+            nid(i),
+            Ack {
+                stamp,
+                receipt: crate::ack::receipt(&key, c, stamp),
+            },
+        )
+    };
+    let other = ChunkId::of(b"another chunk");
+    let forged = vec![vec![
+        // No receipt; another chunk's receipt; another session's receipt;
+        // a receipt under another tracker's secret.
+        (nid(0), Ack::default()),
+        made(1, sessions[1], &other),
+        made(2, sessions[2] + 1, &chunk),
+        (nid(3), signed(&nid(3), sessions[3], 1, &chunk)),
+    ]];
+    let r = t.commit_with(m.clone(), forged, false, 10);
+    assert!(
+        matches!(r, Err(TrackerError::NotEnoughHolders { acked: 0, .. })),
+        "{r:?}"
+    );
+    assert!(t.locate("f").is_err());
+    let real = vec![(0..3).map(|i| made(i, sessions[i], &chunk)).collect()];
+    t.commit_with(m, real, false, 20).unwrap();
+    assert_eq!(t.locate("f").unwrap().locations[0].live.len(), 3);
 }
