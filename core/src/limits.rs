@@ -61,3 +61,30 @@ pub const USED_TOKENS_MAX: usize = 1 << 16;
 pub const TOKEN_TTL_MAX_S: u64 = 7 * 24 * 3600;
 /// Revoked certificates' identities the trackers and nodes hold.
 pub const REVOKED_MAX: usize = 4096;
+
+// Limits against abuse by a peer that can reach a port (see ARCHITECTURE.md,
+// "Trust model"). Without TLS, a "peer" is an IP address; with TLS, uploads
+// count by the certificate's identity.
+
+/// Connections a tracker or node serves at once; more wait in the listen
+/// backlog. Also kept below the process's open-file limit (raised to its
+/// hard limit at start) less [`FILES_RESERVED`].
+pub const CONNECTIONS_MAX: usize = 4096;
+/// File descriptors kept for everything but connections (chunk files,
+/// the database, logs).
+pub const FILES_RESERVED: usize = 256;
+/// Connections one IP address may hold open to a tracker or node at once;
+/// a connection past it is closed as soon as it is accepted.
+pub const CONNECTIONS_PER_PEER_MAX: usize = 256;
+/// HTTP/2 streams (calls) one connection may have open at once.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Chunk uploads a node takes from one peer at once (a client's `put`
+/// sends at most 64, the CLI's `--parallel` bound; a repair source 4);
+/// more are refused with `RESOURCE_EXHAUSTED`.
+pub const UPLOADS_PER_PEER_MAX: usize = 64;
+/// Seconds a TLS handshake may take before the connection is dropped.
+pub const TLS_HANDSHAKE_MAX_S: u64 = 10;
+/// Seconds of silence within an upload (between its pieces, or before its
+/// header) after which the node drops it: the default of `--timeout`,
+/// which sets it.
+pub const PIECE_GAP_DEFAULT_S: u64 = 30;

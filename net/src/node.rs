@@ -22,10 +22,12 @@ use p2p_core::enroll::Call;
 use p2p_core::inventory::Inventory;
 use p2p_core::limits::{
     CHUNK_SIZE_MAX_BYTES, MESSAGE_SIZE_MAX_BYTES, PIECE_SIZE_BYTES, REPORT_PART_CHUNKS,
+    UPLOADS_PER_PEER_MAX,
 };
 use p2p_core::mutants::Mutant;
 
 use crate::enrollment::{allow, caller};
+use crate::transport::PerPeer;
 use p2p_proto as pb;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
@@ -76,6 +78,8 @@ struct Inner<S: ChunkStore, D: Dialer> {
     id: NodeId,
     /// Certificates the cluster revoked, as the tracker last said.
     revoked: crate::enrollment::Revoked,
+    /// Uploads in progress, by peer.
+    uploads: PerPeer,
     addr: String,
     tracker_addr: String,
     store: S,
@@ -155,6 +159,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             inner: Arc::new(Inner {
                 id,
                 revoked: Default::default(),
+                uploads: PerPeer::new(UPLOADS_PER_PEER_MAX),
                 addr,
                 tracker_addr,
                 store,
@@ -762,7 +767,21 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
         &self,
         req: Request<Streaming<pb::PutChunkRequest>>,
     ) -> Result<Response<pb::PutChunkResponse>, Status> {
-        allow(&caller(&req), Call::PutChunk)?;
+        let who = caller(&req);
+        allow(&who, Call::PutChunk)?;
+        // One peer (a certificate's identity, or an address) may not take
+        // every upload slot.
+        let peer = who
+            .map(|c| c.id)
+            .or_else(|| req.remote_addr().map(|a| a.ip().to_string()));
+        let _slot = match &peer {
+            Some(p) => Some(self.inner.uploads.take(p).ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "more than {UPLOADS_PER_PEER_MAX} uploads from {p} at once"
+                ))
+            })?),
+            None => None,
+        };
         let mut stream = req.into_inner();
         let piece_timeout = self.inner.peers.timeouts().piece;
         let first = tokio::time::timeout(piece_timeout, stream.message())

@@ -400,6 +400,9 @@ impl Credentials {
             .identity(Identity::from_pem(chain, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
             .client_auth_optional(true)
+            .timeout(std::time::Duration::from_secs(
+                p2p_core::limits::TLS_HANDSHAKE_MAX_S,
+            ))
     }
 
     /// A client's settings: trust only the cluster's CA, present this

@@ -2,8 +2,12 @@
 //! any incoming stream (tokio's `TcpListenerStream` in the binary, turmoil's
 //! in the simulator); clients get channels from a [`Dialer`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use p2p_core::limits::{
+    CONNECTIONS_MAX, CONNECTIONS_PER_PEER_MAX, FILES_RESERVED, STREAMS_PER_CONNECTION_MAX,
+};
 use tonic::transport::{Channel, Endpoint, Server};
 
 use crate::error::ClientError;
@@ -129,25 +133,196 @@ pub fn endpoint(addr: &str, t: &Timeouts) -> Result<Endpoint, ClientError> {
         .max_frame_size(FRAME_SIZE_MAX_BYTES))
 }
 
-/// Connections accepted on `listener`, with Nagle's algorithm off.
-/// `Server::tcp_nodelay` only reaches sockets tonic binds itself; on these,
-/// a response's last small write (gRPC's trailers) waited for the peer's
-/// delayed ACK, about 40 ms on Linux, on every call with a body.
+/// Connections accepted on `listener`, with Nagle's algorithm off, at
+/// most [`connections_max`] at once (the rest wait in the listen backlog)
+/// and [`CONNECTIONS_PER_PEER_MAX`] from one IP address (more are closed
+/// at once). `Server::tcp_nodelay` only reaches sockets tonic binds
+/// itself; on these, a response's last small write (gRPC's trailers)
+/// waited for the peer's delayed ACK, about 40 ms on Linux, on every call
+/// with a body.
 pub fn tcp_incoming(
     listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
+) -> std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<Counted>> + Send>> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(connections_max()));
+    let peers = PerPeer::new(CONNECTIONS_PER_PEER_MAX);
+    Box::pin(futures::stream::unfold(
+        (listener, slots, peers),
+        |(listener, slots, peers)| async move {
+            loop {
+                let permit = slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let (stream, from) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of descriptors, say: do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return Some((Err(e), (listener, slots, peers)));
+                    }
+                };
+                let Some(peer) = peers.take(&from.ip().to_string()) else {
+                    tracing::debug!(peer = %from, "too many connections from this address; closed");
+                    continue;
+                };
+                let r = stream.set_nodelay(true).map(|()| Counted {
+                    inner: stream,
+                    _slot: permit,
+                    _peer: peer,
+                });
+                return Some((r, (listener, slots, peers)));
+            }
+        },
+    ))
+}
+
+/// How many connections a server takes at once: [`CONNECTIONS_MAX`], or
+/// fewer if the open-file limit (raised to its hard limit first) leaves
+/// less than that beside [`FILES_RESERVED`].
+pub fn connections_max() -> usize {
+    // SAFETY: plain FFI calls with a valid pointer to a local.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return CONNECTIONS_MAX;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let files = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+    CONNECTIONS_MAX
+        .min(files.saturating_sub(FILES_RESERVED))
+        .max(16)
+}
+
+/// An accepted connection; its slot in the server's and its peer's
+/// counts is freed when it closes.
+pub struct Counted {
+    inner: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _peer: PeerSlot,
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Counts of things in progress per peer (an IP address, or a
+/// certificate's identity), each capped. Clones share the counts.
+#[derive(Clone)]
+pub struct PerPeer {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    max: usize,
+}
+
+impl PerPeer {
+    pub fn new(max: usize) -> Self {
+        Self {
+            counts: Default::default(),
+            max,
+        }
+    }
+
+    /// A slot for `peer`, held until dropped, unless it has `max` already.
+    pub fn take(&self, peer: &str) -> Option<PeerSlot> {
+        let mut counts = self.counts.lock().expect("per-peer lock");
+        let n = counts.entry(peer.to_string()).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: self.counts.clone(),
+            peer: peer.to_string(),
+        })
+    }
+
+    /// Peers with something in progress.
+    pub fn peers(&self) -> usize {
+        self.counts.lock().expect("per-peer lock").len()
+    }
+}
+
+/// One thing in progress for a peer (see [`PerPeer::take`]).
+pub struct PeerSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    peer: String,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("per-peer lock");
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// A server with the same windows and frame size as the clients.
 pub fn server_builder(t: &Timeouts) -> Server {
     Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_frame_size(FRAME_SIZE_MAX_BYTES)
@@ -312,5 +487,24 @@ impl tower::Service<http::Request<tonic::body::Body>> for DeadlineChannel {
                 ))) as BoxError),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_peer_slots_cap_each_peer_and_free_on_drop() {
+        let p = PerPeer::new(2);
+        let a1 = p.take("a").unwrap();
+        let _a2 = p.take("a").unwrap();
+        assert!(p.take("a").is_none());
+        // Another peer has its own share.
+        let b = p.take("b").unwrap();
+        drop(a1);
+        assert!(p.take("a").is_some());
+        drop(b);
+        assert_eq!(p.peers(), 1);
     }
 }
