@@ -10,6 +10,7 @@ use p2p_core::NodeId;
 use p2p_core::tracker::TrackerConfig;
 use std::sync::Arc;
 
+use p2p_net::client::{Client, ClientConfig};
 use p2p_net::enrollment::{EnrollmentService, checking};
 use p2p_net::group::{GroupMeta, Leading, LogStore, Member, Timing};
 use p2p_net::meta::{MetaStore, RedbMeta};
@@ -83,7 +84,7 @@ pub async fn run_tracker(
             trim_heap();
         }
     });
-    let (mut builder, enrollment, watcher) = tracker_server(&service, &tls, &opts.data)?;
+    let (mut builder, enrollment, watcher) = tracker_server(&service, &tls, &opts)?;
     let check = checking(service.revoked(), false);
     Ok(tokio::spawn(async move {
         let r = builder
@@ -111,7 +112,7 @@ type TrackerServer<M> = (
 fn tracker_server<M: MetaStore>(
     service: &TrackerService<M>,
     tls: &Option<(Arc<Ca>, Credentials)>,
-    data: &Path,
+    opts: &TrackerOptions,
 ) -> anyhow::Result<TrackerServer<M>> {
     let mut builder = server_builder(&Timeouts::default());
     let Some((ca, creds)) = tls else {
@@ -121,19 +122,53 @@ fn tracker_server<M: MetaStore>(
         .tls_config(creds.server())
         .context("tracker TLS settings")?;
     let enrollment = EnrollmentService::new(service.clone(), ca.clone()).into_server();
-    let watcher = tokio::spawn(watch_revoked(data.to_path_buf(), service.revoked()));
+    let trackers = if opts.peers.is_empty() {
+        // Its own address, reachable (a wildcard listen is dialled on
+        // loopback).
+        opts.advertise.replacen("0.0.0.0:", "127.0.0.1:", 1)
+    } else {
+        opts.peers.join(",")
+    };
+    let watcher = tokio::spawn(watch_revoked(
+        opts.data.clone(),
+        service.revoked(),
+        trackers,
+        creds.clone(),
+    ));
     Ok((builder, Some(enrollment), Some(watcher)))
 }
 
-/// Follow `<data>/tls/revoked` (what `p2p revoke` appends to): its
-/// identities are refused within a second, and nodes told on heartbeats.
-async fn watch_revoked(data: PathBuf, revoked: p2p_net::enrollment::Revoked) {
+/// Follow `<data>/tls/revoked` (what `p2p revoke` appends to): each
+/// identity in it not yet revoked is passed to the tracker (the group's
+/// leader, which replicates it), with this tracker's own certificate. It
+/// is refused within a second, and nodes are told on heartbeats.
+async fn watch_revoked(
+    data: PathBuf,
+    revoked: p2p_net::enrollment::Revoked,
+    trackers: String,
+    creds: Credentials,
+) {
     let path = data.join("tls").join(REVOKED_FILE);
+    let client = Client::new(
+        TcpDialer::default().with_tls(&creds),
+        &trackers,
+        ClientConfig::default(),
+    );
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         every.tick().await;
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            revoked.replace(text.lines().map(|l| l.trim().to_string()));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for id in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if revoked.contains(id) {
+                continue;
+            }
+            match client.revoke(id).await {
+                Ok(_) => revoked.insert(id),
+                // Tried again in a second.
+                Err(e) => tracing::warn!(id, error = %e, "cannot pass the revocation on yet"),
+            }
         }
     }
 }
@@ -203,7 +238,7 @@ async fn run_group_tracker(
             .run_ticker((opts.heartbeat / 2).max(Duration::from_millis(10))),
     );
     let group = member.service().into_server();
-    let (mut builder, enrollment, watcher) = tracker_server(&service, &tls, &opts.data)?;
+    let (mut builder, enrollment, watcher) = tracker_server(&service, &tls, &opts)?;
     let (check, check_group) = (
         checking(service.revoked(), false),
         checking(service.revoked(), true),

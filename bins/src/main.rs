@@ -388,7 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             f.sync_all()
                 .with_context(|| format!("cannot write {}", path.display()))?;
             println!(
-                "revoked {id}: the tracker refuses it within a second, nodes after their next heartbeat (in a tracker group, run this on every tracker's host)"
+                "revoked {id}: the trackers refuse it within a second or two (a tracker group replicates it), nodes after their next heartbeat"
             );
         }
         Cmd::Login { ref token } => {

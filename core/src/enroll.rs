@@ -227,6 +227,8 @@ pub enum Call<'a> {
     Ping,
     /// Between members of the tracker group.
     Group,
+    /// Revoke a certificate (`p2p revoke`).
+    Revoke,
 }
 
 /// Why a call is refused.
@@ -249,6 +251,7 @@ impl Call<'_> {
             Call::Leave => "make a node leave (an admin certificate may)",
             Call::Ping => "ping",
             Call::Group => "take part in the tracker group",
+            Call::Revoke => "revoke certificates (an admin certificate may)",
         }
     }
 }
@@ -258,8 +261,8 @@ impl Call<'_> {
 ///
 /// - a node acts only as the node its certificate names, and moves chunks;
 /// - a client puts, gets, lists, removes and reads status;
-/// - an admin may also make a node leave;
-/// - trackers talk to each other, and nothing else needs them to.
+/// - an admin may also make a node leave and revoke certificates;
+/// - trackers talk to each other and pass revocations on to their leader.
 pub fn authorize(caller: Option<&Caller>, call: Call<'_>) -> Result<(), Denied> {
     let Some(caller) = caller else {
         return Ok(());
@@ -277,8 +280,9 @@ pub fn authorize(caller: Option<&Caller>, call: Call<'_>) -> Result<(), Denied> 
         (Role::Node, Call::PutChunk | Call::GetChunk | Call::Ping) => true,
         (Role::Client | Role::Admin, Call::Files | Call::Status)
         | (Role::Client | Role::Admin, Call::PutChunk | Call::GetChunk | Call::Ping) => true,
-        (Role::Admin, Call::Leave) => true,
-        (Role::Tracker, Call::Group | Call::Ping) => true,
+        (Role::Admin, Call::Leave | Call::Revoke) => true,
+        // A tracker passes on what `p2p revoke` wrote on its host.
+        (Role::Tracker, Call::Group | Call::Ping | Call::Revoke) => true,
         _ => false,
     };
     if allowed {
@@ -366,7 +370,13 @@ mod tests {
         for c in [Call::PutChunk, Call::GetChunk, Call::Ping] {
             assert_eq!(authorize(Some(&node), c), Ok(()));
         }
-        for c in [Call::Files, Call::Status, Call::Leave, Call::Group] {
+        for c in [
+            Call::Files,
+            Call::Status,
+            Call::Leave,
+            Call::Group,
+            Call::Revoke,
+        ] {
             assert!(authorize(Some(&node), c).is_err(), "{c:?}");
         }
         // People do files; only an admin makes a node leave.
@@ -374,14 +384,17 @@ mod tests {
             assert_eq!(authorize(Some(&client), c), Ok(()));
             assert_eq!(authorize(Some(&admin), c), Ok(()));
         }
-        assert!(authorize(Some(&client), Call::Leave).is_err());
-        assert_eq!(authorize(Some(&admin), Call::Leave), Ok(()));
+        for c in [Call::Leave, Call::Revoke] {
+            assert!(authorize(Some(&client), c).is_err(), "{c:?}");
+            assert_eq!(authorize(Some(&admin), c), Ok(()));
+        }
         for who in [&client, &admin] {
             assert!(authorize(Some(who), Call::AsNode { node: "n1" }).is_err());
             assert!(authorize(Some(who), Call::Group).is_err());
         }
         // Trackers only talk among themselves.
         assert_eq!(authorize(Some(&tracker), Call::Group), Ok(()));
+        assert_eq!(authorize(Some(&tracker), Call::Revoke), Ok(()));
         for c in [Call::Files, Call::Leave, Call::AsNode { node: "t:1" }] {
             assert!(authorize(Some(&tracker), c).is_err(), "{c:?}");
         }

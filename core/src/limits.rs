@@ -61,6 +61,9 @@ pub const USED_TOKENS_MAX: usize = 1 << 16;
 pub const TOKEN_TTL_MAX_S: u64 = 7 * 24 * 3600;
 /// Revoked certificates' identities the trackers and nodes hold.
 pub const REVOKED_MAX: usize = 4096;
+/// Bytes of one revoked identity (a node id, a tracker's address, a
+/// person's 32-hex-digit name).
+pub const REVOKED_ID_MAX_BYTES: usize = 256;
 
 // Limits against abuse by a peer that can reach a port (see ARCHITECTURE.md,
 // "Trust model"). Without TLS, a "peer" is an IP address; with TLS, uploads

@@ -28,7 +28,7 @@ use crate::ack::{self, Ack, ReceiptKey, Stamp};
 use crate::id::{ChunkId, ManifestHash, NodeId};
 use crate::limits::{
     ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS, PUT_LEASES_MAX, REPLICAS_MAX,
-    USED_TOKENS_MAX,
+    REVOKED_ID_MAX_BYTES, REVOKED_MAX, USED_TOKENS_MAX,
 };
 use crate::manifest::{Manifest, ManifestError, validate_replicas};
 use crate::mutants::{self, Mutant};
@@ -115,6 +115,8 @@ pub enum Record {
         nonce: [u8; 16],
         expires_unix_s: u64,
     },
+    /// A certificate was revoked: the identity it names is refused.
+    Revoked { id: String },
 }
 
 /// Why the tracker refused a request.
@@ -166,6 +168,11 @@ pub enum TrackerError {
     /// Too many enrollment tokens are in use at once.
     #[error("too many enrollment tokens in use; try again once some have expired")]
     TooManyTokens,
+    /// Revoking an identity past [`REVOKED_MAX`], or one too long.
+    #[error(
+        "cannot revoke {0:?}: at most {REVOKED_MAX} identities of at most {REVOKED_ID_MAX_BYTES} bytes"
+    )]
+    Revocation(String),
 }
 
 #[derive(Debug, Clone)]
@@ -414,6 +421,8 @@ pub struct Tracker {
     recovery: Option<Recovery>,
     /// Enrollment tokens used, by nonce: until when each would have worked.
     used_tokens: BTreeMap<[u8; 16], u64>,
+    /// Identities whose certificates were revoked.
+    revoked: BTreeSet<String>,
 }
 
 /// After a restart, chunks look under-replicated only because their
@@ -562,6 +571,9 @@ impl Tracker {
                 expires_unix_s,
             } => {
                 self.used_tokens.insert(*nonce, *expires_unix_s);
+            }
+            Record::Revoked { id } => {
+                self.revoked.insert(id.clone());
             }
         }
         self.outbox.push_back(record);
@@ -1265,6 +1277,25 @@ impl Tracker {
             expires_unix_s: token.expires_unix_s,
         });
         Ok(())
+    }
+
+    /// Revoke the certificates that name `id` (a node's id, a person's
+    /// name): refused from now on, by every tracker of a group once the
+    /// record is applied. Returns whether it is new.
+    pub fn revoke(&mut self, id: &str) -> Result<bool, TrackerError> {
+        if self.revoked.contains(id) {
+            return Ok(false);
+        }
+        if id.is_empty() || id.len() > REVOKED_ID_MAX_BYTES || self.revoked.len() >= REVOKED_MAX {
+            return Err(TrackerError::Revocation(id.to_string()));
+        }
+        self.apply(Record::Revoked { id: id.to_string() });
+        Ok(true)
+    }
+
+    /// The identities revoked so far.
+    pub fn revoked(&self) -> &BTreeSet<String> {
+        &self.revoked
     }
 
     /// Record a file whose every chunk is durably on `R` distinct registered

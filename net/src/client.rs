@@ -956,6 +956,20 @@ impl<D: Dialer> Client<D> {
         Ok(())
     }
 
+    /// Revoke the certificates naming `id` (an admin's call, or a
+    /// tracker's passing on `p2p revoke`); returns whether it is new.
+    pub async fn revoke(&self, id: &str) -> Result<bool, ClientError> {
+        let req = pb::RevokeRequest { id: id.to_string() };
+        let r = self
+            .tracker_call(|mut t| {
+                let req = req.clone();
+                async move { t.revoke(req).await }
+            })
+            .await
+            .map_err(|s| self.tracker_err(s))?;
+        Ok(r.new)
+    }
+
     /// Ask the node at `addr` to hand its chunks over and leave; returns
     /// when it has. `progress(done, total)` follows the hand-over. With
     /// `force` it leaves even if the others cannot take every chunk.

@@ -144,6 +144,14 @@ impl Revoked {
         *self.0.write().expect("revoked lock") = set;
     }
 
+    /// Add one identity (up to [`p2p_core::limits::REVOKED_MAX`]).
+    pub fn insert(&self, id: &str) {
+        let mut set = self.0.write().expect("revoked lock");
+        if set.len() < p2p_core::limits::REVOKED_MAX {
+            set.insert(id.to_string());
+        }
+    }
+
     pub fn list(&self) -> Vec<String> {
         self.0
             .read()

@@ -30,6 +30,8 @@ const FILES_V2: TableDefinition<&str, &[u8]> = TableDefinition::new("files_v2");
 const APPLIED: TableDefinition<&str, &[u8]> = TableDefinition::new("group_applied");
 /// Enrollment tokens used: nonce to expiry (unix seconds).
 const TOKENS: TableDefinition<&[u8], u64> = TableDefinition::new("used_tokens");
+/// Identities whose certificates were revoked (`p2p revoke`).
+const REVOKED: TableDefinition<&str, ()> = TableDefinition::new("revoked");
 const APPLIED_KEY: &str = "applied";
 /// redb's page cache.
 const DB_CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -98,6 +100,7 @@ pub fn encode_records(records: &[Record]) -> Vec<u8> {
                     nonce: nonce.to_vec().into(),
                     expires_unix_s: *expires_unix_s,
                 }),
+                Record::Revoked { id } => Kind::Revoked(id.clone()),
             }),
         })
         .collect();
@@ -132,6 +135,12 @@ pub fn decode_records(bytes: &[u8]) -> Result<Vec<Record>, String> {
                     .map_err(|_| "a token nonce not of 16 bytes".to_string())?,
                 expires_unix_s: t.expires_unix_s,
             }),
+            Some(Kind::Revoked(id)) => {
+                if id.is_empty() || id.len() > p2p_core::limits::REVOKED_ID_MAX_BYTES {
+                    return Err("a revoked identity empty or too long".into());
+                }
+                Ok(Record::Revoked { id })
+            }
             None => Err("a record of no known kind".into()),
         })
         .collect()
@@ -165,6 +174,7 @@ impl RedbMeta {
         txn.open_table(FILES_V2).map_err(|e| err(&e))?;
         txn.open_table(APPLIED).map_err(|e| err(&e))?;
         txn.open_table(TOKENS).map_err(|e| err(&e))?;
+        txn.open_table(REVOKED).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
         Ok(Self {
             db: Arc::new(db),
@@ -222,6 +232,13 @@ impl RedbMeta {
             each(Record::TokenUsed {
                 nonce,
                 expires_unix_s: v.value(),
+            });
+        }
+        let revoked = txn.open_table(REVOKED).map_err(|e| err(&e))?;
+        for row in revoked.iter().map_err(|e| err(&e))? {
+            let (k, _) = row.map_err(|e| err(&e))?;
+            each(Record::Revoked {
+                id: k.value().to_string(),
             });
         }
         Ok(())
@@ -325,12 +342,15 @@ impl RedbMeta {
             t.retain(|_, _| false).map_err(|e| err(&e))?;
             let mut t = txn.open_table(TOKENS).map_err(|e| err(&e))?;
             t.retain(|_, _| false).map_err(|e| err(&e))?;
+            let mut t = txn.open_table(REVOKED).map_err(|e| err(&e))?;
+            t.retain(|_, _| false).map_err(|e| err(&e))?;
         }
         {
             let mut nodes = txn.open_table(NODES).map_err(|e| err(&e))?;
             let mut old = txn.open_table(FILES).map_err(|e| err(&e))?;
             let mut files = txn.open_table(FILES_V2).map_err(|e| err(&e))?;
             let mut tokens = txn.open_table(TOKENS).map_err(|e| err(&e))?;
+            let mut revoked = txn.open_table(REVOKED).map_err(|e| err(&e))?;
             for r in records {
                 match r {
                     Record::NodeJoined { id, addr } => {
@@ -359,6 +379,9 @@ impl RedbMeta {
                         tokens
                             .insert(nonce.as_slice(), *expires_unix_s)
                             .map_err(|e| err(&e))?;
+                    }
+                    Record::Revoked { id } => {
+                        revoked.insert(id.as_str(), ()).map_err(|e| err(&e))?;
                     }
                 }
             }
@@ -545,6 +568,7 @@ impl MemoryMeta {
         let mut nodes = std::collections::BTreeMap::new();
         let mut files = std::collections::BTreeMap::new();
         let mut tokens = std::collections::BTreeMap::new();
+        let mut revoked = std::collections::BTreeMap::new();
         for r in all {
             match r {
                 Record::NodeJoined { ref id, .. } => {
@@ -562,12 +586,16 @@ impl MemoryMeta {
                 Record::TokenUsed { nonce, .. } => {
                     tokens.insert(nonce, r);
                 }
+                Record::Revoked { ref id } => {
+                    revoked.insert(id.clone(), r);
+                }
             }
         }
         nodes
             .into_values()
             .chain(files.into_values())
             .chain(tokens.into_values())
+            .chain(revoked.into_values())
             .collect()
     }
 }

@@ -153,6 +153,8 @@ impl<M: MetaStore> TrackerService<M> {
         let session_seed = config.session_base;
         let receipt_seed = config.receipt_secret;
         let tracker = meta.restore(config).await?;
+        let revoked = crate::enrollment::Revoked::default();
+        revoked.replace(tracker.revoked().iter().cloned());
         Ok(Self {
             state: Arc::new(Mutex::new(tracker)),
             meta: Arc::new(meta),
@@ -160,7 +162,7 @@ impl<M: MetaStore> TrackerService<M> {
             epoch: Instant::now(),
             session_seed,
             receipt_seed,
-            revoked: Default::default(),
+            revoked,
             poisoned: Arc::new(AtomicBool::new(false)),
             reports: Arc::new(Semaphore::new(REPORTS_AT_ONCE_MAX)),
         })
@@ -191,7 +193,14 @@ impl<M: MetaStore> TrackerService<M> {
             ..state.config().clone()
         };
         *state = self.meta.restore(config).await?;
+        self.revoked.replace(state.revoked().iter().cloned());
         Ok(())
+    }
+
+    /// The interceptors' and heartbeats' revoked set, from the state.
+    async fn sync_revoked(&self) {
+        let state = self.state.lock().await;
+        self.revoked.replace(state.revoked().iter().cloned());
     }
 
     fn check(&self) -> Result<(), Status> {
@@ -724,5 +733,19 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         Ok(Response::new(pb::FinishLeaveResponse {
             still_needed: convert::chunk_bytes(&still),
         }))
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        allow(&caller(&req), Call::Revoke)?;
+        let id = req.into_inner().id;
+        let new = self.mutate(|t, _| t.revoke(&id)).await?;
+        self.sync_revoked().await;
+        if new {
+            tracing::info!(id = %id, "certificate revoked");
+        }
+        Ok(Response::new(pb::RevokeResponse { new }))
     }
 }

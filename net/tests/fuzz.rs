@@ -65,6 +65,7 @@ fn valid_records() -> Vec<u8> {
             nonce: [1; 16],
             expires_unix_s: 5,
         },
+        Record::Revoked { id: "n3".into() },
         Record::NodeLeft {
             id: NodeId::new("n2").unwrap(),
         },

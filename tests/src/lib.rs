@@ -192,7 +192,11 @@ impl Cluster {
 
     /// A one-time enrollment token for `role` (a TLS cluster).
     pub fn token(&self, role: &str) -> anyhow::Result<String> {
-        let data = self.dir.path().join("tracker");
+        let data = if self.members.is_empty() {
+            self.dir.path().join("tracker")
+        } else {
+            self.member_data(0)
+        };
         Ok(self
             .p2p_ok(&[
                 "token",
@@ -208,6 +212,17 @@ impl Cluster {
     /// Start a group of `trackers` trackers and `n` nodes, and wait until
     /// every node is alive.
     pub fn start_group(trackers: usize, n: usize) -> anyhow::Result<Self> {
+        Self::group(trackers, n, false)
+    }
+
+    /// [`Cluster::start_group`] over mutual TLS: the CA made in member 0's
+    /// data directory and copied to the others' (as an operator copies
+    /// `tls/`), a person logged in, nodes enrolled with tokens.
+    pub fn start_group_tls(trackers: usize, n: usize) -> anyhow::Result<Self> {
+        Self::group(trackers, n, true)
+    }
+
+    fn group(trackers: usize, n: usize, tls: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let addrs: Vec<String> = (0..trackers).map(|_| free_addr()).collect();
         let mut c = Self {
@@ -216,10 +231,28 @@ impl Cluster {
             tracker: None,
             members: addrs.into_iter().map(|a| (a, None)).collect(),
             nodes: Vec::new(),
-            tls: false,
+            tls,
         };
+        if tls {
+            let first = c.member_data(0);
+            c.p2p_ok(&["init", "--data", first.to_str().context("utf-8 path")?])?;
+            for i in 1..trackers {
+                let to = c.member_data(i).join("tls");
+                std::fs::create_dir_all(&to)?;
+                for f in ["ca.pem", "ca-key.pem", "token-key"] {
+                    std::fs::copy(first.join("tls").join(f), to.join(f))?;
+                }
+            }
+        }
         for i in 0..trackers {
             c.start_member(i)?;
+        }
+        if tls {
+            c.wait_until("the trackers to start", Duration::from_secs(20), |c| {
+                Ok(c.member_data(0).join("tls/trackers").exists())
+            })?;
+            let token = c.token("client")?;
+            c.p2p_ok(&["login", &token])?;
         }
         c.wait_until(
             "the tracker group to answer",
@@ -278,11 +311,13 @@ impl Cluster {
 
     /// The member that leads the group now: the one that answers alone.
     pub fn leader(&self) -> Option<usize> {
+        let scheme = if self.tls { "https" } else { "http" };
         (0..self.members.len()).find(|&i| {
             self.members[i].1.is_some()
                 && Command::new(p2p_bin())
                     .args(["status", "--json"])
-                    .env("P2P_TRACKER", format!("http://{}", self.members[i].0))
+                    .env("P2P_TRACKER", format!("{scheme}://{}", self.members[i].0))
+                    .env("P2P_CONFIG", self.dir.path().join("user"))
                     .env_remove("RUST_LOG")
                     .stdin(Stdio::null())
                     .output()

@@ -403,3 +403,50 @@ fn enrolled_cluster_serves_only_its_certificates() {
     ok(&user, &["get", "f", "-o", out.to_str().unwrap()]);
     assert!(same_bytes(&input, &out).unwrap());
 }
+
+// A revocation written on one tracker's host (a follower's, or the
+// leader's) reaches the whole group through its log: after the leader that
+// took it is killed, the new leader still refuses the certificate, and so
+// do the nodes.
+#[test]
+fn a_revocation_is_replicated_through_the_tracker_group() {
+    let mut c = p2p_tests::Cluster::start_group_tls(3, 3).expect("start a TLS tracker group");
+    let d = c.dir.path().to_path_buf();
+    let victim = d.join("victim");
+    let who = ok(
+        &victim,
+        &["login", &c.token("client").expect("a client token")],
+    );
+    let victim_id = who
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(';')
+        .to_string();
+    ok(&victim, &["ls"]);
+    let leader = c.leader().expect("a leader");
+    // Written on a host whose tracker does not lead.
+    let host = (leader + 1) % 3;
+    ok(
+        &d.join("user"),
+        &[
+            "revoke",
+            "--data",
+            c.member_data(host).to_str().unwrap(),
+            &victim_id,
+        ],
+    );
+    wait_for(
+        "the group to refuse the revoked",
+        Duration::from_secs(15),
+        || !p2p(&victim, &["ls"]).status.success(),
+    );
+    refused(&victim, &["ls"], "revoked");
+    // The leader goes; another takes over from the replicated records.
+    c.kill_member(leader);
+    wait_for("a new leader", Duration::from_secs(30), || {
+        c.leader().is_some_and(|l| l != leader)
+    });
+    ok(&d.join("user"), &["ls"]);
+    refused(&victim, &["ls"], "revoked");
+}

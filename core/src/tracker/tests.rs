@@ -559,3 +559,18 @@ fn a_commit_counts_only_holders_whose_receipts_hold() {
     t.commit_with(m, real, false, 20).unwrap();
     assert_eq!(t.locate("f").unwrap().locations[0].live.len(), 3);
 }
+
+// A revocation is a record: a tracker restored from the records (a
+// restart, or a group's new leader) refuses the same identities.
+#[test]
+fn revocations_are_records_and_survive_a_restore() {
+    let mut t = Tracker::new(TrackerConfig::default());
+    assert_eq!(t.revoke("n1"), Ok(true));
+    assert_eq!(t.revoke("n1"), Ok(false));
+    assert!(t.revoke("").is_err());
+    assert!(t.revoke(&"x".repeat(REVOKED_ID_MAX_BYTES + 1)).is_err());
+    let records: Vec<Record> = std::iter::from_fn(|| t.poll_record()).collect();
+    assert_eq!(records, vec![Record::Revoked { id: "n1".into() }]);
+    let back = Tracker::restore(TrackerConfig::default(), records);
+    assert!(back.revoked().contains("n1"));
+}
