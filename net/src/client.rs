@@ -566,13 +566,34 @@ impl<D: Dialer> Client<D> {
             return Err(ClientError::InputChanged(source.to_path_buf()));
         }
         let manifest = Manifest::new(name.to_string(), size_bytes, chunk_size, replicas, ids)?;
+        let (resp, ids) = self.commit(&manifest, &holders, put, replace).await?;
+        progress.finish();
+        Ok(PutReport {
+            manifest,
+            manifest_hash: hex::encode(&resp.manifest_hash),
+            holders: ids,
+            retries,
+        })
+    }
+
+    /// Commit `manifest` with the holders that acknowledged each chunk
+    /// (the end of a put, `put` its lease). The tracker counts a holder
+    /// only if its receipt holds, or it reported the chunk itself.
+    /// Returns the tracker's answer and the holders' ids.
+    pub async fn commit(
+        &self,
+        manifest: &Manifest,
+        holders: &[Vec<(NodeId, Ack)>],
+        put: u64,
+        replace: bool,
+    ) -> Result<(pb::CommitResponse, Vec<Vec<NodeId>>), ClientError> {
         // Committing the same manifest again is a no-op, so a repeat is safe.
         let ids: Vec<Vec<NodeId>> = holders
             .iter()
             .map(|h| h.iter().map(|(n, _)| n.clone()).collect())
             .collect();
-        let mut req = crate::meta::encode_commit(&manifest, &ids);
-        for (pb, h) in req.holders.iter_mut().zip(&holders) {
+        let mut req = crate::meta::encode_commit(manifest, &ids);
+        for (pb, h) in req.holders.iter_mut().zip(holders) {
             pb.stamps = h
                 .iter()
                 .map(|(_, a)| pb::Stamp {
@@ -594,16 +615,10 @@ impl<D: Dialer> Client<D> {
             })
             .await
             .map_err(|s| match s.code() {
-                tonic::Code::AlreadyExists => ClientError::FileExists(name.to_string()),
+                tonic::Code::AlreadyExists => ClientError::FileExists(manifest.name.clone()),
                 _ => self.tracker_err(s),
             })?;
-        progress.finish();
-        Ok(PutReport {
-            manifest,
-            manifest_hash: hex::encode(&resp.manifest_hash),
-            holders: ids,
-            retries,
-        })
+        Ok((resp, ids))
     }
 
     /// Replicate one chunk to `replicas` nodes, replacing failed targets

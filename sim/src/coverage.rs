@@ -61,6 +61,7 @@ pub const NAMES: &[&str] = &[
     "rm_ok",
     "rm_no_such_file",
     "ls_ok",
+    "forge_refused",
     "leave_ok",
     "leave_forced_ok",
     "leave_refused",

@@ -48,6 +48,11 @@ pub enum Action {
     Rm { file: u8, client: u8 },
     /// Client `client` lists every file.
     Ls { client: u8 },
+    /// Client `client` is dishonest: it stores one chunk on a node, then
+    /// commits file `x{file}` of another chunk, never stored, naming that
+    /// node as its holder with the first chunk's acknowledgement. The
+    /// tracker must refuse it.
+    Forge { file: u8, client: u8 },
     /// Client `client` asks node `node` to hand its chunks over and leave
     /// for good; with `force`, it leaves even if some cannot be handed over.
     Leave { node: u8, client: u8, force: bool },
@@ -100,6 +105,7 @@ impl Action {
             | Action::Get { client, .. }
             | Action::Rm { client, .. }
             | Action::Ls { client }
+            | Action::Forge { client, .. }
             | Action::Leave { client, .. } => Some(*client),
             _ => None,
         }
@@ -221,6 +227,14 @@ fn client_op(kinds: u16) -> BoxedStrategy<Action> {
             1,
             (0..CLIENTS)
                 .prop_map(|client| Action::Ls { client })
+                .boxed(),
+        ));
+        // Listing and forging share a kind: both check what the tracker
+        // shows and accepts.
+        choices.push((
+            1,
+            (0u8..4, 0..CLIENTS)
+                .prop_map(|(file, client)| Action::Forge { file, client })
                 .boxed(),
         ));
     }
@@ -389,6 +403,7 @@ impl fmt::Display for Action {
             Action::Get { file, client } => write!(f, "get(f{file},client{client})"),
             Action::Rm { file, client } => write!(f, "rm(f{file},client{client})"),
             Action::Ls { client } => write!(f, "ls(client{client})"),
+            Action::Forge { file, client } => write!(f, "forge(x{file},client{client})"),
             Action::Leave {
                 node,
                 client,
@@ -553,6 +568,13 @@ impl std::str::FromStr for Action {
             }
             ("stall", [ms]) => Ok(Action::Stall { ms: parse_num(ms)? }),
             ("ls", [c]) => Ok(Action::Ls {
+                client: parse_client(c)?,
+            }),
+            ("forge", [x, c]) => Ok(Action::Forge {
+                file: parse_num(
+                    x.strip_prefix('x')
+                        .ok_or_else(|| format!("bad forged file {x:?}"))?,
+                )?,
                 client: parse_client(c)?,
             }),
             ("leave", [n, c, more @ ..]) if more.len() <= 1 => {

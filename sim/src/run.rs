@@ -387,6 +387,84 @@ fn short(e: &p2p_net::ClientError) -> String {
     s.chars().take(120).collect()
 }
 
+/// How a forged commit went.
+enum Forged {
+    /// The tracker refused it, as it must.
+    Refused,
+    /// Not tried: no live node took the chunk it stores first.
+    Skipped,
+    /// The tracker took it: a bug.
+    Accepted,
+}
+
+/// A dishonest client (see [`Action::Forge`]): store a chunk on a live
+/// node, then commit `x{file}`, a file of another chunk never stored,
+/// naming that node as its holder with the first chunk's acknowledgement
+/// (the right session and stamp, a receipt for the wrong chunk).
+async fn forge(client: &Client<SimDialer>, me: u8, file: u8) -> (Forged, String) {
+    let name = format!("x{file}");
+    let skipped = |why: String| {
+        (
+            Forged::Skipped,
+            format!("client{me} forge {name} skipped: {why}"),
+        )
+    };
+    let node = match client.status().await {
+        Ok(st) => st.nodes.into_iter().find(|n| n.alive),
+        Err(e) => return skipped(short(&e)),
+    };
+    let Some(node) = node else {
+        return skipped("no live node".into());
+    };
+    let Ok(id) = p2p_core::NodeId::new(node.id.clone()) else {
+        return skipped(format!("bad node id {:?}", node.id));
+    };
+    let stored = bytes::Bytes::from(format!("stored by forger {me} for {name}"));
+    let ack = match p2p_net::client::upload_chunk(
+        client.peers(),
+        &node.addr,
+        p2p_core::ChunkId::of(&stored),
+        stored,
+        0,
+    )
+    .await
+    {
+        Ok(ack) => ack,
+        Err(e) => return skipped(short(&e)),
+    };
+    let never = format!("never stored, claimed by forger {me} for {name}");
+    let manifest = match p2p_core::Manifest::new(
+        name.clone(),
+        never.len() as u64,
+        4096,
+        1,
+        vec![p2p_core::ChunkId::of(never.as_bytes())],
+    ) {
+        Ok(m) => m,
+        Err(e) => return skipped(e.to_string()),
+    };
+    match client.commit(&manifest, &[vec![(id, ack)]], 0, false).await {
+        Ok(_) => (
+            Forged::Accepted,
+            format!(
+                "client{me} forge {name} naming {} -> ACCEPTED: the tracker committed a file naming a holder that never stored it",
+                node.id
+            ),
+        ),
+        // Refused for the holder it named, as it must be.
+        Err(e) if e.to_string().contains("acknowledged holders") => (
+            Forged::Refused,
+            format!(
+                "client{me} forge {name} naming {} -> refused: {}",
+                node.id,
+                short(&e)
+            ),
+        ),
+        // The tracker could not be reached, say: nothing was tried.
+        Err(e) => skipped(short(&e)),
+    }
+}
+
 /// Read `name` back in full into memory.
 async fn get_bytes(
     client: &Client<SimDialer>,
@@ -637,6 +715,16 @@ async fn client_script(
                 };
                 let at = sim_ms();
                 s.trace.push(format!("{at:>6}ms {line}"));
+            }
+            Action::Forge { file, .. } => {
+                let (outcome, line) = forge(&client, me, file).await;
+                let mut s = shared.lock().expect("shared lock");
+                match outcome {
+                    Forged::Refused => s.count("forge_refused"),
+                    Forged::Skipped => {}
+                    Forged::Accepted => s.violations.push(line.clone()),
+                }
+                s.trace.push(format!("{:>6}ms {line}", sim_ms()));
             }
             Action::Leave { node, force, .. } => {
                 let host = {
@@ -1660,6 +1748,7 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
         | Action::Get { .. }
         | Action::Rm { .. }
         | Action::Ls { .. }
+        | Action::Forge { .. }
         | Action::Leave { .. } => {
             unreachable!("client operations are not faults")
         }
