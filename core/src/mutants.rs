@@ -103,6 +103,13 @@ pub fn set(m: Option<Mutant>) {
     );
 }
 
+/// The planted bug switched on, if any.
+#[cfg(feature = "mutants")]
+pub fn active() -> Option<Mutant> {
+    let v = ACTIVE.load(std::sync::atomic::Ordering::SeqCst);
+    Mutant::ALL.iter().copied().find(|m| *m as u8 == v)
+}
+
 /// Whether planted bug `m` is on. Always `false` without the feature.
 #[inline]
 pub fn on(m: Mutant) -> bool {
