@@ -337,6 +337,12 @@ const FOUND: &[(&str, &str)] = &[
          2538:put(f1,1446,3,client1,v1) 2563:get(f0,client1) 2581:put(f0,50123,1,client1) \
          2586:get(f1,client2) 2876:get(f1,client0)",
     ),
+    (
+        "a member that crashed before the group formed and a wiped one both waited to be taken back, and the third could not be elected alone",
+        "seed=1300 nodes=4 trackers=3 49:crash(tracker1,1334) 361:put(f0,4241,3,client2,v1) \
+         1175:put(f2,49976,2,client2,v1) 1825:wipe(tracker2,1799) 2296:put(f2,16926,3,client0) \
+         2757:put(f0,9321,3,client2)",
+    ),
 ];
 
 #[test]

@@ -51,6 +51,17 @@ fn refused(user: &Path, args: &[&str], needle: &str) {
     assert!(err.contains(needle), "{needle:?} not in: {err}");
 }
 
+/// `p2p login TOKEN` into `user`; the id it printed ("enrolled as client
+/// ID; ...").
+fn login(user: &Path, token: &str) -> String {
+    let who = ok(user, &["login", token]);
+    who.split_whitespace()
+        .nth(3)
+        .expect("an id in the login line")
+        .trim_end_matches(';')
+        .to_string()
+}
+
 fn spawn(args: &[&str], log: PathBuf, user: &Path) -> Proc {
     let f = std::fs::File::create(log).expect("log");
     Proc(
@@ -160,8 +171,8 @@ fn enrolled_cluster_serves_only_its_certificates() {
         node_dirs.push((addr, data));
     }
     let client_token = token(&tdata, "client", "10m");
-    let login = ok(&user, &["login", &client_token]);
-    assert!(login.contains("enrolled as client"), "{login}");
+    let said = ok(&user, &["login", &client_token]);
+    assert!(said.contains("enrolled as client"), "{said}");
     for f in ["ca.pem", "cert.pem", "key.pem", "trackers"] {
         assert!(user.join(f).exists(), "{f}");
     }
@@ -346,13 +357,7 @@ fn enrolled_cluster_serves_only_its_certificates() {
     // Revoking a person's certificate: the tracker refuses it within a
     // second, and the nodes (told on heartbeats) refuse its chunk reads.
     let victim = d.join("victim");
-    let who = ok(&victim, &["login", &token(&tdata, "client", "10m")]);
-    let victim_id = who
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .trim_end_matches(';')
-        .to_string();
+    let victim_id = login(&victim, &token(&tdata, "client", "10m"));
     ok(&victim, &["ls"]);
     ok(
         &nobody,
@@ -413,16 +418,7 @@ fn a_revocation_is_replicated_through_the_tracker_group() {
     let mut c = p2p_tests::Cluster::start_group_tls(3, 3).expect("start a TLS tracker group");
     let d = c.dir.path().to_path_buf();
     let victim = d.join("victim");
-    let who = ok(
-        &victim,
-        &["login", &c.token("client").expect("a client token")],
-    );
-    let victim_id = who
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .trim_end_matches(';')
-        .to_string();
+    let victim_id = login(&victim, &c.token("client").expect("a client token"));
     ok(&victim, &["ls"]);
     let leader = c.leader().expect("a leader");
     // Written on a host whose tracker does not lead.

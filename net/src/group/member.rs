@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::type_config::alias::LogIdOf;
 use openraft::{BasicNode, Raft, ServerState};
 use p2p_core::tracker::Record;
 
 use super::network::ask_join;
 use super::{
-    AppliedStore, Batch, GroupNetwork, GroupRaft, LogStore, Runtime, StateMachine, member_id,
+    AppliedStore, Batch, GroupConfig, GroupNetwork, GroupRaft, LogStore, Runtime, StateMachine,
+    member_id,
 };
 use crate::transport::Dialer;
 
@@ -83,6 +85,7 @@ pub struct Member<M: AppliedStore> {
     /// vote.
     abstain: Arc<Abstain>,
     store: M,
+    log: LogStore,
 }
 
 impl<M: AppliedStore> Member<M> {
@@ -133,6 +136,7 @@ impl<M: AppliedStore> Member<M> {
         }
         .validate()
         .map_err(|e| GroupError::Config(e.to_string()))?;
+        let disk = log.clone();
         // Every task of the library is spawned by `Raft::new` or by those
         // tasks, so all of them draw from this seed.
         let raft = Runtime::scope(
@@ -175,12 +179,15 @@ impl<M: AppliedStore> Member<M> {
             timing: timing.clone(),
             abstain,
             store,
+            log: disk,
         })
     }
 
     /// The members' service this member serves to the others.
     pub fn service(&self) -> super::GroupService<M> {
-        super::GroupService::new(self.raft.clone()).abstaining(self.abstain.clone())
+        super::GroupService::new(self.raft.clone())
+            .abstaining(self.abstain.clone())
+            .with_log(self.log.clone())
     }
 
     /// The record store this member applies to.
@@ -251,6 +258,10 @@ impl<M: AppliedStore> Member<M> {
     }
 }
 
+/// How long what a member on an empty disk learnt from the others is good
+/// for (it asks again every half second).
+pub const SURVEY_FRESH: Duration = Duration::from_secs(1);
+
 /// Why a member that started on an empty disk does not vote yet.
 ///
 /// It may have lost its data: the votes it cast (it could vote twice in one
@@ -266,6 +277,9 @@ pub struct Abstain {
     until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Applied index to reach; `u64::MAX` until known, 0 when none.
     until_applied: AtomicU64,
+    /// The most any member that still has its disk holds, learnt from
+    /// every other member lately (see [`Abstain::vouches`]), and when.
+    survey: std::sync::Mutex<Option<(Option<LogIdOf<GroupConfig>>, tokio::time::Instant)>>,
 }
 
 impl Abstain {
@@ -273,6 +287,37 @@ impl Abstain {
         Self {
             until_applied: AtomicU64::new(if until.is_some() { u64::MAX } else { 0 }),
             until: std::sync::Mutex::new(until),
+            survey: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether this member, though it abstains, may vote for a candidate
+    /// whose last log id is `candidate`: its start window is over, it has
+    /// heard from every other member within [`SURVEY_FRESH`], and the
+    /// candidate's log is at least as up to date as that of every member
+    /// that still has its disk (those that abstain too are left out).
+    ///
+    /// Why this is safe: an entry was committed on a majority. If one of
+    /// those still has its disk, the candidate's log is at least as up to
+    /// date as that member's, so (as in Raft's own election rule) it holds
+    /// the entry. If all of them lost their disks, the entry is gone
+    /// whatever this member does. Why it is needed: when two of three
+    /// members are on empty disks (one wiped, one that crashed before the
+    /// group gave it anything, which cannot tell itself from a wiped one),
+    /// both wait to be taken back by a leader the third cannot become
+    /// alone. The simulator found it (seed 1300).
+    pub fn vouches(&self, candidate: Option<&LogIdOf<GroupConfig>>) -> bool {
+        if p2p_core::mutants::on(p2p_core::mutants::Mutant::RejoinVotesAtOnce) {
+            return true;
+        }
+        let until = *self.until.lock().expect("abstain lock");
+        if until.is_some_and(|t| tokio::time::Instant::now() < t) {
+            return false;
+        }
+        let survey = *self.survey.lock().expect("abstain lock");
+        match survey {
+            Some((most, at)) if at.elapsed() <= SURVEY_FRESH => candidate >= most.as_ref(),
+            _ => false,
         }
     }
 
@@ -320,11 +365,17 @@ async fn form_or_rejoin<M: AppliedStore, D: Dialer>(
     loop {
         let mut answered = false;
         let mut has_log = false;
+        let mut heard = 0;
+        let mut most: Option<LogIdOf<GroupConfig>> = None;
         for (_, addr) in members.iter().filter(|(i, _)| **i != id) {
             let Ok(a) = ask_join(&dialer, addr, id).await else {
                 continue;
             };
             answered = true;
+            heard += 1;
+            if !a.abstaining && a.last_log > most {
+                most = a.last_log;
+            }
             has_log |= a.has_log;
             if let Some(at) = a.taken {
                 abstain.until_applied.store(at, Ordering::SeqCst);
@@ -347,6 +398,9 @@ async fn form_or_rejoin<M: AppliedStore, D: Dialer>(
             abstain.until_applied.store(0, Ordering::SeqCst);
             return;
         }
+        // Heard from every other member: how far those with their disks go.
+        *abstain.survey.lock().expect("abstain lock") =
+            (heard + 1 == members.len()).then(|| (most, tokio::time::Instant::now()));
         if has_log && !announced {
             announced = true;
             tracing::info!("the tracker group has a log: rejoining it from an empty disk");

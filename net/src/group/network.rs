@@ -15,7 +15,8 @@ use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::storage::RaftLogStorage;
+use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 use p2p_core::limits::{GROUP_MESSAGE_SIZE_MAX_BYTES, GROUP_SNAPSHOT_MAX_BYTES};
 use p2p_proto as pb;
@@ -24,6 +25,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::LogStore;
 use super::member::Abstain;
 use super::{AppliedStore, GroupConfig, GroupRaft, decode, encode};
 use crate::transport::Dialer;
@@ -215,11 +217,15 @@ pub struct GroupService<M: AppliedStore> {
     /// A member that started on an empty disk may have forgotten votes and
     /// entries: it casts no vote until [`Abstain`] allows.
     abstain: Option<Arc<Abstain>>,
+    /// This member's log, to tell a member on an empty disk how far it
+    /// goes.
+    log: Option<LogStore>,
 }
 
 impl<M: AppliedStore> GroupService<M> {
     pub fn new(raft: GroupRaft<M>) -> Self {
         Self {
+            log: None,
             raft,
             abstain: None,
         }
@@ -229,6 +235,21 @@ impl<M: AppliedStore> GroupService<M> {
     pub fn abstaining(mut self, abstain: Arc<Abstain>) -> Self {
         self.abstain = Some(abstain);
         self
+    }
+
+    /// Answer members on an empty disk with how far `log` goes.
+    pub fn with_log(mut self, log: LogStore) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// [`GroupService::abstains`], unless this member may vouch for a
+    /// candidate whose last log id is `candidate` (see [`Abstain::vouches`]).
+    fn abstains_from(&self, candidate: Option<&LogIdOf<C>>) -> Result<(), Status> {
+        match self.abstains() {
+            Err(_) if self.abstain.as_ref().is_some_and(|a| a.vouches(candidate)) => Ok(()),
+            r => r,
+        }
     }
 
     /// Entries are refused until this member knows where it stands (see
@@ -294,8 +315,8 @@ impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M>
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        self.abstains()?;
         let rpc: VoteRequest<C> = request(req.get_ref())?;
+        self.abstains_from(rpc.last_log_id.as_ref())?;
         reply(self.raft.vote(rpc).await)
     }
 
@@ -303,8 +324,8 @@ impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M>
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        self.abstains()?;
         let rpc: VoteRequest<C> = request(req.get_ref())?;
+        self.abstains_from(rpc.last_log_id.as_ref())?;
         reply(self.raft.pre_vote(rpc).await)
     }
 
@@ -374,10 +395,22 @@ impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M>
                     .map(|n| n.addr.clone())
             })
         };
+        let last_log = match &self.log {
+            Some(log) => {
+                let mut log = log.clone();
+                log.get_log_state()
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .last_log_id
+            }
+            None => None,
+        };
         reply::<JoinAnswer, String>(Ok(JoinAnswer {
             has_log,
             leader,
             taken,
+            last_log,
+            abstaining: self.abstains().is_err(),
         }))
     }
 }
@@ -394,6 +427,12 @@ pub struct JoinAnswer {
     /// the asking one votes once it has applied up to this index (what the
     /// leader had committed).
     pub taken: Option<u64>,
+    /// This member's last log id.
+    #[serde(default)]
+    pub last_log: Option<LogIdOf<C>>,
+    /// This member casts no vote now (it lost its disk, or may have).
+    #[serde(default)]
+    pub abstaining: bool,
 }
 
 /// Ask the member at `addr` about the group, for member `id` on an empty
