@@ -407,6 +407,50 @@ fn enrolled_cluster_serves_only_its_certificates() {
     });
     ok(&user, &["get", "f", "-o", out.to_str().unwrap()]);
     assert!(same_bytes(&input, &out).unwrap());
+
+    // Revoking a node: the tracker refuses its next heartbeat (its own
+    // certificate, its own id: "revoked"), so it is soon counted dead.
+    let (_, revoked_data) = node_dirs[1].clone();
+    let revoked_id = std::fs::read_to_string(revoked_data.join("node-id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let revoked_creds = p2p_net::tls::Credentials::load(&revoked_data.join("tls"))
+        .unwrap()
+        .unwrap();
+    ok(
+        &nobody,
+        &["revoke", "--data", tdata.to_str().unwrap(), &revoked_id],
+    );
+    let tracker_refuses_node = || {
+        rt.block_on(async {
+            let ch = tonic::transport::Endpoint::from_shared(format!("https://{taddr}"))
+                .unwrap()
+                .tls_config(revoked_creds.client())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let s = p2p_proto::tracker_client::TrackerClient::new(ch)
+                .heartbeat(p2p_proto::HeartbeatRequest {
+                    node_id: revoked_id.clone(),
+                    ..Default::default()
+                })
+                .await;
+            matches!(s, Err(ref s) if s.code() == tonic::Code::PermissionDenied
+                && s.message().contains("revoked"))
+        })
+    };
+    wait_for(
+        "the tracker to refuse the revoked node",
+        Duration::from_secs(10),
+        tracker_refuses_node,
+    );
+    wait_for(
+        "the revoked node to count as dead",
+        Duration::from_secs(10),
+        || alive(&user) == 2,
+    );
 }
 
 // A revocation written on one tracker's host (a follower's, or the
