@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use p2p_core::ack::{Ack, Receipt, Stamp};
+use p2p_core::ack::Ack;
 use p2p_core::chunking::{chunk_count, chunk_offset};
 use p2p_core::get_plan::{Candidate, FetchFailure, GetOutcome, GetPlan};
 use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, UPLOAD_PIECE_SIZE_BYTES};
@@ -159,15 +159,10 @@ pub async fn upload_chunk<D: Dialer>(
             msg: "did not store the chunk".into(),
         });
     }
-    Ok(Ack {
-        stamp: resp.stamp.map_or_else(Stamp::default, |s| Stamp {
-            session: s.session,
-            seq: s.seq,
-        }),
-        receipt: <[u8; 32]>::try_from(&resp.receipt[..])
-            .map(Receipt)
-            .unwrap_or_default(),
-    })
+    Ok(convert::ack_from_pb(
+        resp.stamp.as_ref(),
+        Some(&resp.receipt),
+    ))
 }
 
 /// Fetch one chunk, verifying length and hash as pieces arrive, and write
@@ -594,17 +589,7 @@ impl<D: Dialer> Client<D> {
             .collect();
         let mut req = crate::meta::encode_commit(manifest, &ids);
         for (pb, h) in req.holders.iter_mut().zip(holders) {
-            pb.stamps = h
-                .iter()
-                .map(|(_, a)| pb::Stamp {
-                    session: a.stamp.session,
-                    seq: a.stamp.seq,
-                })
-                .collect();
-            pb.receipts = h
-                .iter()
-                .map(|(_, a)| Bytes::copy_from_slice(&a.receipt.0))
-                .collect();
+            (pb.stamps, pb.receipts) = h.iter().map(|(_, a)| convert::ack_to_pb(a)).unzip();
         }
         req.put = put;
         req.replace = replace;

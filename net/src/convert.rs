@@ -119,3 +119,30 @@ pub fn handed_from_pb(v: &[pb::Handed]) -> Result<Vec<(ChunkId, NodeId)>, Status
         .map(|h| Ok((chunk_id(&h.chunk)?, node_id(&h.target_id)?)))
         .collect()
 }
+
+/// An acknowledgement as the wire carries it: a stamp and a receipt.
+pub fn ack_to_pb(a: &p2p_core::ack::Ack) -> (pb::Stamp, bytes::Bytes) {
+    (
+        pb::Stamp {
+            session: a.stamp.session,
+            seq: a.stamp.seq,
+        },
+        bytes::Bytes::copy_from_slice(&a.receipt.0),
+    )
+}
+
+/// An acknowledgement from the wire. A missing stamp is none; a missing or
+/// malformed receipt is one that does not hold.
+pub fn ack_from_pb(stamp: Option<&pb::Stamp>, receipt: Option<&[u8]>) -> p2p_core::ack::Ack {
+    use p2p_core::ack::{Ack, Receipt, Stamp};
+    Ack {
+        stamp: stamp.map_or_else(Stamp::default, |s| Stamp {
+            session: s.session,
+            seq: s.seq,
+        }),
+        receipt: receipt
+            .and_then(|r| <[u8; 32]>::try_from(r).ok())
+            .map(Receipt)
+            .unwrap_or_default(),
+    }
+}

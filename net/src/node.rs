@@ -820,13 +820,11 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
                     self.inventory().added(id, h.put);
                     ack
                 };
+                let (stamp, receipt) = convert::ack_to_pb(&ack);
                 Ok(Response::new(pb::PutChunkResponse {
                     stored: true,
-                    stamp: Some(pb::Stamp {
-                        session: ack.stamp.session,
-                        seq: ack.stamp.seq,
-                    }),
-                    receipt: bytes::Bytes::copy_from_slice(&ack.receipt.0),
+                    stamp: Some(stamp),
+                    receipt,
                 }))
             }
             Err(s) => {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use p2p_core::ack::{Ack, Receipt, Stamp};
 use p2p_core::limits::{LIST_PAGE_MAX_FILES, REPORTS_AT_ONCE_MAX, TRACKER_MESSAGE_SIZE_MAX_BYTES};
 use p2p_core::tracker::{HeartbeatReply, Sequence, Tracker, TrackerConfig, TrackerError};
 use p2p_proto as pb;
@@ -576,18 +575,8 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
                     "a commit's stamps or receipts do not match its holders",
                 ));
             }
-            // A missing or malformed receipt is one that does not hold.
-            let ack = |i: usize| Ack {
-                stamp: pb.stamps.get(i).map_or_else(Stamp::default, |s| Stamp {
-                    session: s.session,
-                    seq: s.seq,
-                }),
-                receipt: pb
-                    .receipts
-                    .get(i)
-                    .and_then(|r| <[u8; 32]>::try_from(&r[..]).ok())
-                    .map(Receipt)
-                    .unwrap_or_default(),
+            let ack = |i: usize| {
+                convert::ack_from_pb(pb.stamps.get(i), pb.receipts.get(i).map(|r| &r[..]))
             };
             acked.push(
                 ids.into_iter()
