@@ -3,6 +3,7 @@
 //! restarted and corrupted on disk.
 
 pub mod floor;
+pub mod netbed;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
