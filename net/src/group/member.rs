@@ -277,6 +277,9 @@ pub struct Abstain {
     until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Applied index to reach; `u64::MAX` until known, 0 when none.
     until_applied: AtomicU64,
+    /// While catching up: the leader that took this member back, the only
+    /// one whose entries it takes (0: any leader's).
+    taker: AtomicU64,
     /// The most any member that still has its disk holds, learnt from
     /// every other member lately (see [`Abstain::vouches`]), and when.
     survey: std::sync::Mutex<Option<(Option<LogIdOf<GroupConfig>>, tokio::time::Instant)>>,
@@ -286,6 +289,7 @@ impl Abstain {
     fn new(until: Option<tokio::time::Instant>) -> Self {
         Self {
             until_applied: AtomicU64::new(if until.is_some() { u64::MAX } else { 0 }),
+            taker: AtomicU64::new(0),
             until: std::sync::Mutex::new(until),
             survey: std::sync::Mutex::new(None),
         }
@@ -330,6 +334,21 @@ impl Abstain {
             || p2p_core::mutants::on(p2p_core::mutants::Mutant::RejoinVotesAtOnce)
     }
 
+    /// Whether this member takes entries from `leader` now: it is settled
+    /// and, while it catches up, `leader` is the one that took it back (any
+    /// other has not allowed its log to go back: its first conflict would
+    /// leave it retrying the same entries for ever).
+    pub fn takes_from(&self, leader: u64) -> bool {
+        let taker = self.taker.load(Ordering::SeqCst);
+        self.settled() && (taker == 0 || taker == leader)
+    }
+
+    /// A leader took this member back: catch up to `at`, from `leader`.
+    fn taken(&self, leader: u64, at: u64) {
+        self.taker.store(leader, Ordering::SeqCst);
+        self.until_applied.store(at, Ordering::SeqCst);
+    }
+
     /// Why this member casts no vote now, if it does not, having applied
     /// the log up to `applied`.
     pub fn reason(&self, applied: Option<u64>) -> Option<&'static str> {
@@ -349,11 +368,60 @@ impl Abstain {
     }
 }
 
+/// After a leader took this member back: until it has caught up, it takes
+/// entries from that leader only, and if a second goes by without its log
+/// growing, it asks the others again: whichever leads takes it back. The
+/// leader that took it may have led for a moment only (a restarted member
+/// that had not yet heard of a newer term), and the one that leads instead
+/// does not know this member's log went back: answered a conflict, it
+/// would retry the same entries for ever. The simulator found it (seed 249
+/// of the chain-replication workload).
+async fn until_caught_up<M: AppliedStore, D: Dialer>(
+    raft: &GroupRaft<M>,
+    dialer: &D,
+    members: &BTreeMap<u64, String>,
+    id: u64,
+    abstain: &Abstain,
+) {
+    let applied = || {
+        raft.metrics()
+            .borrow_watched()
+            .last_applied
+            .map(|l| l.index)
+    };
+    let mut before = applied();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = applied();
+        let need = abstain.until_applied.load(Ordering::SeqCst);
+        if need == 0 || now.is_some_and(|a| a >= need) {
+            // Caught up: entries from whichever leader, from now on.
+            abstain.taker.store(0, Ordering::SeqCst);
+            return;
+        }
+        if now > before {
+            before = now;
+            continue;
+        }
+        for (leader, addr) in members.iter().filter(|(i, _)| **i != id) {
+            if let Ok(a) = ask_join(dialer, addr, id).await
+                && let Some(at) = a.taken
+            {
+                abstain.taken(*leader, at.max(need));
+                tracing::info!(leader = %addr, catch_up_to = at, "taken back again: not caught up yet");
+                break;
+            }
+        }
+    }
+}
+
 /// On an empty disk: form the group, or, if it has a log already (this
 /// member lost its disk), ask its leader to take this member back, and
-/// learn up to where it must catch up before it votes. Asks until one of
-/// the others answers (a member that cannot tell must not form a group of
-/// its own), then, for a rejoin, until a leader takes it back.
+/// learn up to where it must catch up before it votes. Forms the group
+/// only once enough of the others answered to prove nobody has a log (all
+/// others in a group of 3, three of four in a group of 5: a member that
+/// cannot tell must not form a group of its own), and rejoins until a
+/// leader takes it back.
 async fn form_or_rejoin<M: AppliedStore, D: Dialer>(
     raft: GroupRaft<M>,
     dialer: D,
@@ -367,7 +435,7 @@ async fn form_or_rejoin<M: AppliedStore, D: Dialer>(
         let mut has_log = false;
         let mut heard = 0;
         let mut most: Option<LogIdOf<GroupConfig>> = None;
-        for (_, addr) in members.iter().filter(|(i, _)| **i != id) {
+        for (leader, addr) in members.iter().filter(|(i, _)| **i != id) {
             let Ok(a) = ask_join(&dialer, addr, id).await else {
                 continue;
             };
@@ -378,12 +446,26 @@ async fn form_or_rejoin<M: AppliedStore, D: Dialer>(
             }
             has_log |= a.has_log;
             if let Some(at) = a.taken {
-                abstain.until_applied.store(at, Ordering::SeqCst);
+                abstain.taken(*leader, at);
                 tracing::info!(leader = %addr, catch_up_to = at, "taken back into the tracker group");
+                until_caught_up(&raft, &dialer, &members, id, &abstain).await;
                 return;
             }
         }
-        if answered && !has_log {
+        // Form the group only if enough of the others answered that none
+        // has a log: an entry committed on a majority is on at least
+        // `majority - 1` of the others (this member may have lost its
+        // disk), so `others - (majority - 1) + 1` answers without a log
+        // prove there is none. With fewer, a member that did not answer
+        // may hold the group's log (the simulator found a wiped member
+        // that formed a new group with one that had crashed early, while
+        // the one with the log was down: seed 1729).
+        let others = members.len().saturating_sub(1);
+        let majority = members.len() / 2 + 1;
+        let proof = (others + 2)
+            .saturating_sub(majority)
+            .clamp(1, others.max(1));
+        if answered && !has_log && heard >= proof {
             let nodes: BTreeMap<u64, BasicNode> = members
                 .iter()
                 .map(|(&i, a)| (i, BasicNode::new(a.clone())))

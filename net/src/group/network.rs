@@ -17,6 +17,7 @@ use openraft::raft::{
 };
 use openraft::storage::RaftLogStorage;
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::vote::RaftLeaderId;
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 use p2p_core::limits::{GROUP_MESSAGE_SIZE_MAX_BYTES, GROUP_SNAPSHOT_MAX_BYTES};
 use p2p_proto as pb;
@@ -252,11 +253,12 @@ impl<M: AppliedStore> GroupService<M> {
         }
     }
 
-    /// Entries are refused until this member knows where it stands (see
-    /// [`Abstain::settled`]).
-    fn unsettled(&self) -> Result<(), Status> {
+    /// Entries from `leader` are refused until this member knows where it
+    /// stands, and while it catches up, from any leader but the one that
+    /// took it back (see [`Abstain::takes_from`]).
+    fn unsettled(&self, leader: u64) -> Result<(), Status> {
         match &self.abstain {
-            Some(a) if !a.settled() => Err(Status::unavailable(
+            Some(a) if !a.takes_from(leader) => Err(Status::unavailable(
                 "this member started on an empty disk and is rejoining the group",
             )),
             _ => Ok(()),
@@ -306,8 +308,8 @@ impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M>
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        self.unsettled()?;
         let rpc: AppendEntriesRequest<C> = request(req.get_ref())?;
+        self.unsettled(*rpc.vote.leader_id().node_id())?;
         reply(self.raft.append_entries(rpc).await)
     }
 
@@ -333,13 +335,13 @@ impl<M: AppliedStore> pb::tracker_group_server::TrackerGroup for GroupService<M>
         &self,
         req: Request<Streaming<pb::RaftMessage>>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        self.unsettled()?;
         let mut parts = req.into_inner();
         let head = parts
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("a snapshot without its metadata"))??;
         let (vote, meta): (VoteOf<C>, SnapshotMetaOf<C>) = request(&head)?;
+        self.unsettled(*vote.leader_id().node_id())?;
         let mut data = Vec::new();
         while let Some(part) = parts.next().await {
             let part = part?;
