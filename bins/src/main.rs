@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use p2p_cli::daemon::{self, NodeOptions, TrackerOptions};
 use p2p_cli::{demo, output, shell};
 use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, REPLICAS_DEFAULT};
-use p2p_net::client::{Client, ClientConfig};
+use p2p_net::client::{Client, ClientConfig, Replication};
 use p2p_net::tls::{note_trackers, noted_trackers};
 use p2p_net::transport::{TcpDialer, Timeouts, host_of, strip_scheme};
 
@@ -32,11 +32,34 @@ struct Cli {
     /// held in memory), 8 for get].
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallel: Option<u16>,
+    /// How a put sends each chunk to its R nodes: `chain` (the client sends
+    /// it once; each node forwards it to the next as it arrives), `fanout`
+    /// (the client sends it to each), or `auto`: fan-out when every node is
+    /// on this machine's loopback, chain otherwise.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    replication: ReplicationArg,
     /// Log more (repeat for more detail); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReplicationArg {
+    Auto,
+    Chain,
+    Fanout,
+}
+
+impl From<ReplicationArg> for Replication {
+    fn from(r: ReplicationArg) -> Self {
+        match r {
+            ReplicationArg::Auto => Replication::Auto,
+            ReplicationArg::Chain => Replication::Chain,
+            ReplicationArg::Fanout => Replication::FanOut,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -307,6 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 chunks_in_flight: cli.parallel.map_or(defaults.chunks_in_flight, usize::from),
                 fetches_in_flight: cli.parallel.map_or(defaults.fetches_in_flight, usize::from),
                 lease_renew: defaults.lease_renew,
+                replication: cli.replication.into(),
             },
         )
     };

@@ -1,6 +1,9 @@
-//! Fan-out replication of one chunk: the client sends the chunk to `R`
-//! targets in parallel, and replaces a target that fails with one the
-//! tracker chooses.
+//! Replication of one chunk to `R` targets, replacing a target that fails
+//! with one the tracker chooses. The driver sends the uploads the plan asks
+//! for either in parallel from the client (fan-out) or as one chain (the
+//! client sends to the first, each node forwards to the next as pieces
+//! arrive; see [`Replication`]): a chain's nodes past a failed link were
+//! never tried, and go back to the plan with [`ReplicaPut::handle_untried`].
 //!
 //! # Drive contract
 //! - Inputs: [`ReplicaPut::handle_acked`] (the target durably stored the
@@ -115,6 +118,14 @@ impl<H: Ord + Clone> ReplicaPut<H> {
         }
     }
 
+    /// An upload that never started (a chain broke before reaching it):
+    /// the target is asked for again, and counts as no failure.
+    pub fn handle_untried(&mut self, h: &H) {
+        if self.in_flight.remove(h) {
+            self.queued.push_back(h.clone());
+        }
+    }
+
     pub fn handle_failed(&mut self, h: &H) {
         if self.in_flight.remove(h) {
             self.failed.insert(h.clone());
@@ -148,6 +159,55 @@ impl<H: Ord + Clone> ReplicaPut<H> {
         }
         None
     }
+}
+
+/// How a put sends each chunk to its `R` targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replication {
+    /// Chain, unless every target is on this machine.
+    #[default]
+    Auto,
+    /// The client sends the chunk once, to the first target, which
+    /// forwards it to the next, and so on: the client's uplink carries each
+    /// chunk once, and every link of the chain carries it once.
+    Chain,
+    /// The client sends the chunk to every target itself: its uplink
+    /// carries each chunk `R` times, but no copy waits for another.
+    FanOut,
+}
+
+impl Replication {
+    /// The mode a put uses for these target addresses (`host:port`).
+    /// `Auto` picks fan-out when every target is a loopback address, where
+    /// no link is the floor (the disks are) and fan-out measured as fast or
+    /// faster, and chain otherwise, where the client's uplink would
+    /// otherwise carry every chunk `R` times.
+    pub fn resolve<'a>(self, targets: impl IntoIterator<Item = &'a str>) -> Replication {
+        match self {
+            Replication::Auto => {
+                if targets.into_iter().all(is_loopback) {
+                    Replication::FanOut
+                } else {
+                    Replication::Chain
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Whether `addr` (`host:port`, `[v6]:port`, or a bare host) names this
+/// machine's loopback.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = match addr.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => addr,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -243,6 +303,55 @@ mod tests {
                 failed: vec![1]
             })
         );
+    }
+
+    // A chain that broke at its second node: the head is stored, the
+    // second failed and is replaced, the third never started and is asked
+    // for again without counting as a failure.
+    #[test]
+    fn untried_targets_are_asked_again() {
+        let mut p = ReplicaPut::new(vec![1, 2, 3], 3, 1);
+        while p.poll_action().is_some() {}
+        p.handle_acked(&1);
+        p.handle_failed(&2);
+        p.handle_untried(&3);
+        assert_eq!(p.poll_action(), Some(PutAction::Upload(3)));
+        assert_eq!(
+            p.poll_action(),
+            Some(PutAction::NeedTargets {
+                count: 1,
+                exclude: vec![1, 3, 2]
+            })
+        );
+        p.add_targets(vec![4]);
+        assert_eq!(p.poll_action(), Some(PutAction::Upload(4)));
+        p.handle_untried(&3);
+        p.handle_untried(&4);
+        assert_eq!(p.outcome(), None, "untried is not a failure");
+        assert_eq!(p.poll_action(), Some(PutAction::Upload(3)));
+        assert_eq!(p.poll_action(), Some(PutAction::Upload(4)));
+        p.handle_acked(&3);
+        p.handle_acked(&4);
+        assert_eq!(p.outcome(), Some(PutOutcome::Stored(vec![1, 3, 4])));
+    }
+
+    #[test]
+    fn auto_chains_unless_every_target_is_local() {
+        let local = ["127.0.0.1:7001", "localhost:7002", "[::1]:7003"];
+        assert_eq!(Replication::Auto.resolve(local), Replication::FanOut);
+        let mixed = ["127.0.0.1:7001", "10.0.0.2:7001"];
+        assert_eq!(Replication::Auto.resolve(mixed), Replication::Chain);
+        assert_eq!(
+            Replication::Auto.resolve(["node3:7000"]),
+            Replication::Chain
+        );
+        assert_eq!(
+            Replication::FanOut.resolve(["10.0.0.2:1"]),
+            Replication::FanOut
+        );
+        assert_eq!(Replication::Chain.resolve(local), Replication::Chain);
+        assert!(is_loopback("127.8.0.1"));
+        assert!(!is_loopback("localhost.example.com:1"));
     }
 
     // Too many failures give up.

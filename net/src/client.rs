@@ -2,7 +2,9 @@
 //!
 //! `put` reads the input once, one chunk at a time (at most
 //! `chunks_in_flight` chunks in memory), hashes each chunk and uploads it to
-//! its `R` targets in parallel (fan-out), replacing a target that fails.
+//! its `R` targets, down a chain (the first forwards to the next as pieces
+//! arrive) or in parallel (fan-out; see [`Replication`]), replacing a
+//! target that fails.
 //! Only when every chunk has `R` durable acknowledgements does it commit the
 //! manifest. `get` fetches chunks from several holders at once, verifies
 //! each against its hash while writing it at its offset in a temporary
@@ -20,6 +22,7 @@ use p2p_core::chunking::{chunk_count, chunk_offset};
 use p2p_core::get_plan::{Candidate, FetchFailure, GetOutcome, GetPlan};
 use p2p_core::limits::{CHUNK_SIZE_DEFAULT_BYTES, UPLOAD_PIECE_SIZE_BYTES};
 use p2p_core::manifest::{validate_chunk_size, validate_replicas};
+pub use p2p_core::put_plan::Replication;
 use p2p_core::put_plan::{PutAction, PutOutcome, ReplicaPut};
 use p2p_core::tracker::NodeRef;
 use p2p_core::{ChunkId, Manifest, NodeId, validate_name};
@@ -44,6 +47,8 @@ pub struct ClientConfig {
     /// A put renews its lease with the tracker this often (see
     /// `AllocateRequest.put`); well under the tracker's orphan grace.
     pub lease_renew: std::time::Duration,
+    /// How a put sends each chunk to its targets (see [`Replication`]).
+    pub replication: Replication,
 }
 
 impl Default for ClientConfig {
@@ -53,6 +58,7 @@ impl Default for ClientConfig {
             chunks_in_flight: 4,
             fetches_in_flight: 8,
             lease_renew: std::time::Duration::from_secs(5 * 60),
+            replication: Replication::Auto,
         }
     }
 }
@@ -101,13 +107,13 @@ struct ChunkDone {
     retries: usize,
 }
 
-/// Whether a call failed because its connection broke before an answer,
-/// rather than by timing out or by the peer's refusal.
 /// Whether a call failed before any connection carried it.
 fn never_connected(s: &Status) -> bool {
     s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error")
 }
 
+/// Whether a call failed because its connection broke before an answer,
+/// rather than by timing out or by the peer's refusal.
 fn connection_broke(s: &Status) -> bool {
     match s.code() {
         tonic::Code::Unavailable => true,
@@ -131,38 +137,118 @@ pub async fn upload_chunk<D: Dialer>(
     data: Bytes,
     put: u64,
 ) -> Result<Ack, ClientError> {
-    let mut node = peers.node(addr)?;
-    let header = pb::PutChunkRequest {
-        msg: Some(pb::put_chunk_request::Msg::Header(pb::PutChunkHeader {
-            chunk: Bytes::copy_from_slice(id.as_bytes()),
-            size: data.len() as u64,
-            put,
-        })),
-    };
+    upload_chain(peers, &[addr.to_string()], id, data, put)
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| {
+            Err(ClientError::Node {
+                addr: addr.to_string(),
+                msg: "no answer".into(),
+            })
+        })
+}
+
+/// Upload one chunk down a chain of nodes (chain replication): the client
+/// sends it to `chain[0]`, which forwards it to the next, and so on. One
+/// answer per node, in order, as far as the chain got: a node past the
+/// first failure was never tried, and has no answer.
+pub async fn upload_chain<D: Dialer>(
+    peers: &Peers<D>,
+    chain: &[String],
+    id: ChunkId,
+    data: Bytes,
+    put: u64,
+) -> Vec<Result<Ack, ClientError>> {
     let len = data.len();
     let pieces = (0..len)
         .step_by(UPLOAD_PIECE_SIZE_BYTES)
-        .map(move |o| pb::PutChunkRequest {
-            msg: Some(pb::put_chunk_request::Msg::Data(
-                data.slice(o..(o + UPLOAD_PIECE_SIZE_BYTES).min(len)),
-            )),
-        });
-    let stream = tokio_stream::iter(std::iter::once(header).chain(pieces));
-    let resp = node
-        .put_chunk(stream)
-        .await
-        .map_err(|s| ClientError::from_node(addr, s))?
-        .into_inner();
-    if !resp.stored {
-        return Err(ClientError::Node {
-            addr: addr.to_string(),
-            msg: "did not store the chunk".into(),
-        });
+        .map(move |o| data.slice(o..(o + UPLOAD_PIECE_SIZE_BYTES).min(len)));
+    let answers = send_chain(
+        peers,
+        chain,
+        id,
+        len as u64,
+        put,
+        tokio_stream::iter(pieces),
+    )
+    .await;
+    chain
+        .iter()
+        .zip(&answers)
+        .map(|(addr, f)| link_result(addr, f))
+        .collect()
+}
+
+/// One node's answer in a chain, as the client's result.
+fn link_result(addr: &str, f: &pb::Forwarded) -> Result<Ack, ClientError> {
+    if f.stored {
+        return Ok(convert::ack_from_pb(f.stamp.as_ref(), Some(&f.receipt)));
     }
-    Ok(convert::ack_from_pb(
-        resp.stamp.as_ref(),
-        Some(&resp.receipt),
-    ))
+    let status = Status::new(tonic::Code::from(f.code), f.error.clone());
+    Err(ClientError::from_node(addr, status))
+}
+
+/// Send a chunk of `size` bytes, as `pieces`, to `chain[0]`, asking it to
+/// forward them down the rest of `chain`. The head's answer first, then
+/// each forwarded node's; the answers end after the first that did not
+/// store the chunk. Never empty.
+pub async fn send_chain<D: Dialer>(
+    peers: &Peers<D>,
+    chain: &[String],
+    id: ChunkId,
+    size: u64,
+    put: u64,
+    pieces: impl futures::Stream<Item = Bytes> + Send + 'static,
+) -> Vec<pb::Forwarded> {
+    let failed = |status: Status| pb::Forwarded {
+        stored: false,
+        code: status.code() as i32,
+        error: status_line(&status),
+        ..Default::default()
+    };
+    let Some(head) = chain.first() else {
+        return vec![failed(Status::internal("an empty chain"))];
+    };
+    let mut node = match peers.node(head) {
+        Ok(n) => n,
+        Err(e) => return vec![failed(Status::unavailable(e.to_string()))],
+    };
+    let header = pb::PutChunkRequest {
+        msg: Some(pb::put_chunk_request::Msg::Header(pb::PutChunkHeader {
+            chunk: Bytes::copy_from_slice(id.as_bytes()),
+            size,
+            put,
+            forward: chain[1..].to_vec(),
+        })),
+    };
+    let data = pieces.map(|d| pb::PutChunkRequest {
+        msg: Some(pb::put_chunk_request::Msg::Data(d)),
+    });
+    let resp = match node
+        .put_chunk(futures::stream::iter([header]).chain(data))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return vec![failed(s)],
+    };
+    if !resp.stored {
+        return vec![failed(Status::internal("did not store the chunk"))];
+    }
+    let mut out = vec![pb::Forwarded {
+        stored: true,
+        stamp: resp.stamp,
+        receipt: resp.receipt,
+        ..Default::default()
+    }];
+    for f in resp.forwarded.into_iter().take(chain.len() - 1) {
+        let stored = f.stored;
+        out.push(f);
+        if !stored {
+            break;
+        }
+    }
+    out
 }
 
 /// Fetch one chunk, verifying length and hash as pieces arrive, and write
@@ -247,9 +333,9 @@ pub struct Located {
 
 /// Aborts the task when dropped: a background job that lives exactly as
 /// long as the operation that started it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop<T = ()>(pub(crate) tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -492,6 +578,11 @@ impl<D: Dialer> Client<D> {
         } else {
             vec![]
         };
+        let chain = self
+            .config
+            .replication
+            .resolve(placements.iter().flatten().map(|t| t.addr.as_str()))
+            == Replication::Chain;
         // Renew the lease while the put runs, however long it waits.
         let _renewer = AbortOnDrop(tokio::spawn({
             let rpc = self.tracker()?;
@@ -550,6 +641,7 @@ impl<D: Dialer> Client<D> {
                 Bytes::from(data),
                 targets,
                 replicas,
+                chain,
                 &full,
             ));
         }
@@ -606,8 +698,8 @@ impl<D: Dialer> Client<D> {
         Ok((resp, ids))
     }
 
-    /// Replicate one chunk to `replicas` nodes, replacing failed targets
-    /// and avoiding nodes known to be `full`.
+    /// Replicate one chunk to `replicas` nodes, down one chain or fanned
+    /// out, replacing failed targets and avoiding nodes known to be `full`.
     #[allow(clippy::too_many_arguments)]
     async fn replicate_chunk(
         &self,
@@ -617,6 +709,7 @@ impl<D: Dialer> Client<D> {
         data: Bytes,
         mut targets: Vec<NodeRef>,
         replicas: u32,
+        chain: bool,
         full: &std::sync::Mutex<BTreeSet<NodeRef>>,
     ) -> ChunkDone {
         targets.retain(|t| !full.lock().expect("full lock").contains(t));
@@ -633,17 +726,10 @@ impl<D: Dialer> Client<D> {
         let mut uploads = FuturesUnordered::new();
         let mut last_error = String::from("no node accepted it");
         loop {
+            let mut batch = Vec::new();
             while let Some(action) = plan.poll_action() {
                 match action {
-                    PutAction::Upload(target) => {
-                        tracing::debug!(chunk = index, node = %target.id, "uploading");
-                        let data = data.clone();
-                        let peers = self.peers.clone();
-                        uploads.push(async move {
-                            let r = upload_chunk(&peers, &target.addr, id, data, put).await;
-                            (target, r)
-                        });
-                    }
+                    PutAction::Upload(target) => batch.push(target),
                     PutAction::NeedTargets { count, exclude } => {
                         tracing::debug!(
                             chunk = index,
@@ -661,6 +747,21 @@ impl<D: Dialer> Client<D> {
                         }
                     }
                 }
+            }
+            // One chain of every target asked for now, or one upload each.
+            let groups = if chain {
+                vec![batch]
+            } else {
+                batch.into_iter().map(|t| vec![t]).collect()
+            };
+            for group in groups.into_iter().filter(|g| !g.is_empty()) {
+                let addrs: Vec<String> = group.iter().map(|t| t.addr.clone()).collect();
+                tracing::debug!(chunk = index, chain = ?addrs, "uploading");
+                let (data, peers) = (data.clone(), self.peers.clone());
+                uploads.push(async move {
+                    let r = upload_chain(&peers, &addrs, id, data, put).await;
+                    (group, r)
+                });
             }
             match plan.outcome() {
                 Some(PutOutcome::Stored(h)) => {
@@ -683,27 +784,32 @@ impl<D: Dialer> Client<D> {
                 }
                 None => {}
             }
-            match uploads.next().await {
-                Some((target, Ok(ack))) => {
-                    acks.insert(target.id.clone(), ack);
-                    plan.handle_acked(&target);
-                }
-                Some((target, Err(e))) => {
-                    if matches!(e, ClientError::NodeFull { .. }) {
-                        full.lock().expect("full lock").insert(target.clone());
+            let Some((group, results)) = uploads.next().await else {
+                let e = ClientError::PutFailed {
+                    index,
+                    replicas,
+                    detail: "replication stalled".into(),
+                };
+                return done(Err(e), retries);
+            };
+            let mut results = results.into_iter();
+            for target in group {
+                match results.next() {
+                    Some(Ok(ack)) => {
+                        acks.insert(target.id.clone(), ack);
+                        plan.handle_acked(&target);
                     }
-                    tracing::warn!(chunk = index, node = %target.id, error = %e, "upload failed; replacing target");
-                    last_error = e.to_string();
-                    retries += 1;
-                    plan.handle_failed(&target);
-                }
-                None => {
-                    let e = ClientError::PutFailed {
-                        index,
-                        replicas,
-                        detail: "replication stalled".into(),
-                    };
-                    return done(Err(e), retries);
+                    Some(Err(e)) => {
+                        if matches!(e, ClientError::NodeFull { .. }) {
+                            full.lock().expect("full lock").insert(target.clone());
+                        }
+                        tracing::warn!(chunk = index, node = %target.id, error = %e, "upload failed; replacing target");
+                        last_error = e.to_string();
+                        retries += 1;
+                        plan.handle_failed(&target);
+                    }
+                    // Past a broken link of the chain: never tried.
+                    None => plan.handle_untried(&target),
                 }
             }
         }

@@ -21,8 +21,8 @@ use p2p_core::ack::{AckBook, ReceiptKey, Stamp};
 use p2p_core::enroll::Call;
 use p2p_core::inventory::Inventory;
 use p2p_core::limits::{
-    CHUNK_SIZE_MAX_BYTES, MESSAGE_SIZE_MAX_BYTES, PIECE_SIZE_BYTES, REPORT_PART_CHUNKS,
-    UPLOADS_PER_PEER_MAX,
+    ADDR_MAX_BYTES, CHUNK_SIZE_MAX_BYTES, MESSAGE_SIZE_MAX_BYTES, PIECE_SIZE_BYTES, REPLICAS_MAX,
+    REPORT_PART_CHUNKS, UPLOADS_PER_PEER_MAX,
 };
 use p2p_core::mutants::Mutant;
 
@@ -134,6 +134,10 @@ impl<S: ChunkStore, D: Dialer> Clone for NodeService<S, D> {
 
 /// Shards of the per-chunk gate (see `Inner::gates`).
 const GATES: usize = 64;
+
+/// Pieces of a chunk a node holds for the next node of a chain before it
+/// stops reading from the previous one (8 upload pieces: 2 MiB).
+const FORWARD_PIECES_QUEUED: usize = 8;
 
 fn store_status(e: StoreError) -> Status {
     match e {
@@ -585,6 +589,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         id: ChunkId,
         size: u64,
         writer: &mut Box<dyn ChunkWriter>,
+        forward: &mut Option<tokio::sync::mpsc::Sender<Bytes>>,
     ) -> Result<(), Status> {
         let piece_timeout = self.inner.peers.timeouts().piece;
         let mut hasher = blake3::Hasher::new();
@@ -604,6 +609,13 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 return Err(Status::invalid_argument(format!(
                     "more than the declared {size} bytes"
                 )));
+            }
+            if let Some(tx) = forward
+                && tx.send(data.clone()).await.is_err()
+            {
+                // The next link failed; its answer says why. This copy
+                // goes on.
+                *forward = None;
             }
             hasher.update(&data);
             writer.write(&data).await.map_err(store_status)?;
@@ -800,9 +812,38 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
                 h.size
             )));
         }
+        if h.forward.len() >= REPLICAS_MAX as usize
+            || h.forward
+                .iter()
+                .any(|a| a.is_empty() || a.len() > ADDR_MAX_BYTES)
+        {
+            return Err(Status::invalid_argument(format!(
+                "a chain of at most {} more nodes, each an address of at most {ADDR_MAX_BYTES} bytes",
+                REPLICAS_MAX - 1
+            )));
+        }
         let mut writer = self.inner.store.create(&id).await.map_err(store_status)?;
-        match self.receive(&mut stream, id, h.size, &mut writer).await {
+        // Chain replication: the pieces go on to the next node as they
+        // arrive, while this node writes its own copy.
+        let mut downstream = None;
+        let mut forward = None;
+        if !h.forward.is_empty() {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(FORWARD_PIECES_QUEUED);
+            let (node, chain, size, put) = (self.clone(), h.forward.clone(), h.size, h.put);
+            downstream = Some(crate::client::AbortOnDrop(tokio::spawn(async move {
+                let pieces = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let peers = &node.inner.peers;
+                crate::client::send_chain(peers, &chain, id, size, put, pieces).await
+            })));
+            forward = Some(tx);
+        }
+        match self
+            .receive(&mut stream, id, h.size, &mut writer, &mut forward)
+            .await
+        {
             Ok(()) => {
+                // The next node has every piece: its stream ends here.
+                drop(forward);
                 // In place and acknowledged under the chunk's gate, so a
                 // delete of it runs wholly before or wholly after.
                 let _gate = self.gate(&id).lock().await;
@@ -821,10 +862,30 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
                     ack
                 };
                 let (stamp, receipt) = convert::ack_to_pb(&ack);
+                let forwarded = match downstream.as_mut() {
+                    None => vec![],
+                    Some(task) => (&mut task.0).await.unwrap_or_else(|e| {
+                        vec![pb::Forwarded {
+                            code: tonic::Code::Internal as i32,
+                            error: format!("forwarding failed: {e}"),
+                            ..Default::default()
+                        }]
+                    }),
+                };
+                // Each node reports its own next link only.
+                if let Some(f) = forwarded.first().filter(|f| !f.stored) {
+                    tracing::info!(
+                        chunk = %id,
+                        next = %h.forward[0],
+                        error = %f.error,
+                        "the next node of a chain did not store the chunk"
+                    );
+                }
                 Ok(Response::new(pb::PutChunkResponse {
                     stored: true,
                     stamp: Some(stamp),
                     receipt,
+                    forwarded,
                 }))
             }
             Err(s) => {

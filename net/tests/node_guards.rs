@@ -1,6 +1,8 @@
 //! What a peer sends cannot corrupt, overflow or escape a node's store:
 //! an in-process node on loopback, fed malformed and malicious uploads, and
-//! a chunk corrupted on its disk.
+//! a chunk corrupted on its disk. And chains (chain replication) of such
+//! nodes: every node stores the chunk, a broken link is reported for the
+//! node past it, and what the head refuses goes no further.
 
 use bytes::Bytes;
 use p2p_core::{ChunkId, NodeId};
@@ -53,6 +55,7 @@ fn header(chunk: &[u8], size: u64) -> pb::PutChunkRequest {
             chunk: Bytes::copy_from_slice(chunk),
             size,
             put: 0,
+            forward: vec![],
         })),
     }
 }
@@ -197,4 +200,71 @@ async fn corrupt_chunk_is_not_served_and_is_removed() {
     assert!(!path.exists(), "corrupt copy still on disk");
     assert_eq!(get(&mut c).await.unwrap_err().code(), tonic::Code::NotFound);
     assert!(store.list().await.unwrap().is_empty());
+}
+
+/// The chunk file `id` in `n`'s store, if any.
+fn holds(n: &TestNode, id: &ChunkId) -> bool {
+    let hex = id.to_hex();
+    files(&n.data).contains(&format!("chunks/{}/{hex}", &hex[..2]))
+}
+
+// A chunk sent down a chain of three nodes is stored, synced and
+// acknowledged by each; a chain with a dead second node stores it on the
+// head, reports the dead one, and leaves the third untried.
+#[tokio::test]
+async fn chains_store_on_every_node_and_report_a_broken_link() {
+    use p2p_net::client::upload_chain;
+    let nodes = [start().await, start().await, start().await];
+    let peers = Peers::new(TcpDialer::default());
+    let payload = Bytes::from(vec![7u8; 1_000_000]);
+    let id = ChunkId::of(&payload);
+    let chain: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let r = upload_chain(&peers, &chain, id, payload.clone(), 0).await;
+    assert_eq!(r.len(), 3);
+    assert!(r.iter().all(|a| a.is_ok()), "{r:?}");
+    assert!(nodes.iter().all(|n| holds(n, &id)));
+
+    let other = Bytes::from(vec![9u8; 300_000]);
+    let id2 = ChunkId::of(&other);
+    let dead = "127.0.0.1:1".to_string();
+    let chain = vec![nodes[0].addr.clone(), dead, nodes[2].addr.clone()];
+    let r = upload_chain(&peers, &chain, id2, other, 0).await;
+    assert_eq!(
+        r.len(),
+        2,
+        "the node past the broken link is untried: {r:?}"
+    );
+    assert!(r[0].is_ok() && r[1].is_err(), "{r:?}");
+    assert!(holds(&nodes[0], &id2));
+    assert!(!holds(&nodes[2], &id2));
+}
+
+// The head refuses a chunk whose bytes do not match its hash, and the next
+// node, which got the same bytes, refuses it too: nothing is stored. A
+// chain longer than the replication limit is refused before any byte.
+#[tokio::test]
+async fn a_bad_chunk_goes_nowhere_down_a_chain() {
+    let nodes = [start().await, start().await];
+    let good = ChunkId::of(b"hello");
+    let chained = |forward: Vec<String>| pb::PutChunkRequest {
+        msg: Some(Msg::Header(pb::PutChunkHeader {
+            chunk: Bytes::copy_from_slice(good.as_bytes()),
+            size: 5,
+            put: 0,
+            forward,
+        })),
+    };
+    let r = put(
+        &nodes[0],
+        vec![chained(vec![nodes[1].addr.clone()]), data(b"jello")],
+    )
+    .await;
+    assert_eq!(r.map_err(|s| s.code()), Err(tonic::Code::DataLoss));
+    let too_long = vec![nodes[1].addr.clone(); 16];
+    let r = put(&nodes[0], vec![chained(too_long), data(b"hello")]).await;
+    assert_eq!(r.map_err(|s| s.code()), Err(tonic::Code::InvalidArgument));
+    // Give the second node time to see its stream end, then look.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(files(&nodes[0].data), Vec::<String>::new());
+    assert_eq!(files(&nodes[1].data), Vec::<String>::new());
 }

@@ -34,6 +34,10 @@ const EVENTS: &[(&str, &str)] = &[
     ("left the network", "nodes_left"),
     ("fetch failed; trying another holder", "fetch_retries"),
     ("upload failed; replacing target", "upload_retries"),
+    (
+        "the next node of a chain did not store the chunk",
+        "chain_links_failed",
+    ),
     ("file removed", "files_removed"),
     ("leading the tracker group", "group_leaderships"),
     ("a member rejoins from an empty disk", "group_rejoins"),
@@ -53,6 +57,7 @@ const EVENTS: &[(&str, &str)] = &[
 pub const NAMES: &[&str] = &[
     "put_ok",
     "put_replace_ok",
+    "put_fanout_ok",
     "put_failed",
     "put_refused_exists",
     "get_verified",
@@ -97,6 +102,7 @@ pub const NAMES: &[&str] = &[
     "nodes_left",
     "fetch_retries",
     "upload_retries",
+    "chain_links_failed",
     "files_removed",
     "group_leaderships",
     "group_rejoins",

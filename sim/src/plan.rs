@@ -140,6 +140,8 @@ pub struct Scenario {
     pub nodes: u8,
     /// 1: a single tracker; 3: a tracker group.
     pub trackers: u8,
+    /// Puts replicate by fan-out (`fanout` in the plan), else by chains.
+    pub fanout: bool,
     pub steps: Vec<Step>,
 }
 
@@ -181,7 +183,10 @@ pub mod kind {
     /// A tracker group of 3 instead of one tracker (and, with `CRASH`, a
     /// member wiped).
     pub const GROUP: u16 = 1 << 10;
-    pub const ALL: u16 = (1 << 11) - 1;
+    /// Clients send each chunk to its holders themselves (fan-out) instead
+    /// of down a chain of them.
+    pub const FANOUT: u16 = 1 << 11;
+    pub const ALL: u16 = (1 << 12) - 1;
 }
 
 fn weighted(choices: Vec<(u32, BoxedStrategy<Action>)>) -> BoxedStrategy<Action> {
@@ -358,6 +363,7 @@ impl Scenario {
                     seed,
                     nodes,
                     trackers: trackers_of(kinds),
+                    fanout: kinds & kind::FANOUT != 0,
                     steps,
                 }
             })
@@ -438,12 +444,15 @@ impl fmt::Display for Action {
 }
 
 /// The one-line form printed by failing tests and read by `--plan`:
-/// `seed=S nodes=N [trackers=3] 120:put(f0,9000,3) 300:crash(node1) ...`.
+/// `seed=S nodes=N [trackers=3] [fanout] 120:put(f0,9000,3) 300:crash(node1) ...`.
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "seed={} nodes={}", self.seed, self.nodes)?;
         if self.trackers != 1 {
             write!(f, " trackers={}", self.trackers)?;
+        }
+        if self.fanout {
+            write!(f, " fanout")?;
         }
         for s in &self.steps {
             write!(f, " {}:{}", s.at_ms, s.action)?;
@@ -645,6 +654,7 @@ impl std::str::FromStr for Scenario {
         if ![1, 3, 5].contains(&trackers) {
             return Err("trackers must be 1, 3 or 5".into());
         }
+        let fanout = words.next_if(|w| *w == "fanout").is_some();
         let steps = words
             .map(|w| {
                 let (at, action) = w.split_once(':').ok_or_else(|| format!("bad step {w:?}"))?;
@@ -658,6 +668,7 @@ impl std::str::FromStr for Scenario {
             seed: parse_num(seed)?,
             nodes,
             trackers,
+            fanout,
             steps,
         };
         for s in &scenario.steps {

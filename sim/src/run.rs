@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use p2p_core::NodeId;
 use p2p_core::tracker::TrackerConfig;
-use p2p_net::client::{Client, ClientConfig, NoProgress};
+use p2p_net::client::{Client, ClientConfig, NoProgress, Replication};
 use p2p_net::node::{NodeConfig, NodeService};
 use p2p_net::transport::{Timeouts, server_builder};
 use rand::{RngCore, SeedableRng};
@@ -569,6 +569,11 @@ async fn client_script(
             chunks_in_flight: 2,
             fetches_in_flight: 4,
             lease_renew: Duration::from_millis(400),
+            replication: if scenario.fanout {
+                Replication::FanOut
+            } else {
+                Replication::Chain
+            },
         },
     );
     let start = tokio::time::Instant::now();
@@ -623,6 +628,9 @@ async fn client_script(
                     match r {
                         Ok(report) => {
                             *s.coverage.entry("put_ok").or_default() += 1;
+                            if scenario.fanout {
+                                s.count("put_fanout_ok");
+                            }
                             if replace {
                                 *s.coverage.entry("put_replace_ok").or_default() += 1;
                             }

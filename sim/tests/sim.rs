@@ -72,6 +72,7 @@ fn destroying_every_holder_is_reported_as_expected_loss() {
         seed: 1,
         nodes: 6,
         trackers: 1,
+        fanout: false,
         steps: vec![
             at(
                 0,
@@ -129,6 +130,7 @@ fn without_destruction_nothing_is_lost() {
         seed: 1,
         nodes: 6,
         trackers: 1,
+        fanout: false,
         steps: vec![
             at(
                 0,
@@ -202,6 +204,7 @@ fn rolling_losses_after_repair_lose_nothing() {
         seed: 5,
         nodes: 7,
         trackers: 1,
+        fanout: false,
         steps,
     };
     let report = run(&scenario, &cfg);
@@ -343,6 +346,35 @@ const FOUND: &[(&str, &str)] = &[
          1175:put(f2,49976,2,client2,v1) 1825:wipe(tracker2,1799) 2296:put(f2,16926,3,client0) \
          2757:put(f0,9321,3,client2)",
     ),
+    (
+        "a wiped member taken back by a leader of a moment took entries from the next, which had not allowed its log to go back, and never caught up",
+        "seed=249 nodes=5 trackers=3 110:get(f3,client0) 167:get(f2,client1) \
+         333:crash(node1,2421) 461:put(f2,35954,3,client2) 489:put(f1,56115,2,client1) \
+         518:put(f0,0,2,client1,v1) 785:put(f0,32711,2,client1) \
+         840:put(f3,1442,3,client1,v1) 1012:put(f3,0,3,client0) \
+         1027:put(f2,65237,3,client2,v1) 1126:put(f3,16659,2,client1) 1272:rm(f1,client0) \
+         1287:put(f0,0,2,client2) 1319:put(f1,7642,2,client2,v1) 1350:get(f1,client0) \
+         1427:get(f1,client2) 1480:put(f2,0,3,client0,v1) 1594:crash(tracker1,1028) \
+         1719:put(f3,52651,3,client0,v1) 1775:put(f0,59988,3,client0) \
+         1796:get(f0,client2) 1797:lose(f0) 1907:rm(f3,client0) 1928:get(f0,client2) \
+         2139:put(f0,46413,1,client0,v1) 2176:crash(node3,2455) \
+         2177:put(f2,124,3,client2) 2185:put(f2,692,3,client2) \
+         2383:put(f2,3441,3,client0) 2561:wipe(tracker2,480) \
+         2573:put(f2,2181,3,client2,v1) 2637:crash(tracker1,947) \
+         2765:put(f0,3647,2,client0) 2873:get(f2,client2)",
+    ),
+    (
+        "a wiped member formed a new group with one that had crashed early, while the member with the log was down",
+        "seed=1729 nodes=6 trackers=3 258:put(f2,40803,3,client2,v1) \
+         297:put(f0,48527,2,client0) 396:crash(tracker1,951) 498:get(f3,client0) \
+         506:get(f1,client0) 599:get(f1,client1) 807:get(f3,client1) \
+         912:put(f3,541,3,client2) 937:wipe(tracker0,999) 1110:crash(tracker2,1467) \
+         1137:get(f0,client1) 1345:get(f0,client1) 1369:put(f3,3267,2,client0) \
+         1390:get(f1,client0) 1432:put(f3,2033,2,client1,v1) 1564:lose(f2) \
+         1592:get(f0,client0) 1835:lose(f0) 1926:lose(f0) 2308:crash(node1,794) \
+         2358:put(f1,0,2,client0,v1) 2549:put(f1,0,3,client2,v1) \
+         2635:put(f0,876,3,client2) 2760:get(f2,client1) 2762:get(f3,client2)",
+    ),
 ];
 
 #[test]
@@ -445,6 +477,7 @@ fn rm_and_reput_of_the_same_bytes_race_without_loss() {
             seed,
             nodes: 2,
             trackers: 1,
+            fanout: false,
             steps,
         };
         let report = run(&scenario, &SimConfig::default());
