@@ -33,10 +33,10 @@ struct Cli {
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallel: Option<u16>,
     /// How a put sends each chunk to its R nodes: `chain` (the client sends
-    /// it once; each node forwards it to the next as it arrives), `fanout`
-    /// (the client sends it to each), or `auto`: fan-out when every node is
-    /// on this machine's loopback, chain otherwise.
-    #[arg(long, global = true, value_enum, default_value = "auto")]
+    /// it once; each node forwards it to the next as it arrives) or
+    /// `fanout` (the client sends it to each: its uplink carries the file R
+    /// times).
+    #[arg(long, global = true, value_enum, default_value = "chain")]
     replication: ReplicationArg,
     /// Log more (repeat for more detail); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -47,7 +47,6 @@ struct Cli {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ReplicationArg {
-    Auto,
     Chain,
     Fanout,
 }
@@ -55,7 +54,6 @@ enum ReplicationArg {
 impl From<ReplicationArg> for Replication {
     fn from(r: ReplicationArg) -> Self {
         match r {
-            ReplicationArg::Auto => Replication::Auto,
             ReplicationArg::Chain => Replication::Chain,
             ReplicationArg::Fanout => Replication::FanOut,
         }

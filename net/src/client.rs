@@ -58,7 +58,7 @@ impl Default for ClientConfig {
             chunks_in_flight: 4,
             fetches_in_flight: 8,
             lease_renew: std::time::Duration::from_secs(5 * 60),
-            replication: Replication::Auto,
+            replication: Replication::Chain,
         }
     }
 }
@@ -578,11 +578,7 @@ impl<D: Dialer> Client<D> {
         } else {
             vec![]
         };
-        let chain = self
-            .config
-            .replication
-            .resolve(placements.iter().flatten().map(|t| t.addr.as_str()))
-            == Replication::Chain;
+        let chain = self.config.replication == Replication::Chain;
         // Renew the lease while the put runs, however long it waits.
         let _renewer = AbortOnDrop(tokio::spawn({
             let rpc = self.tracker()?;

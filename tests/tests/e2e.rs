@@ -177,13 +177,25 @@ fn survives_two_killed_nodes() {
 // SIGKILL a node in the middle of a put: its uploads fail and go to
 // replacement nodes, and the put still ends with 3 synced copies of every
 // chunk (2 live ones for the chunks the dead node had already stored).
+// Fanned out from the client, and down chains (where the dead node may be
+// the head, the middle or the tail of a chunk's chain).
 #[test]
 fn put_survives_a_node_killed_mid_transfer() {
+    put_survives_a_node_killed_mid_transfer_with("fanout");
+}
+
+#[test]
+fn chained_put_survives_a_node_killed_mid_transfer() {
+    put_survives_a_node_killed_mid_transfer_with("chain");
+}
+
+fn put_survives_a_node_killed_mid_transfer_with(replication: &str) {
     let mut c = Cluster::start(4).unwrap();
     let input = c.path("f.bin");
     random_file(&input, 64 * MIB + 9, 8).unwrap();
     let put = Command::new(p2p_bin())
         .args(["put", input.to_str().unwrap(), "--json", "--parallel", "1"])
+        .args(["--replication", replication])
         .env("P2P_TRACKER", c.tracker_url())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
