@@ -845,17 +845,22 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
                 // The next node has every piece: its stream ends here.
                 drop(forward);
                 // In place and acknowledged under the chunk's gate, so a
-                // delete of it runs wholly before or wholly after.
-                let _gate = self.gate(&id).lock().await;
-                if p2p_core::mutants::on(Mutant::AckBeforeSync) {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        let _ = writer.commit().await;
-                    });
-                } else {
-                    writer.commit().await.map_err(store_status)?;
-                }
+                // delete of it runs wholly before or wholly after. The gate
+                // is let go before waiting for the next node: two chains
+                // through the same two nodes in opposite orders, whose
+                // chunks share a gate, would otherwise each hold it on one
+                // node and wait for it on the other (found by the 1 GiB
+                // benchmark: two chunks stalled until the request timeout).
                 let ack = {
+                    let _gate = self.gate(&id).lock().await;
+                    if p2p_core::mutants::on(Mutant::AckBeforeSync) {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            let _ = writer.commit().await;
+                        });
+                    } else {
+                        writer.commit().await.map_err(store_status)?;
+                    }
                     let mut book = self.book();
                     let ack = book.acked(id);
                     self.inventory().added(id, h.put);

@@ -268,3 +268,45 @@ async fn a_bad_chunk_goes_nowhere_down_a_chain() {
     assert_eq!(files(&nodes[0].data), Vec::<String>::new());
     assert_eq!(files(&nodes[1].data), Vec::<String>::new());
 }
+
+// Two chains through the same two nodes in opposite orders, for chunks
+// that share a node's gate (the lock under which a copy is put in place):
+// both are stored at once. A node that held the gate while it waited for
+// the next node's answer deadlocked here until the request timeout.
+#[tokio::test]
+async fn opposite_chains_do_not_deadlock() {
+    use p2p_net::client::upload_chain;
+    let nodes = [start().await, start().await];
+    let peers = Peers::new(TcpDialer::default());
+    let (a, b) = (nodes[0].addr.clone(), nodes[1].addr.clone());
+    let (ab, ba) = ([a.clone(), b.clone()], [b, a]);
+    // Chunk pairs whose ids share a gate (the first byte, modulo 64).
+    let payload = |fill: u8| Bytes::from(vec![fill; 2_000_000]);
+    let mut pairs = Vec::new();
+    for x in 0u8..=255 {
+        for y in x + 1..=255 {
+            let (ix, iy) = (ChunkId::of(&payload(x)), ChunkId::of(&payload(y)));
+            if ix.as_bytes()[0] % 64 == iy.as_bytes()[0] % 64 {
+                pairs.push((x, y));
+                break;
+            }
+        }
+        if pairs.len() == 5 {
+            break;
+        }
+    }
+    for (x, y) in pairs {
+        let (px, py) = (payload(x), payload(y));
+        let both = async {
+            tokio::join!(
+                upload_chain(&peers, &ab, ChunkId::of(&px), px.clone(), 0),
+                upload_chain(&peers, &ba, ChunkId::of(&py), py.clone(), 0),
+            )
+        };
+        let (rx, ry) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
+            .await
+            .expect("two opposite chains stalled");
+        assert!(rx.iter().chain(&ry).all(|r| r.is_ok()), "{rx:?} {ry:?}");
+        assert_eq!((rx.len(), ry.len()), (2, 2));
+    }
+}
