@@ -529,8 +529,9 @@ impl Drop for Cluster {
         for i in 0..self.members.len() {
             self.kill_member(i);
         }
-        if std::thread::panicking() {
-            // Keep the logs of a failed test, and only them: its data (up
+        if std::thread::panicking() || std::env::var_os("P2P_KEEP_LOGS").is_some() {
+            // Keep the logs of a failed test (or when asked, as a failed
+            // benchmark's), and only them: its data (up
             // to a few GiB of chunks and inputs) would fill the disk over
             // many failed runs.
             let kept = self.dir.path().to_path_buf();
