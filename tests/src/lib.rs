@@ -464,15 +464,7 @@ impl Cluster {
 
     /// Run `p2p ARGS` and require success.
     pub fn p2p_ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.p2p(args)?;
-        if !out.status.success() {
-            bail!(
-                "p2p {args:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        succeeded(args, self.p2p(args)?)
     }
 
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
@@ -480,13 +472,7 @@ impl Cluster {
     }
 
     pub fn alive_count(&self) -> anyhow::Result<usize> {
-        let s = self.status()?;
-        Ok(s["nodes"]
-            .as_array()
-            .context("nodes array")?
-            .iter()
-            .filter(|n| n["alive"] == serde_json::Value::Bool(true))
-            .count())
+        alive_in(&self.status()?)
     }
 
     pub fn wait_alive(&self, n: usize) -> anyhow::Result<()> {
@@ -501,17 +487,7 @@ impl Cluster {
         limit: Duration,
         mut f: impl FnMut(&Self) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if f(self)? {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!(
-            "timed out after {limit:?} waiting for {what}; logs in {}",
-            self.dir.path().display()
-        )
+        poll_until(what, limit, self.dir.path(), || f(self))
     }
 
     /// A path inside the cluster's directory.
@@ -529,28 +505,76 @@ impl Drop for Cluster {
         for i in 0..self.members.len() {
             self.kill_member(i);
         }
-        if std::thread::panicking() || std::env::var_os("P2P_KEEP_LOGS").is_some() {
-            // Keep the logs of a failed test (or when asked, as a failed
-            // benchmark's), and only them: its data (up
-            // to a few GiB of chunks and inputs) would fill the disk over
-            // many failed runs.
-            let kept = self.dir.path().to_path_buf();
-            for entry in std::fs::read_dir(&kept).into_iter().flatten().flatten() {
-                let path = entry.path();
-                let is_log = path.extension().is_some_and(|e| e == "log");
-                if path.is_dir() {
-                    let _ = std::fs::remove_dir_all(&path);
-                } else if !is_log {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-            eprintln!("cluster logs kept in {}", kept.display());
-            std::mem::forget(std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().expect("tempdir"),
-            ));
+        keep_logs_if_failed(&mut self.dir);
+    }
+}
+
+/// The standard output of a finished `p2p ARGS`, or its failure with its
+/// standard error.
+pub(crate) fn succeeded(args: &[&str], out: Output) -> anyhow::Result<String> {
+    if !out.status.success() {
+        bail!(
+            "p2p {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Live nodes in a `status --json` answer.
+pub(crate) fn alive_in(status: &serde_json::Value) -> anyhow::Result<usize> {
+    Ok(status["nodes"]
+        .as_array()
+        .context("nodes array")?
+        .iter()
+        .filter(|n| n["alive"] == serde_json::Value::Bool(true))
+        .count())
+}
+
+/// Poll `f` every 100 ms until it holds or `limit` passes.
+pub(crate) fn poll_until(
+    what: &str,
+    limit: Duration,
+    logs: &Path,
+    mut f: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "timed out after {limit:?} waiting for {what}; logs in {}",
+        logs.display()
+    )
+}
+
+/// A cluster's directory, going away with it: for a failed test (or when
+/// `P2P_KEEP_LOGS` asks, as for a failed benchmark) its logs are kept, and
+/// only them: its data (up to a few GiB of chunks and inputs) would fill
+/// the disk over many failed runs.
+pub(crate) fn keep_logs_if_failed(dir: &mut tempfile::TempDir) {
+    if !std::thread::panicking() && std::env::var_os("P2P_KEEP_LOGS").is_none() {
+        return;
+    }
+    let kept = dir.path().to_path_buf();
+    for entry in std::fs::read_dir(&kept).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let is_log = path.extension().is_some_and(|e| e == "log");
+        if path.is_dir() {
+            let _ = std::fs::remove_dir_all(&path);
+        } else if !is_log {
+            let _ = std::fs::remove_file(&path);
         }
     }
+    eprintln!("logs kept in {}", kept.display());
+    std::mem::forget(std::mem::replace(
+        dir,
+        tempfile::tempdir().expect("tempdir"),
+    ));
 }
 
 /// Write `size` seeded random bytes to `path`, 1 MiB at a time (so a

@@ -373,15 +373,7 @@ impl NetCluster {
 
     /// Run `p2p ARGS` on the client host and require success.
     pub fn p2p_ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.p2p(args)?;
-        if !out.status.success() {
-            bail!(
-                "p2p {args:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::succeeded(args, self.p2p(args)?)
     }
 
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
@@ -389,13 +381,7 @@ impl NetCluster {
     }
 
     pub fn alive_count(&self) -> anyhow::Result<usize> {
-        let s = self.status()?;
-        Ok(s["nodes"]
-            .as_array()
-            .context("nodes array")?
-            .iter()
-            .filter(|n| n["alive"] == serde_json::Value::Bool(true))
-            .count())
+        crate::alive_in(&self.status()?)
     }
 
     /// SIGKILL node `i`.
@@ -412,17 +398,7 @@ impl NetCluster {
         limit: Duration,
         mut f: impl FnMut(&Self) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if f(self)? {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!(
-            "timed out after {limit:?} waiting for {what}; logs in {}",
-            self.dir.path().display()
-        )
+        crate::poll_until(what, limit, self.dir.path(), || f(self))
     }
 
     /// A path inside the cluster's directory.
@@ -440,21 +416,6 @@ impl Drop for NetCluster {
             let _ = t.kill();
             let _ = t.wait();
         }
-        if std::thread::panicking() {
-            let kept = self.dir.path().to_path_buf();
-            for entry in std::fs::read_dir(&kept).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    let _ = std::fs::remove_dir_all(&path);
-                } else if path.extension().is_none_or(|e| e != "log") {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-            eprintln!("test bed logs kept in {}", kept.display());
-            std::mem::forget(std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().expect("tempdir"),
-            ));
-        }
+        crate::keep_logs_if_failed(&mut self.dir);
     }
 }
