@@ -290,6 +290,10 @@ pub struct NodeOptions {
     /// An enrollment token, used on first start if the node has no
     /// credentials in `<data>/tls/` yet.
     pub join: Option<String>,
+    /// The node's zone (`None`: its own).
+    pub zone: Option<String>,
+    /// The most it stores (`None`: what its disk has free, less a reserve).
+    pub capacity_bytes: Option<u64>,
 }
 
 /// The node's stable id, created on first start in `<data>/node-id`.
@@ -375,6 +379,8 @@ pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Resul
         heartbeat_interval: opts.heartbeat,
         scrub_bytes_per_sec: opts.scrub_bytes_per_sec,
         scrub_every: opts.scrub_every,
+        zone: opts.zone.clone(),
+        capacity_bytes: opts.capacity_bytes,
         ..NodeConfig::default()
     };
     let service = NodeService::open(id, addr, opts.tracker.clone(), store, dialer, config).await?;

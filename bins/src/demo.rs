@@ -131,6 +131,8 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
                 scrub_bytes_per_sec: 16 << 20,
                 scrub_every: Duration::from_secs(60),
                 join: Some(token(Role::Node)),
+                zone: None,
+                capacity_bytes: None,
             },
         )
         .await?;

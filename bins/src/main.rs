@@ -122,6 +122,17 @@ enum Cmd {
         /// A scrub pass over every chunk starts at most this often.
         #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
         scrub_interval: Duration,
+        /// The failure domain this node is in (a rack, a room, a machine
+        /// with several disks): the tracker puts a chunk's copies in
+        /// distinct zones whenever that many are live [default: the node's
+        /// own id, a zone of its own].
+        #[arg(long)]
+        zone: Option<String>,
+        /// The most this node stores, as bytes or with a unit (500MiB, 2G,
+        /// 1TB: K, M, G, T and KiB... are powers of 1024, KB... of 1000)
+        /// [default: what its disk has free, less 512 MiB].
+        #[arg(long, value_parser = output::parse_size)]
+        capacity: Option<u64>,
         /// Run as a daemon, without the shell.
         #[arg(long)]
         no_shell: bool,
@@ -205,6 +216,11 @@ enum Cmd {
     Status {
         #[arg(long)]
         json: bool,
+        /// Answer instead which files would be lost, and which would drop
+        /// below their factor, if these nodes (ids or addresses,
+        /// comma-separated) died now.
+        #[arg(long, value_name = "ID_OR_ADDR,...", value_delimiter = ',')]
+        what_if: Option<Vec<String>>,
     },
     /// Ask a node to hand its chunks over and leave.
     Leave {
@@ -472,6 +488,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             heartbeat,
             scrub_rate,
             scrub_interval,
+            ref zone,
+            capacity,
             no_shell,
             ref join,
             insecure,
@@ -509,6 +527,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 heartbeat,
                 scrub_bytes_per_sec: scrub_rate.saturating_mul(1 << 20),
                 scrub_every: scrub_interval,
+                zone: zone.clone(),
+                capacity_bytes: capacity,
             };
             let node = daemon::run_node(l, opts).await?;
             eprintln!(
@@ -599,7 +619,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client(CHUNK_SIZE_DEFAULT_BYTES).remove(name).await?;
             println!("removed {name}");
         }
-        Cmd::Status { json } => {
+        Cmd::Status {
+            json,
+            what_if: Some(ref nodes),
+        } => {
+            let w = client(CHUNK_SIZE_DEFAULT_BYTES).what_if(nodes).await?;
+            if json {
+                print_json(&output::what_if_json(&w));
+            } else {
+                println!("{}", output::what_if_text(nodes, &w));
+            }
+        }
+        Cmd::Status {
+            json,
+            what_if: None,
+        } => {
             let s = client(CHUNK_SIZE_DEFAULT_BYTES).status().await?;
             if json {
                 print_json(&output::status_json(&s));

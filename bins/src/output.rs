@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
+pub use p2p_core::tracker::human_bytes;
 use p2p_net::client::{GetReport, Progress, PutReport};
 use p2p_proto as pb;
 use serde_json::json;
@@ -41,21 +42,6 @@ impl Progress for Bar {
     }
     fn finish(&self) {
         self.bar.finish_and_clear();
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -211,6 +197,9 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "leaving": n.leaving,
             "chunks": n.chunks,
             "last_seen_ms_ago": n.last_seen_ms_ago,
+            "zone": n.zone,
+            "used": n.space.as_ref().map(|s| s.used),
+            "capacity": n.space.as_ref().map(|s| s.capacity),
         })).collect::<Vec<_>>(),
         "files": s.files,
         "chunks": s.chunks,
@@ -225,7 +214,59 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "role": t.role,
             "applied": t.applied,
         })).collect::<Vec<_>>(),
+        "warnings": s.warnings,
     })
+}
+
+pub fn what_if_json(w: &pb::WhatIfResponse) -> serde_json::Value {
+    json!({ "lost": w.lost, "at_risk": w.at_risk })
+}
+
+pub fn what_if_text(nodes: &[String], w: &pb::WhatIfResponse) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    format!(
+        "if {} died now:\nlost ({}): {}\nbelow their factor ({}): {}",
+        nodes.join(", "),
+        w.lost.len(),
+        list(&w.lost),
+        w.at_risk.len(),
+        list(&w.at_risk)
+    )
+}
+
+/// A size in bytes: a number, optionally with a unit: K, M, G, T (or KiB,
+/// MiB...) are powers of 1024, KB, MB... powers of 1000, B is bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (for example 500MiB, 2G, 1TB)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?} (B, K, M, G, T, KiB..., KB...)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 pub fn status_text(s: &pb::StatusResponse) -> String {
@@ -254,9 +295,12 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
     for f in &s.at_risk {
         out += &format!("file {}: {}\n", f.name, health(f));
     }
+    for w in &s.warnings {
+        out += &format!("warning: {w}\n");
+    }
     out += &format!(
-        "{:<18} {:<22} {:<8} {:>8}  {}\n",
-        "NODE", "ADDR", "STATE", "CHUNKS", "LAST SEEN"
+        "{:<18} {:<22} {:<8} {:>8}  {:<16} {:<20} {}\n",
+        "NODE", "ADDR", "STATE", "CHUNKS", "ZONE", "USED/CAPACITY", "LAST SEEN"
     );
     for n in &s.nodes {
         let state = match (n.alive, n.leaving) {
@@ -264,9 +308,13 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
             (true, false) => "alive",
             (false, false) => "dead",
         };
+        let space = match &n.space {
+            Some(s) => format!("{}/{}", human_bytes(s.used), human_bytes(s.capacity)),
+            None => "-".to_string(),
+        };
         out += &format!(
-            "{:<18} {:<22} {:<8} {:>8}  {} ms ago\n",
-            n.id, n.addr, state, n.chunks, n.last_seen_ms_ago
+            "{:<18} {:<22} {:<8} {:>8}  {:<16} {:<20} {} ms ago\n",
+            n.id, n.addr, state, n.chunks, n.zone, space, n.last_seen_ms_ago
         );
     }
     out.trim_end().to_string()

@@ -37,6 +37,11 @@ fn sample_status() -> pb::StatusResponse {
                 leaving: false,
                 chunks: 11,
                 last_seen_ms_ago: 120,
+                zone: "rack-1".into(),
+                space: Some(pb::DiskSpace {
+                    used: 11 << 22,
+                    capacity: 10 << 30,
+                }),
             },
             pb::NodeStatus {
                 id: "ffeeddccbbaa9988".into(),
@@ -45,6 +50,8 @@ fn sample_status() -> pb::StatusResponse {
                 leaving: false,
                 chunks: 7,
                 last_seen_ms_ago: 15_000,
+                zone: "ffeeddccbbaa9988".into(),
+                space: None,
             },
         ],
         files: 1,
@@ -72,6 +79,9 @@ fn sample_status() -> pb::StatusResponse {
                 applied: 17,
             },
         ],
+        warnings: vec![
+            "if node a1b2c3d4e5f60718 (44.0 MiB) died, the others would have only 0 B free to restore its copies".into(),
+        ],
     }
 }
 
@@ -94,6 +104,35 @@ fn status_formats() {
     let s = sample_status();
     insta::assert_snapshot!(output::status_text(&s));
     insta::assert_snapshot!(serde_json::to_string_pretty(&output::status_json(&s)).unwrap());
+}
+
+// `status --what-if` for a person and for a machine.
+#[test]
+fn what_if_formats() {
+    let w = pb::WhatIfResponse {
+        lost: vec!["a.bin".into()],
+        at_risk: vec!["b.bin".into(), "c.bin".into()],
+    };
+    let nodes = vec!["127.0.0.1:7001".to_string(), "ffeeddccbbaa9988".to_string()];
+    insta::assert_snapshot!(output::what_if_text(&nodes, &w));
+    insta::assert_snapshot!(serde_json::to_string_pretty(&output::what_if_json(&w)).unwrap());
+    let none = pb::WhatIfResponse::default();
+    insta::assert_snapshot!(output::what_if_text(&nodes[..1], &none));
+}
+
+// Sizes as `--capacity` takes them, and the mistakes it refuses.
+#[test]
+fn sizes_parse() {
+    assert_eq!(output::parse_size("123"), Ok(123));
+    assert_eq!(output::parse_size("2K"), Ok(2048));
+    assert_eq!(output::parse_size("500MiB"), Ok(500 << 20));
+    assert_eq!(output::parse_size("1G"), Ok(1 << 30));
+    assert_eq!(output::parse_size("3TB"), Ok(3_000_000_000_000));
+    assert_eq!(output::parse_size("10 MB"), Ok(10_000_000));
+    assert!(output::parse_size("").is_err());
+    assert!(output::parse_size("MiB").is_err());
+    assert!(output::parse_size("5 parsecs").is_err());
+    assert!(output::parse_size("99999999999T").is_err());
 }
 
 // `ls` for a person and for a machine.

@@ -29,6 +29,11 @@ pub const NAME_MAX_BYTES: usize = 255;
 pub const NODE_ID_MAX_BYTES: usize = 64;
 /// Longest node address, in bytes.
 pub const ADDR_MAX_BYTES: usize = 256;
+/// Bytes of a zone's name (`p2p node --zone`).
+pub const ZONE_MAX_BYTES: usize = 64;
+/// Distinct zone names a tracker remembers; a node naming one more is
+/// refused.
+pub const ZONES_MAX: usize = 4096;
 /// Most chunk ids in one inventory message.
 pub const INVENTORY_MAX_CHUNKS: usize = 1 << 20;
 /// Chunk ids a node sends in one part of a full report.

@@ -47,6 +47,9 @@ pub enum Mutant {
     /// The tracker counts every holder a client's commit names, without
     /// checking the holders' receipts.
     CommitWithoutReceipt,
+    /// The tracker takes every node for a zone of its own: copies of a
+    /// chunk may share a zone while others have room.
+    IgnoreZones,
 }
 
 impl Mutant {
@@ -65,6 +68,7 @@ impl Mutant {
         Mutant::LeaderSkipsCatchUp,
         Mutant::RejoinVotesAtOnce,
         Mutant::CommitWithoutReceipt,
+        Mutant::IgnoreZones,
     ];
 
     /// Its name on the command line, kebab-case.
@@ -83,6 +87,7 @@ impl Mutant {
             Mutant::LeaderSkipsCatchUp => "leader-skips-catch-up",
             Mutant::RejoinVotesAtOnce => "rejoin-votes-at-once",
             Mutant::CommitWithoutReceipt => "commit-without-receipt",
+            Mutant::IgnoreZones => "ignore-zones",
         }
     }
 

@@ -18,8 +18,7 @@
 //!   node (copy a chunk to another node, delete a chunk) rides on the reply
 //!   to that node's next heartbeat, so the tracker never dials a node.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use roaring::RoaringBitmap;
 use smallvec::SmallVec;
@@ -28,13 +27,14 @@ use crate::ack::{self, Ack, ReceiptKey, Stamp};
 use crate::id::{ChunkId, ManifestHash, NodeId};
 use crate::limits::{
     ADDR_MAX_BYTES, FILE_CHUNKS_MAX, INVENTORY_MAX_CHUNKS, PUT_LEASES_MAX, REPLICAS_MAX,
-    REVOKED_ID_MAX_BYTES, REVOKED_MAX, USED_TOKENS_MAX,
+    REVOKED_ID_MAX_BYTES, REVOKED_MAX, USED_TOKENS_MAX, ZONE_MAX_BYTES, ZONES_MAX,
 };
 use crate::manifest::{Manifest, ManifestError, validate_replicas};
 use crate::mutants::{self, Mutant};
 
 pub use index::CHUNK_RECORD_BYTES;
 use index::{ChunkIx, ChunkTable, FileIx, MANY_FILES, NO_FILE, NodeIx};
+use placement::{Candidate, Placer};
 
 /// Timing of failure detection and repair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +88,15 @@ impl Default for TrackerConfig {
     }
 }
 
+/// A node's disk as it last reported it: the bytes its chunks take, and
+/// the most it offers (`p2p node --capacity`, or what its disk has free
+/// plus what it uses, less a reserve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+}
+
 /// A node's identity and the address it serves chunks on.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct NodeRef {
@@ -125,6 +134,21 @@ pub enum TrackerError {
     /// Fewer eligible live nodes than the replication factor.
     #[error("need {wanted} distinct live nodes, only {available} available")]
     NotEnoughNodes { wanted: u32, available: usize },
+    /// Enough live nodes, but too few with room for the chunks.
+    #[error(
+        "no room: need {wanted} distinct live nodes with {} free, only {available} have it",
+        human_bytes(*chunk_bytes)
+    )]
+    NoRoom {
+        wanted: u32,
+        available: usize,
+        chunk_bytes: u64,
+    },
+    /// A zone name is empty, too long, or one too many.
+    #[error(
+        "invalid zone {0:?}: 1 to {ZONE_MAX_BYTES} bytes, at most {ZONES_MAX} zones in a cluster"
+    )]
+    Zone(String),
     /// Too few nodes have reported since the tracker was restored from
     /// its records; the rest may be about to (ask again soon).
     #[error(
@@ -195,6 +219,13 @@ struct NodeEntry {
     /// heartbeat number seen in it (see [`Tracker::sequence`]).
     session: u64,
     last_seq: u64,
+    /// Its zone, by index into the tracker's zone names (`None`: a zone of
+    /// its own).
+    zone: Option<u32>,
+    /// Its disk as last reported (`None`: not reported, not limited).
+    space: Option<Space>,
+    /// Bytes placed on it since that report.
+    pending_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +260,8 @@ struct Health {
     over: RoaringBitmap,
     /// Chunks held but referenced by no file.
     orphans: RoaringBitmap,
+    /// Referenced chunks two of whose live copies share a zone.
+    crowded: RoaringBitmap,
     /// Files with a chunk below the file's factor.
     at_risk: BTreeSet<FileIx>,
     /// Chunks some file references.
@@ -241,6 +274,7 @@ impl Default for Health {
             under: vec![RoaringBitmap::new(); REPLICAS_MAX as usize],
             over: RoaringBitmap::new(),
             orphans: RoaringBitmap::new(),
+            crowded: RoaringBitmap::new(),
             at_risk: BTreeSet::new(),
             referenced: 0,
         }
@@ -325,6 +359,56 @@ pub struct NodeSummary {
     pub leaving: bool,
     pub chunks: u64,
     pub last_seen_ms_ago: u64,
+    /// The zone it gave, or its id.
+    pub zone: String,
+    /// Its disk as last reported (`None` if it never said).
+    pub space: Option<Space>,
+}
+
+/// Something an operator should act on before it matters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Warning {
+    /// The live nodes' free space could not take the copies of the
+    /// fullest one if it died.
+    #[error(
+        "if node {node} ({}) died, the others would have only {} free to restore its copies",
+        human_bytes(*used_bytes),
+        human_bytes(*spare_bytes)
+    )]
+    NoRoomToRepair {
+        node: NodeId,
+        used_bytes: u64,
+        spare_bytes: u64,
+    },
+    /// Fewer live zones than the highest replication factor in use: some
+    /// chunks have two copies in one zone.
+    #[error("{zones} live zones for files of factor {replicas}: some copies share a zone")]
+    FewZones { zones: usize, replicas: u32 },
+}
+
+/// Bytes as a person reads them: `44.0 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// What would become of the files if some nodes died now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WhatIf {
+    /// Files with a chunk no other live node holds: unreadable.
+    pub lost: Vec<String>,
+    /// Files still readable but with a chunk below its factor.
+    pub at_risk: Vec<String>,
 }
 
 /// Answer to `status`.
@@ -344,6 +428,7 @@ pub struct Status {
     pub deletes_pending: u64,
     /// Files with at least one under-replicated chunk, fewest copies first.
     pub at_risk: Vec<FileSummary>,
+    pub warnings: Vec<Warning>,
 }
 
 /// A chunk a leaving node must copy to `target` before it may go.
@@ -423,6 +508,9 @@ pub struct Tracker {
     used_tokens: BTreeMap<[u8; 16], u64>,
     /// Identities whose certificates were revoked.
     revoked: BTreeSet<String>,
+    /// Zone names nodes gave, indexed by `NodeEntry::zone`.
+    zone_names: Vec<String>,
+    zone_ix: BTreeMap<String, u32>,
 }
 
 /// After a restart, chunks look under-replicated only because their
@@ -502,6 +590,9 @@ impl Tracker {
                         chunks: RoaringBitmap::new(),
                         session: 0,
                         last_seq: 0,
+                        zone: None,
+                        space: None,
+                        pending_bytes: 0,
                     }));
                     self.node_ix.insert(id.clone(), nx);
                 }
@@ -707,6 +798,11 @@ impl Tracker {
         rec.live = live;
         rec.factor = factor;
         rec.orphan = new == Class::Orphan;
+        if factor > 0 && live > 1 && self.is_crowded(cx) {
+            self.health.crowded.insert(cx);
+        } else {
+            self.health.crowded.remove(cx);
+        }
     }
 
     /// Recount `cx`'s live copies and bring every count that depends on
@@ -1025,6 +1121,116 @@ impl Tracker {
         }
     }
 
+    /// The zone `node` says it is in (`None`: a zone of its own, the
+    /// default). Placement, repair and hand-off spread each chunk's copies
+    /// over as many zones as they can (see [`placement`]). Not a durable
+    /// fact: a node says it with every registration.
+    pub fn set_zone(&mut self, node: &NodeId, zone: Option<&str>) -> Result<(), TrackerError> {
+        let Some(&nx) = self.node_ix.get(node) else {
+            return Err(TrackerError::UnknownNode(node.clone()));
+        };
+        let zone = match zone {
+            None => None,
+            Some(name) => {
+                if name.is_empty() || name.len() > ZONE_MAX_BYTES {
+                    return Err(TrackerError::Zone(name.to_string()));
+                }
+                match self.zone_ix.get(name) {
+                    Some(&z) => Some(z),
+                    None if self.zone_names.len() < ZONES_MAX => {
+                        let z = self.zone_names.len() as u32;
+                        self.zone_names.push(name.to_string());
+                        self.zone_ix.insert(name.to_string(), z);
+                        Some(z)
+                    }
+                    None => return Err(TrackerError::Zone(name.to_string())),
+                }
+            }
+        };
+        if self.node(nx).zone != zone {
+            self.node_mut(nx).zone = zone;
+            let held: Vec<ChunkIx> = self.node(nx).chunks.iter().collect();
+            for cx in held {
+                self.reclassify(cx);
+            }
+        }
+        Ok(())
+    }
+
+    /// What `node`'s disk holds and offers, as it reports with every
+    /// registration and heartbeat: no chunk is placed where it would not
+    /// fit.
+    pub fn set_space(&mut self, node: &NodeId, space: Space) {
+        if let Some(&nx) = self.node_ix.get(node) {
+            let n = self.node_mut(nx);
+            n.space = Some(space);
+            n.pending_bytes = 0;
+        }
+    }
+
+    /// A key equal for nodes of one zone and only for them.
+    fn zone_key(&self, nx: NodeIx) -> u64 {
+        match self.node(nx).zone {
+            Some(z) if !mutants::on(Mutant::IgnoreZones) => u64::from(z),
+            _ => (1 << 32) | u64::from(nx),
+        }
+    }
+
+    /// The name of `nx`'s zone: the one it gave, or its id.
+    fn zone_name(&self, nx: NodeIx) -> String {
+        let n = self.node(nx);
+        match n.zone {
+            Some(z) => self.zone_names[z as usize].clone(),
+            None => n.id.to_string(),
+        }
+    }
+
+    /// Bytes `nx` can still take (`None`: it never said, not limited).
+    fn room(&self, nx: NodeIx) -> Option<u64> {
+        let n = self.node(nx);
+        n.space.map(|s| {
+            s.capacity_bytes
+                .saturating_sub(s.used_bytes)
+                .saturating_sub(n.pending_bytes)
+        })
+    }
+
+    fn fits(&self, nx: NodeIx, size_bytes: u64) -> bool {
+        self.room(nx).is_none_or(|r| r >= size_bytes)
+    }
+
+    /// `size_bytes` more are on their way to `nx`.
+    fn expect_bytes(&mut self, nx: NodeIx, size_bytes: u64) {
+        let n = self.node_mut(nx);
+        n.pending_bytes = n.pending_bytes.saturating_add(size_bytes);
+    }
+
+    /// Whether two of `cx`'s live copies share a zone.
+    fn is_crowded(&self, cx: ChunkIx) -> bool {
+        let mut zones: SmallVec<[u64; 4]> = SmallVec::new();
+        for &nx in &self.chunks.get(cx).holders {
+            if self.alive(nx) {
+                let z = self.zone_key(nx);
+                if zones.contains(&z) {
+                    return true;
+                }
+                zones.push(z);
+            }
+        }
+        false
+    }
+
+    /// The zones of `cx`'s live copies.
+    fn live_zones(&self, cx: ChunkIx) -> SmallVec<[u64; 4]> {
+        self.chunks
+            .get(cx)
+            .holders
+            .iter()
+            .filter(|&&nx| self.alive(nx))
+            .map(|&nx| self.zone_key(nx))
+            .collect()
+    }
+
     /// Liveness plus inventory changes since the last report.
     pub fn heartbeat(
         &mut self,
@@ -1171,12 +1377,27 @@ impl Tracker {
     }
 
     /// Choose `replicas` distinct live nodes for each of `chunk_count`
-    /// chunks: least loaded first (chunks held plus those placed by this
-    /// call), ties broken by node id.
+    /// chunks (see [`Tracker::allocate_sized`]) of a size not said: room
+    /// is not considered.
     pub fn allocate(
         &mut self,
         chunk_count: u64,
         replicas: u32,
+        exclude: &BTreeSet<NodeId>,
+    ) -> Result<Vec<Vec<NodeRef>>, TrackerError> {
+        self.allocate_sized(chunk_count, replicas, 0, exclude)
+    }
+
+    /// Choose `replicas` distinct live nodes for each of `chunk_count`
+    /// chunks of at most `chunk_bytes` each: in distinct zones as far as
+    /// zones allow, least loaded first (chunks held plus those placed by
+    /// this call), ties broken by node id, and never a node whose disk
+    /// cannot take the chunk (see [`placement`]).
+    pub fn allocate_sized(
+        &mut self,
+        chunk_count: u64,
+        replicas: u32,
+        chunk_bytes: u64,
         exclude: &BTreeSet<NodeId>,
     ) -> Result<Vec<Vec<NodeRef>>, TrackerError> {
         validate_replicas(replicas)?;
@@ -1198,23 +1419,46 @@ impl Tracker {
                 available: eligible.len(),
             });
         }
-        let refs: Vec<NodeRef> = eligible.iter().map(|(_, id)| self.node_ref(id)).collect();
-        // (load, rank in id order): the least loaded on top, ties by id.
-        let mut heap: BinaryHeap<Reverse<(u64, usize)>> = eligible
+        let ixs: Vec<NodeIx> = eligible.iter().map(|(_, id)| self.node_ix[id]).collect();
+        let no_room = |available| TrackerError::NoRoom {
+            wanted: replicas,
+            available,
+            chunk_bytes,
+        };
+        let with_room = ixs.iter().filter(|&&nx| self.fits(nx, chunk_bytes)).count();
+        if with_room < replicas as usize {
+            return Err(no_room(with_room));
+        }
+        let candidates: Vec<Candidate> = eligible
             .iter()
-            .enumerate()
-            .map(|(rank, (load, _))| Reverse((*load, rank)))
+            .zip(&ixs)
+            .map(|((load, _), &nx)| Candidate {
+                load: *load,
+                zone: self.zone_key(nx),
+                room: self.room(nx),
+            })
             .collect();
+        let mut placer = Placer::new(&candidates);
         let mut placements = Vec::with_capacity(chunk_count as usize);
-        let mut chosen = Vec::with_capacity(replicas as usize);
+        let mut placed = vec![0u64; ixs.len()];
+        let mut refs: Vec<Option<NodeRef>> = vec![None; ixs.len()];
         for _ in 0..chunk_count {
-            chosen.clear();
-            for _ in 0..replicas {
-                let Reverse(top) = heap.pop().expect("enough eligible nodes");
-                chosen.push(top);
+            let chosen = placer.place(replicas as usize, chunk_bytes);
+            if chosen.len() < replicas as usize {
+                return Err(no_room(chosen.len()));
             }
-            placements.push(chosen.iter().map(|&(_, r)| refs[r].clone()).collect());
-            heap.extend(chosen.iter().map(|&(load, r)| Reverse((load + 1, r))));
+            let mut nodes = Vec::with_capacity(chosen.len());
+            for r in chosen {
+                placed[r] += 1;
+                let node = refs[r].get_or_insert_with(|| self.node_ref_at(ixs[r]));
+                nodes.push(node.clone());
+            }
+            placements.push(nodes);
+        }
+        for (r, n) in placed.into_iter().enumerate() {
+            if n > 0 {
+                self.expect_bytes(ixs[r], n.saturating_mul(chunk_bytes));
+            }
         }
         Ok(placements)
     }
@@ -1559,6 +1803,8 @@ impl Tracker {
                     leaving: n.leaving,
                     chunks: n.chunks.len(),
                     last_seen_ms_ago: now_ms.saturating_sub(n.last_seen_ms),
+                    zone: self.zone_name(nx),
+                    space: n.space,
                 }
             })
             .collect();
@@ -1580,7 +1826,106 @@ impl Tracker {
             repairs_in_flight: in_flight as u64,
             deletes_pending: self.heal.deletes_pending() as u64,
             at_risk,
+            warnings: self.warnings(),
         }
+    }
+
+    fn warnings(&self) -> Vec<Warning> {
+        let mut out = Vec::new();
+        let live: Vec<NodeIx> = self
+            .node_ix
+            .values()
+            .copied()
+            .filter(|&nx| self.alive(nx) && !self.node(nx).leaving)
+            .collect();
+        let fullest = live
+            .iter()
+            .filter_map(|&nx| self.node(nx).space.map(|s| (s.used_bytes, nx)))
+            .max();
+        if let Some((used_bytes, fullest)) = fullest
+            && used_bytes > 0
+        {
+            let spare_bytes: u64 = live
+                .iter()
+                .filter(|&&nx| nx != fullest)
+                .map(|&nx| self.room(nx).unwrap_or(u64::MAX))
+                .fold(0u64, u64::saturating_add);
+            if spare_bytes < used_bytes {
+                out.push(Warning::NoRoomToRepair {
+                    node: self.node(fullest).id.clone(),
+                    used_bytes,
+                    spare_bytes,
+                });
+            }
+        }
+        let replicas = self
+            .files
+            .iter()
+            .flatten()
+            .map(|f| f.replicas)
+            .max()
+            .unwrap_or(0);
+        let zones: BTreeSet<u64> = live.iter().map(|&nx| self.zone_key(nx)).collect();
+        let named = live.iter().any(|&nx| self.node(nx).zone.is_some());
+        if named && zones.len() < replicas as usize {
+            out.push(Warning::FewZones {
+                zones: zones.len(),
+                replicas,
+            });
+        }
+        out
+    }
+
+    /// Which files would be lost, and which would drop below their factor,
+    /// if `dead` died now (as well as any already dead). Costs the chunks
+    /// those nodes hold plus the chunks already short, never a walk of
+    /// every chunk.
+    pub fn what_if(&self, dead: &BTreeSet<NodeId>) -> Result<WhatIf, TrackerError> {
+        let mut gone: Vec<NodeIx> = Vec::with_capacity(dead.len());
+        for id in dead {
+            let nx = *self
+                .node_ix
+                .get(id)
+                .ok_or_else(|| TrackerError::UnknownNode(id.clone()))?;
+            gone.push(nx);
+        }
+        let mut affected = RoaringBitmap::new();
+        for &nx in &gone {
+            affected |= &self.node(nx).chunks;
+        }
+        for level in &self.health.under {
+            affected |= level;
+        }
+        let mut lost: BTreeSet<FileIx> = BTreeSet::new();
+        let mut at_risk: BTreeSet<FileIx> = BTreeSet::new();
+        for cx in &affected {
+            let rec = self.chunks.get(cx);
+            if rec.factor == 0 {
+                continue;
+            }
+            let left = rec
+                .holders
+                .iter()
+                .filter(|&&h| self.alive(h) && !gone.contains(&h))
+                .count();
+            for (fx, _) in self.files_of(cx) {
+                if left == 0 {
+                    lost.insert(fx);
+                } else if left < self.file(fx).replicas as usize {
+                    at_risk.insert(fx);
+                }
+            }
+        }
+        let names = |set: &BTreeSet<FileIx>| {
+            let mut v: Vec<String> = set.iter().map(|&fx| self.file(fx).name.clone()).collect();
+            v.sort();
+            v
+        };
+        let at_risk: BTreeSet<FileIx> = at_risk.difference(&lost).copied().collect();
+        Ok(WhatIf {
+            lost: names(&lost),
+            at_risk: names(&at_risk),
+        })
     }
 
     fn under_replicated(&self) -> u64 {
@@ -1636,13 +1981,37 @@ impl Tracker {
         n.leaving = true;
         let mut handoffs = Vec::new();
         let mut extra_load: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut extra_bytes: BTreeMap<NodeIx, u64> = BTreeMap::new();
         for (chunk, others, replicas, size_bytes) in self.dependent_chunks(node) {
             let mut exclude = self.holders(&chunk);
             exclude.extend(self.deleting_nodes(&chunk));
-            let mut candidates: Vec<(u64, NodeId)> = self
+            // The zones of the copies that stay.
+            let cx = self
+                .chunks
+                .find(&chunk)
+                .expect("a held chunk is in the table");
+            let mut zones: SmallVec<[u64; 4]> = self
+                .chunks
+                .get(cx)
+                .holders
+                .iter()
+                .filter(|&&h| h != nx && self.alive(h) && !self.node(h).leaving)
+                .map(|&h| self.zone_key(h))
+                .collect();
+            let mut candidates: Vec<(u64, NodeIx)> = self
                 .eligible(&exclude)
                 .into_iter()
-                .map(|(l, id)| (l + extra_load.get(&id).copied().unwrap_or(0), id))
+                .map(|(l, id)| {
+                    (
+                        l + extra_load.get(&id).copied().unwrap_or(0),
+                        self.node_ix[&id],
+                    )
+                })
+                .filter(|&(_, h)| {
+                    let extra = extra_bytes.get(&h).copied().unwrap_or(0);
+                    self.room(h)
+                        .is_none_or(|r| r >= extra.saturating_add(size_bytes))
+                })
                 .collect();
             let missing = replicas as usize - others;
             if candidates.len() < missing && !force {
@@ -1652,16 +2021,29 @@ impl Tracker {
                     available: others + candidates.len(),
                 });
             }
-            candidates.sort();
-            for (_, id) in candidates.into_iter().take(missing) {
+            for _ in 0..missing {
+                // Another zone first, then the least loaded, ties by id.
+                let Some(i) = (0..candidates.len()).min_by_key(|&i| {
+                    let (load, h) = candidates[i];
+                    (zones.contains(&self.zone_key(h)), load, &self.node(h).id)
+                }) else {
+                    break;
+                };
+                let (_, h) = candidates.swap_remove(i);
+                zones.push(self.zone_key(h));
+                let id = self.node(h).id.clone();
                 self.heal.counters.handoffs += 1;
                 *extra_load.entry(id.clone()).or_default() += 1;
+                *extra_bytes.entry(h).or_default() += size_bytes;
                 handoffs.push(Handoff {
                     chunk,
                     size_bytes,
                     target: self.node_ref(&id),
                 });
             }
+        }
+        for (h, bytes) in extra_bytes {
+            self.expect_bytes(h, bytes);
         }
         Ok(handoffs)
     }
@@ -1760,6 +2142,7 @@ mod index;
 mod index_tests;
 #[cfg(test)]
 mod lifecycle_tests;
+mod placement;
 pub mod repair;
 #[cfg(test)]
 mod repair_tests;

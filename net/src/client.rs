@@ -451,6 +451,7 @@ impl<D: Dialer> Client<D> {
         put: u64,
         chunk_count: u64,
         replicas: u32,
+        chunk_size: u64,
         exclude: &[NodeRef],
     ) -> Result<Vec<Vec<NodeRef>>, ClientError> {
         let req = pb::AllocateRequest {
@@ -458,6 +459,7 @@ impl<D: Dialer> Client<D> {
             replicas,
             exclude: exclude.iter().map(|n| n.id.to_string()).collect(),
             put,
+            chunk_size,
         };
         let resp = self
             .tracker_call(|mut t| {
@@ -574,7 +576,8 @@ impl<D: Dialer> Client<D> {
         let digest = blake3::hash(format!("{name}\0{size_bytes}\0{replicas}").as_bytes());
         let put = u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes")).max(1);
         let placements = if n > 0 {
-            self.allocate(put, n, replicas, &[]).await?
+            self.allocate(put, n, replicas, chunk_size.min(size_bytes), &[])
+                .await?
         } else {
             vec![]
         };
@@ -591,6 +594,7 @@ impl<D: Dialer> Client<D> {
                         replicas,
                         exclude: vec![],
                         put,
+                        chunk_size: 0,
                     };
                     // A failure only means the lease may lapse; the commit
                     // then reports any holder it lost.
@@ -734,7 +738,7 @@ impl<D: Dialer> Client<D> {
                         );
                         let mut exclude = exclude;
                         exclude.extend(full.lock().expect("full lock").iter().cloned());
-                        match self.allocate(put, 1, count as u32, &exclude).await {
+                        match self.allocate(put, 1, count as u32, len, &exclude).await {
                             Ok(mut p) => plan.add_targets(p.remove(0)),
                             Err(e) => {
                                 last_error = e.to_string();
@@ -1038,6 +1042,28 @@ impl<D: Dialer> Client<D> {
         self.tracker_call(|mut t| async move { t.status(pb::StatusRequest {}).await })
             .await
             .map_err(|s| self.tracker_err(s))
+    }
+
+    /// Which files would be lost, and which would drop below their factor,
+    /// if `nodes` (ids or addresses, as `status` shows them) died now.
+    pub async fn what_if(&self, nodes: &[String]) -> Result<pb::WhatIfResponse, ClientError> {
+        let status = self.status().await?;
+        let mut ids = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let n = n.trim();
+            let found = status.nodes.iter().find(|s| s.id == n || s.addr == n);
+            match found {
+                Some(s) => ids.push(s.id.clone()),
+                None => return Err(ClientError::UnknownNode(n.to_string())),
+            }
+        }
+        let req = pb::WhatIfRequest { nodes: ids };
+        self.tracker_call(|mut t| {
+            let req = req.clone();
+            async move { t.what_if(req).await }
+        })
+        .await
+        .map_err(|s| self.tracker_err(s))
     }
 
     /// Remove the file `name`; the tracker deletes chunks no other file

@@ -146,3 +146,12 @@ pub fn ack_from_pb(stamp: Option<&pb::Stamp>, receipt: Option<&[u8]>) -> p2p_cor
             .unwrap_or_default(),
     }
 }
+
+/// A node's disk as it reported it (`None`: not said).
+pub fn space_from_pb(s: Option<&pb::DiskSpace>) -> Option<p2p_core::tracker::Space> {
+    s.filter(|s| s.capacity > 0)
+        .map(|s| p2p_core::tracker::Space {
+            used_bytes: s.used,
+            capacity_bytes: s.capacity,
+        })
+}

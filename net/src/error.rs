@@ -67,6 +67,11 @@ pub enum ClientError {
     /// Enrollment (joining the cluster with a token) failed.
     #[error("enrollment failed: {0}")]
     Enroll(String),
+    /// A node named in a request is not known to the tracker.
+    #[error(
+        "no node {0:?} is known to the tracker (give an id or an address as `p2p status` shows them)"
+    )]
+    UnknownNode(String),
 }
 
 /// An error and its causes on one line.

@@ -52,7 +52,16 @@ pub struct NodeConfig {
     pub scrub_bytes_per_sec: u64,
     /// A scrub pass starts at most this often.
     pub scrub_every: Duration,
+    /// The failure domain this node is in (`None`: a zone of its own): the
+    /// tracker puts a chunk's copies in distinct zones.
+    pub zone: Option<String>,
+    /// The most bytes of chunks this node takes (`None`: what its disk has
+    /// free, less [`DISK_RESERVE_BYTES`]).
+    pub capacity_bytes: Option<u64>,
 }
+
+/// Bytes of its disk a node leaves free when it is not told a capacity.
+pub const DISK_RESERVE_BYTES: u64 = 512 << 20;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -63,6 +72,8 @@ impl Default for NodeConfig {
             repair_concurrency: 4,
             scrub_bytes_per_sec: 16 << 20,
             scrub_every: Duration::from_secs(60),
+            zone: None,
+            capacity_bytes: None,
         }
     }
 }
@@ -307,6 +318,25 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         }
     }
 
+    /// What this node's disk holds and offers (`None` if it cannot say):
+    /// its capacity is `--capacity` if given, but never more than what it
+    /// holds plus what its disk has free less [`DISK_RESERVE_BYTES`].
+    fn space(&self) -> Option<pb::DiskSpace> {
+        let store = &self.inner.store;
+        let used = store.used_bytes();
+        let offered = store
+            .free_bytes()
+            .map(|free| used.saturating_add(free.saturating_sub(DISK_RESERVE_BYTES)));
+        let capacity = match (self.inner.config.capacity_bytes, offered) {
+            (Some(cap), Some(offered)) => cap.min(offered),
+            (cap, offered) => cap.or(offered)?,
+        };
+        Some(pb::DiskSpace {
+            used,
+            capacity: capacity.max(1),
+        })
+    }
+
     /// Register with the full inventory, streamed in parts of bounded
     /// size; returns the heartbeat interval the tracker asks for, the
     /// registration's session and its receipt key.
@@ -320,12 +350,15 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             node_id: self.inner.id.to_string(),
             addr: self.inner.addr.clone(),
             chunks: convert::chunk_bytes(chunks),
+            ..Default::default()
         };
         let mut parts: Vec<pb::RegisterRequest> =
             all.chunks(REPORT_PART_CHUNKS).map(part).collect();
         if parts.is_empty() {
             parts.push(part(&[]));
         }
+        parts[0].zone = self.inner.config.zone.clone().unwrap_or_default();
+        parts[0].space = self.space();
         let resp = self
             .tracker_client()?
             .report(tokio_stream::iter(parts))
@@ -372,6 +405,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                     asked: *asked,
                 })
                 .collect(),
+            space: self.space(),
         };
         let result = self.tracker_client()?.heartbeat(req).await;
         let result = match result {
@@ -820,6 +854,14 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
             return Err(Status::invalid_argument(format!(
                 "a chain of at most {} more nodes, each an address of at most {ADDR_MAX_BYTES} bytes",
                 REPLICAS_MAX - 1
+            )));
+        }
+        if let Some(space) = self.space()
+            && space.used.saturating_add(h.size) > space.capacity
+        {
+            return Err(Status::resource_exhausted(format!(
+                "node full: {} of {} bytes used, no room for a chunk of {}",
+                space.used, space.capacity, h.size
             )));
         }
         let mut writer = self.inner.store.create(&id).await.map_err(store_status)?;

@@ -8,6 +8,7 @@
 //! hashes; the node does, on write and on every read.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -75,6 +76,14 @@ pub trait ChunkStore: Send + Sync + 'static {
     }
     /// Remove `id`; removing a missing chunk is not an error.
     async fn remove(&self, id: &ChunkId) -> Result<(), StoreError>;
+    /// Bytes the stored chunks take (0 if the store does not count).
+    fn used_bytes(&self) -> u64 {
+        0
+    }
+    /// Bytes the disk under the store has free (`None`: not known).
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A chunk being written.
@@ -93,6 +102,8 @@ pub struct DiskStore {
     chunks: PathBuf,
     tmp: PathBuf,
     next_tmp: AtomicU64,
+    /// Bytes of the stored chunks: counted at open, then kept up to date.
+    used: Arc<AtomicU64>,
 }
 
 impl DiskStore {
@@ -112,10 +123,13 @@ impl DiskStore {
         tokio::fs::create_dir_all(&tmp)
             .await
             .map_err(io("create", &tmp))?;
+        let dir = chunks.clone();
+        let used = blocking(move || Ok(bytes_under(&dir))).await?;
         Ok(Self {
             chunks,
             tmp,
             next_tmp: AtomicU64::new(0),
+            used: Arc::new(AtomicU64::new(used)),
         })
     }
 
@@ -124,6 +138,21 @@ impl DiskStore {
         let hex = id.to_hex();
         self.chunks.join(&hex[..2]).join(hex)
     }
+}
+
+/// Bytes of the files one or two levels under `dir` (the chunk store's
+/// layout); what cannot be read counts as nothing.
+fn bytes_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    for fan in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(files) = std::fs::read_dir(fan.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            total += f.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    total
 }
 
 /// The whole file of chunk `id`, refused if larger than any chunk may be.
@@ -219,6 +248,8 @@ impl ChunkStore for DiskStore {
             tmp,
             dest: self.path_of(id),
             committed: false,
+            written: 0,
+            used: Arc::clone(&self.used),
         }))
     }
 
@@ -243,12 +274,49 @@ impl ChunkStore for DiskStore {
 
     async fn remove(&self, id: &ChunkId) -> Result<(), StoreError> {
         let path = self.path_of(id);
+        let len = tokio::fs::metadata(&path).await.map(|m| m.len()).ok();
         match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                let len = len.unwrap_or(0);
+                let _ = self
+                    .used
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                        Some(u.saturating_sub(len))
+                    });
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io("remove", &path)(e)),
         }
     }
+
+    fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        free_bytes(&self.chunks)
+    }
+}
+
+/// Bytes an unprivileged process may still write on the filesystem of
+/// `path` (`None` if it cannot be asked).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a buffer of the
+    // right type, which statvfs fills when it returns 0.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: filled by the successful call above.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms.
+    #[allow(clippy::unnecessary_cast)]
+    let (blocks, size) = (st.f_bavail as u64, st.f_frsize as u64);
+    Some(blocks.saturating_mul(size))
 }
 
 /// A chunk being written. Its temporary file is removed on every way out
@@ -260,6 +328,8 @@ struct DiskWriter {
     tmp: PathBuf,
     dest: PathBuf,
     committed: bool,
+    written: u64,
+    used: Arc<AtomicU64>,
 }
 
 impl Drop for DiskWriter {
@@ -276,7 +346,9 @@ impl ChunkWriter for DiskWriter {
         self.file
             .write_all(data)
             .await
-            .map_err(io("write", &self.tmp))
+            .map_err(io("write", &self.tmp))?;
+        self.written += data.len() as u64;
+        Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
@@ -290,10 +362,18 @@ impl ChunkWriter for DiskWriter {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(io("create", &dir))?;
+        let replaced = tokio::fs::metadata(&self.dest)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         tokio::fs::rename(&self.tmp, &self.dest)
             .await
             .map_err(io("rename", &self.tmp))?;
         self.committed = true;
+        let (written, used) = (self.written, &self.used);
+        let _ = used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+            Some(u.saturating_sub(replaced).saturating_add(written))
+        });
         sync_dir(dir).await
     }
 
@@ -337,6 +417,30 @@ mod tests {
         store.remove(&id).await.unwrap();
         store.remove(&id).await.unwrap();
         assert!(store.list().await.unwrap().is_empty());
+    }
+
+    // The bytes the chunks take: counted as they are written, stored again
+    // and removed, and counted afresh when the store opens.
+    #[tokio::test]
+    async fn used_bytes_follow_the_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.used_bytes(), 0);
+        assert!(store.free_bytes().is_some_and(|f| f > 0));
+        for (data, used) in [(&b"twelve bytes"[..], 12), (b"three", 17), (b"three", 17)] {
+            let mut w = store.create(&ChunkId::of(data)).await.unwrap();
+            w.write(data).await.unwrap();
+            w.commit().await.unwrap();
+            assert_eq!(store.used_bytes(), used);
+        }
+        let aborted = store.create(&ChunkId::of(b"gone")).await.unwrap();
+        aborted.abort().await;
+        assert_eq!(store.used_bytes(), 17);
+        let reopened = DiskStore::open(dir.path()).await.unwrap();
+        assert_eq!(reopened.used_bytes(), 17);
+        store.remove(&ChunkId::of(b"three")).await.unwrap();
+        store.remove(&ChunkId::of(b"three")).await.unwrap();
+        assert_eq!(store.used_bytes(), 12);
     }
 
     // A writer dropped half-way (its upload's task was cancelled when the

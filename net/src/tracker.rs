@@ -126,9 +126,28 @@ fn mix64(x: u64) -> u64 {
 use crate::enrollment::{allow, caller};
 use p2p_core::enroll::Call;
 
+/// Nodes one what-if question may name.
+const WHAT_IF_NODES_MAX: usize = 4096;
+
+/// What a registering node says of itself: its zone (empty: its own) and
+/// its disk.
+fn describe(
+    t: &mut p2p_core::tracker::Tracker,
+    id: &p2p_core::NodeId,
+    zone: &str,
+    space: Option<p2p_core::tracker::Space>,
+) -> Result<(), TrackerError> {
+    t.set_zone(id, (!zone.is_empty()).then_some(zone))?;
+    if let Some(space) = space {
+        t.set_space(id, space);
+    }
+    Ok(())
+}
+
 fn to_status(e: TrackerError) -> Status {
     match e {
         TrackerError::NotEnoughNodes { .. } => Status::failed_precondition(e.to_string()),
+        TrackerError::NoRoom { .. } => Status::failed_precondition(e.to_string()),
         TrackerError::Recovering { .. } => {
             let mut s = Status::unavailable(e.to_string());
             s.metadata_mut()
@@ -360,9 +379,11 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let id = convert::node_id(&req.node_id)?;
         let chunks = convert::chunk_ids(&req.chunks)?;
         let n = chunks.len();
+        let space = convert::space_from_pb(req.space.as_ref());
         let (session, key) = self
             .mutate(|t, now| {
                 let s = t.register(id.clone(), req.addr.clone(), chunks, now)?;
+                describe(t, &id, &req.zone, space)?;
                 Ok((s, t.receipt_key(&id)))
             })
             .await?;
@@ -400,8 +421,15 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         )?;
         let id = convert::node_id(&first.node_id)?;
         let addr = first.addr.clone();
-        self.mutate(|t, now| t.begin_report(id.clone(), addr.clone(), now))
-            .await?;
+        let (zone, space) = (
+            first.zone.clone(),
+            convert::space_from_pb(first.space.as_ref()),
+        );
+        self.mutate(|t, now| {
+            t.begin_report(id.clone(), addr.clone(), now)?;
+            describe(t, &id, &zone, space)
+        })
+        .await?;
         let total = match self.report_parts(&id, first, &mut parts).await {
             Ok(total) => total,
             Err(e) => {
@@ -465,6 +493,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             .collect::<Result<_, Status>>()?;
         let failed = convert::handed_from_pb(&req.failed)?;
         let repaired = convert::handed_from_pb(&req.repaired)?;
+        let space = convert::space_from_pb(req.space.as_ref());
         let reply = self
             .mutate(|t, now| {
                 match t.sequence(&id, req.session, req.seq) {
@@ -488,6 +517,9 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
                 }
                 t.touched(&id, &touched, now);
                 t.verified(&id, &verified);
+                if let Some(space) = space {
+                    t.set_space(&id, space);
+                }
                 t.heartbeat(&id, added, removed, now)
             })
             .await?;
@@ -546,7 +578,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let placements = self
             .mutate(|t, now| {
                 t.touch_put(req.put, now);
-                t.allocate(req.chunk_count, req.replicas, &exclude)
+                t.allocate_sized(req.chunk_count, req.replicas, req.chunk_size, &exclude)
             })
             .await?;
         Ok(Response::new(pb::AllocateResponse {
@@ -673,6 +705,11 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
                     leaving: n.leaving,
                     chunks: n.chunks,
                     last_seen_ms_ago: n.last_seen_ms_ago,
+                    zone: n.zone,
+                    space: n.space.map(|s| pb::DiskSpace {
+                        used: s.used_bytes,
+                        capacity: s.capacity_bytes,
+                    }),
                 })
                 .collect(),
             files: s.files,
@@ -684,6 +721,30 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             deletes_pending: s.deletes_pending,
             at_risk: s.at_risk.iter().map(convert::file_info_to_pb).collect(),
             trackers: self.gate.as_ref().map(|g| g.members()).unwrap_or_default(),
+            warnings: s.warnings.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn what_if(
+        &self,
+        req: Request<pb::WhatIfRequest>,
+    ) -> Result<Response<pb::WhatIfResponse>, Status> {
+        allow(&caller(&req), Call::Status)?;
+        let req = req.into_inner();
+        if req.nodes.len() > WHAT_IF_NODES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "at most {WHAT_IF_NODES_MAX} nodes in one question"
+            )));
+        }
+        let dead: BTreeSet<_> = req
+            .nodes
+            .iter()
+            .map(|n| convert::node_id(n))
+            .collect::<Result<_, _>>()?;
+        let w = self.read().await?.what_if(&dead).map_err(to_status)?;
+        Ok(Response::new(pb::WhatIfResponse {
+            lost: w.lost,
+            at_risk: w.at_risk,
         }))
     }
 

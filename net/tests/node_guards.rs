@@ -21,6 +21,10 @@ struct TestNode {
 }
 
 async fn start() -> TestNode {
+    start_with(NodeConfig::default()).await
+}
+
+async fn start_with(config: NodeConfig) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
     let store = DiskStore::open(&data).await.unwrap();
@@ -32,7 +36,7 @@ async fn start() -> TestNode {
         "127.0.0.1:1".into(),
         store,
         TcpDialer::default(),
-        NodeConfig::default(),
+        config,
     )
     .await
     .unwrap();
@@ -309,4 +313,38 @@ async fn opposite_chains_do_not_deadlock() {
         assert!(rx.iter().chain(&ry).all(|r| r.is_ok()), "{rx:?} {ry:?}");
         assert_eq!((rx.len(), ry.len()), (2, 2));
     }
+}
+
+// A node past its capacity refuses an upload with RESOURCE_EXHAUSTED (the
+// client then places the chunk elsewhere), before it writes anything; what
+// it stored counts against the capacity, and a chunk that fits goes in.
+#[tokio::test]
+async fn a_node_refuses_chunks_past_its_capacity() {
+    let n = start_with(NodeConfig {
+        capacity_bytes: Some(10),
+        ..NodeConfig::default()
+    })
+    .await;
+    let big: &'static [u8] = b"eleven byte";
+    let id = ChunkId::of(big);
+    let e = put(&n, vec![header(id.as_bytes(), 11), data(big)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("node full"), "{e}");
+    assert!(files(&n.data.join("chunks")).is_empty());
+    let small: &'static [u8] = b"seven b";
+    let id = ChunkId::of(small);
+    assert!(
+        put(&n, vec![header(id.as_bytes(), 7), data(small)])
+            .await
+            .unwrap()
+    );
+    // 7 of 10 bytes used: 4 more do not fit.
+    let four: &'static [u8] = b"four";
+    let id = ChunkId::of(four);
+    let e = put(&n, vec![header(id.as_bytes(), 4), data(four)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
 }

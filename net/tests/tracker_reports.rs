@@ -31,6 +31,7 @@ fn part(node: &str, ids: &[Bytes]) -> pb::RegisterRequest {
         node_id: node.into(),
         addr: "127.0.0.1:9".into(),
         chunks: ids.to_vec(),
+        ..Default::default()
     }
 }
 

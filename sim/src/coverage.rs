@@ -96,6 +96,7 @@ pub const NAMES: &[&str] = &[
     "deletions_skipped",
     "deletes_cancelled",
     "handoffs",
+    "spread_moves",
     "reregistrations",
     "full_reports",
     "nodes_declared_dead",
@@ -135,6 +136,7 @@ pub fn add_heal(counts: &mut Counts, h: &HealCounters) {
         ("deletes_sent", h.deletes_sent),
         ("deletes_cancelled", h.deletes_cancelled),
         ("handoffs", h.handoffs),
+        ("spread_moves", h.spread_moves),
     ] {
         *counts.entry(name).or_default() += n;
     }

@@ -142,6 +142,9 @@ pub struct Scenario {
     pub trackers: u8,
     /// Puts replicate by fan-out (`fanout` in the plan), else by chains.
     pub fanout: bool,
+    /// Node `i` is in zone `z{i % zones}` (`zones=K` in the plan); 0: every
+    /// node a zone of its own.
+    pub zones: u8,
     pub steps: Vec<Step>,
 }
 
@@ -186,7 +189,10 @@ pub mod kind {
     /// Clients send each chunk to its holders themselves (fan-out) instead
     /// of down a chain of them.
     pub const FANOUT: u16 = 1 << 11;
-    pub const ALL: u16 = (1 << 12) - 1;
+    /// Nodes in 2 or 3 zones: copies spread over zones, and spread again
+    /// when a zone comes back.
+    pub const ZONES: u16 = 1 << 12;
+    pub const ALL: u16 = (1 << 13) - 1;
 }
 
 fn weighted(choices: Vec<(u32, BoxedStrategy<Action>)>) -> BoxedStrategy<Action> {
@@ -364,6 +370,11 @@ impl Scenario {
                     nodes,
                     trackers: trackers_of(kinds),
                     fanout: kinds & kind::FANOUT != 0,
+                    zones: if kinds & kind::ZONES != 0 {
+                        2 + (seed % 2) as u8
+                    } else {
+                        0
+                    },
                     steps,
                 }
             })
@@ -444,7 +455,7 @@ impl fmt::Display for Action {
 }
 
 /// The one-line form printed by failing tests and read by `--plan`:
-/// `seed=S nodes=N [trackers=3] [fanout] 120:put(f0,9000,3) 300:crash(node1) ...`.
+/// `seed=S nodes=N [trackers=3] [fanout] [zones=K] 120:put(f0,9000,3) 300:crash(node1) ...`.
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "seed={} nodes={}", self.seed, self.nodes)?;
@@ -453,6 +464,9 @@ impl fmt::Display for Scenario {
         }
         if self.fanout {
             write!(f, " fanout")?;
+        }
+        if self.zones > 0 {
+            write!(f, " zones={}", self.zones)?;
         }
         for s in &self.steps {
             write!(f, " {}:{}", s.at_ms, s.action)?;
@@ -655,6 +669,13 @@ impl std::str::FromStr for Scenario {
             return Err("trackers must be 1, 3 or 5".into());
         }
         let fanout = words.next_if(|w| *w == "fanout").is_some();
+        let zones: u8 = match words.next_if(|w| w.starts_with("zones=")) {
+            Some(w) => parse_num(&w["zones=".len()..])?,
+            None => 0,
+        };
+        if zones > 16 {
+            return Err("zones must be 0..=16".into());
+        }
         let steps = words
             .map(|w| {
                 let (at, action) = w.split_once(':').ok_or_else(|| format!("bad step {w:?}"))?;
@@ -669,6 +690,7 @@ impl std::str::FromStr for Scenario {
             nodes,
             trackers,
             fanout,
+            zones,
             steps,
         };
         for s in &scenario.steps {

@@ -1020,6 +1020,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             heartbeat_interval: Duration::from_millis(cfg.heartbeat_ms),
             scrub_bytes_per_sec: if rot { 4 << 20 } else { 0 },
             scrub_every: Duration::from_millis(500),
+            zone: zone_of(scenario, &name).map(|z| format!("z{z}")),
             ..NodeConfig::default()
         };
         let host = name.clone();
@@ -1254,6 +1255,14 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 &tracker_service,
                 cfg.chunk_size_bytes,
             );
+            let mut short = short;
+            short.extend(badly_spread(
+                &shared,
+                &stores,
+                &down,
+                scenario,
+                cfg.chunk_size_bytes,
+            ));
             let deadline = u64::from(FAULT_WINDOW_MS) + cfg.converge_ms;
             if short.is_empty() || now >= deadline {
                 let mut s = shared.lock().expect("shared lock");
@@ -1444,6 +1453,62 @@ fn under_replicated(
         }
     }
     short
+}
+
+/// The zone node host `host` is in, in a scenario with zones.
+fn zone_of(scenario: &Scenario, host: &str) -> Option<u8> {
+    if scenario.zones == 0 {
+        return None;
+    }
+    (0..scenario.nodes)
+        .find(|&i| host_name(Target::Node(i)) == host)
+        .map(|i| i % scenario.zones)
+}
+
+/// In a scenario with zones: chunks of acknowledged files whose intact
+/// copies on live disks are in fewer zones than `min(R, live zones)`.
+fn badly_spread(
+    shared: &SharedRef,
+    stores: &BTreeMap<String, MemStore>,
+    down: &BTreeSet<String>,
+    scenario: &Scenario,
+    chunk_size: u64,
+) -> Vec<String> {
+    if scenario.zones == 0 {
+        return Vec::new();
+    }
+    let s = shared.lock().expect("shared lock");
+    let live: Vec<(&String, &MemStore, u8)> = stores
+        .iter()
+        .filter(|(h, _)| !down.contains(*h) && !s.destroyed.contains(*h) && !s.left.contains(*h))
+        .filter_map(|(h, st)| zone_of(scenario, h).map(|z| (h, st, z)))
+        .collect();
+    let live_zones: BTreeSet<u8> = live.iter().map(|l| l.2).collect();
+    let mut bad = Vec::new();
+    for (file, rec) in &s.names {
+        let Some((_, rec)) = rec.surely() else {
+            continue;
+        };
+        if s.doomed(*file) {
+            continue;
+        }
+        let want = usize::from(rec.replicas).min(live_zones.len());
+        for (i, piece) in rec.data.chunks(chunk_size as usize).enumerate() {
+            let id = p2p_core::ChunkId::of(piece);
+            let zones: BTreeSet<u8> = live
+                .iter()
+                .filter(|(_, st, _)| st.holds_intact(&id))
+                .map(|l| l.2)
+                .collect();
+            if zones.len() < want {
+                bad.push(format!(
+                    "f{file} chunk {i} ({}): copies in zones {zones:?}, {want} of the live {live_zones:?} wanted",
+                    &id.to_hex()[..8],
+                ));
+            }
+        }
+    }
+    bad
 }
 
 /// Copies of acknowledged files' chunks the tracker counts on a live node

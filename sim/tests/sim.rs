@@ -73,6 +73,7 @@ fn destroying_every_holder_is_reported_as_expected_loss() {
         nodes: 6,
         trackers: 1,
         fanout: false,
+        zones: 0,
         steps: vec![
             at(
                 0,
@@ -131,6 +132,7 @@ fn without_destruction_nothing_is_lost() {
         nodes: 6,
         trackers: 1,
         fanout: false,
+        zones: 0,
         steps: vec![
             at(
                 0,
@@ -205,6 +207,7 @@ fn rolling_losses_after_repair_lose_nothing() {
         nodes: 7,
         trackers: 1,
         fanout: false,
+        zones: 0,
         steps,
     };
     let report = run(&scenario, &cfg);
@@ -478,6 +481,7 @@ fn rm_and_reput_of_the_same_bytes_race_without_loss() {
             nodes: 2,
             trackers: 1,
             fanout: false,
+            zones: 0,
             steps,
         };
         let report = run(&scenario, &SimConfig::default());

@@ -116,6 +116,7 @@ impl Layout {
             node_id: self.node_id(i),
             addr: format!("127.0.0.1:{}", 20_000 + i),
             chunks: chunks.to_vec(),
+            ..Default::default()
         };
         let mut parts: Vec<_> = held.chunks(PART).map(part).collect();
         if parts.is_empty() {
@@ -283,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
                 node_id: layout.node_id(i),
                 addr: format!("127.0.0.1:{}", 20_000 + i),
                 chunks: vec![],
+                ..Default::default()
             })
             .await?;
         sessions.push(r.into_inner().session);

@@ -45,7 +45,12 @@ fn cargo_build_p2p() -> anyhow::Result<PathBuf> {
 
 /// Build the `p2p` binary in this profile now (a no-op when it is fresh)
 /// and use it from then on: benchmarks must not measure a stale binary.
+/// `P2P_BIN`, if set, names the binary to use instead (to compare two
+/// builds with the same benchmark), and nothing is built.
 pub fn build_p2p() -> anyhow::Result<&'static Path> {
+    if std::env::var_os("P2P_BIN").is_some() {
+        return Ok(p2p_bin());
+    }
     let built = cargo_build_p2p()?;
     // SAFETY: called before any other thread of this process starts.
     unsafe { std::env::set_var("P2P_BIN", built) };
@@ -68,6 +73,8 @@ pub const SCRUB_INTERVAL: &str = "1s";
 pub struct NodeProc {
     pub addr: String,
     pub data: PathBuf,
+    /// Flags it was started with beyond the usual ones (`--zone`...).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -380,6 +387,13 @@ impl Cluster {
     /// Start a node whose data directory is `data` (which may be a mount
     /// of its own).
     pub fn add_node_at(&mut self, data: PathBuf) -> anyhow::Result<usize> {
+        self.add_node_with(data, &[])
+    }
+
+    /// Start a node with more flags (`--zone`, `--capacity`), kept for
+    /// its restarts.
+    pub fn add_node_with(&mut self, data: PathBuf, extra: &[&str]) -> anyhow::Result<usize> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let i = self.nodes.len();
         let addr = free_addr();
         let log = self.dir.path().join(format!("node{i}.log"));
@@ -389,10 +403,11 @@ impl Cluster {
         } else {
             None
         };
-        let child = self.spawn_node(&addr, &data, &log, token.as_deref())?;
+        let child = self.spawn_node(&addr, &data, &log, token.as_deref(), &extra)?;
         self.nodes.push(NodeProc {
             addr,
             data,
+            extra,
             child: Some(child),
         });
         Ok(i)
@@ -402,7 +417,8 @@ impl Cluster {
     pub fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
         let (addr, data) = (self.nodes[i].addr.clone(), self.nodes[i].data.clone());
         let log = self.dir.path().join(format!("node{i}.restart.log"));
-        let child = self.spawn_node(&addr, &data, &log, None)?;
+        let extra = self.nodes[i].extra.clone();
+        let child = self.spawn_node(&addr, &data, &log, None, &extra)?;
         self.nodes[i].child = Some(child);
         Ok(())
     }
@@ -414,6 +430,7 @@ impl Cluster {
         data: &Path,
         log: &Path,
         token: Option<&str>,
+        extra: &[String],
     ) -> anyhow::Result<Child> {
         let url = self.tracker_url();
         let mut args = vec![
@@ -433,6 +450,7 @@ impl Cluster {
         if let Some(t) = token {
             args.extend(["--join", t]);
         }
+        args.extend(extra.iter().map(String::as_str));
         spawn(&args, log)
     }
 

@@ -327,6 +327,7 @@ impl NetCluster {
             c.nodes.push(NodeProc {
                 addr,
                 data,
+                extra: Vec::new(),
                 child: Some(child),
             });
         }

@@ -46,6 +46,7 @@ impl Tracker {
         let mut under: Vec<BTreeSet<ChunkIx>> = vec![BTreeSet::new(); self.health.under.len()];
         let mut over = BTreeSet::new();
         let mut orphans = BTreeSet::new();
+        let mut crowded = BTreeSet::new();
         let mut short: BTreeMap<FileIx, Vec<u32>> = BTreeMap::new();
         let mut held: BTreeMap<NodeIx, BTreeSet<ChunkIx>> = BTreeMap::new();
         let mut records = 0;
@@ -101,6 +102,9 @@ impl Tracker {
                     rec.id, rec.orphan
                 ));
             }
+            if factor > 0 && live > 1 && self.is_crowded(cx) {
+                crowded.insert(cx);
+            }
             match kind {
                 Class::Under(k) => {
                     under[k as usize].insert(cx);
@@ -141,6 +145,12 @@ impl Tracker {
         if kept_orphans != orphans {
             return Err(format!(
                 "orphans: {kept_orphans:?} kept, {orphans:?} counted"
+            ));
+        }
+        let kept_crowded: BTreeSet<ChunkIx> = self.health.crowded.iter().collect();
+        if kept_crowded != crowded {
+            return Err(format!(
+                "crowded: {kept_crowded:?} kept, {crowded:?} counted"
             ));
         }
         let kept_over: BTreeSet<ChunkIx> = self.health.over.iter().collect();

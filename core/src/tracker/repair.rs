@@ -91,6 +91,9 @@ pub struct HealCounters {
     pub handoffs: u64,
     /// Keepers' copies verified intact on request before a trim.
     pub keepers_verified: u64,
+    /// Extra copies planned to spread a chunk over more zones (the copy in
+    /// the crowded zone is trimmed once the new one is in).
+    pub spread_moves: u64,
 }
 
 /// A surplus chosen to go, waiting for every holder that keeps a copy to
@@ -129,6 +132,7 @@ pub(crate) struct HealState {
     /// sets, so entries that must wait never hide the ones after them.
     orphan_cursor: ChunkIx,
     over_cursor: ChunkIx,
+    crowded_cursor: ChunkIx,
     /// Puts in flight: (when the lease began, when it was last renewed,
     /// its number in the order leases began).
     pub(crate) leases: BTreeMap<u64, (u64, u64, u64)>,
@@ -517,20 +521,28 @@ impl Tracker {
             if now_ms.saturating_sub(since) < self.config.dead_after_ms {
                 continue;
             }
-            let mut victims: Vec<(u64, &NodeId, NodeIx)> = live
+            // One at a time: a copy in the zone with the most copies, then
+            // on the most loaded holder.
+            let mut remaining: Vec<(u64, u64, NodeIx)> = live
                 .iter()
-                .map(|&nx| self.node(nx))
-                .zip(&live)
-                .filter(|(n, _)| !n.leaving)
-                .map(|(n, &nx)| (n.chunks.len(), &n.id, nx))
+                .map(|&nx| (self.zone_key(nx), self.node(nx).chunks.len(), nx))
                 .collect();
-            victims.sort_by(|a, b| b.cmp(a));
-            victims.truncate(live.len() - want);
+            let mut victims: Vec<(NodeId, NodeIx)> = Vec::new();
+            for _ in want..live.len() {
+                let pick = remaining
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, _, nx))| !self.node(*nx).leaving)
+                    .max_by_key(|(_, (zone, load, nx))| {
+                        let same = remaining.iter().filter(|r| r.0 == *zone).count();
+                        (same, *load, &self.node(*nx).id)
+                    })
+                    .map(|(i, _)| i);
+                let Some(i) = pick else { break };
+                let (_, _, nx) = remaining.swap_remove(i);
+                victims.push((self.node(nx).id.clone(), nx));
+            }
             let chunk_id = rec.id;
-            let victims: Vec<(NodeId, NodeIx)> = victims
-                .into_iter()
-                .map(|(_, n, nx)| (n.clone(), nx))
-                .collect();
             let keepers: Vec<NodeIx> = live
                 .iter()
                 .copied()
@@ -613,6 +625,11 @@ impl Tracker {
             }
             let holders = self.holder_ids(cx);
             let mut missing = replicas - live - planned.len();
+            let size = u64::from(rec.size_bytes);
+            // Zones that have a copy, or will: a new copy goes to another
+            // one if it can.
+            let mut zones = self.live_zones(cx);
+            zones.extend(planned.iter().map(|n| self.zone_key(self.node_ix[n])));
             // Neither a holder, nor an already planned target, nor a node
             // deleting its copy may be chosen.
             let mut exclude = holders.clone();
@@ -629,16 +646,13 @@ impl Tracker {
                         (sends(n), leaving, (*n).clone())
                     })
                     .cloned();
-                let target = self
-                    .eligible(&exclude)
-                    .into_iter()
-                    .filter(|(_, n)| takes(n) < limit)
-                    .map(|(chunks, n)| (chunks + takes(&n) as u64, n))
-                    .min()
-                    .map(|(_, n)| n);
+                let target = self.repair_target(&exclude, &zones, size, &takes);
                 let (Some(source), Some(target)) = (source, target) else {
                     break;
                 };
+                let tx = self.node_ix[&target];
+                zones.push(self.zone_key(tx));
+                self.expect_bytes(tx, size);
                 *sending.entry(source.clone()).or_default() += 1;
                 let taken = receiving.entry(target.clone()).or_default();
                 *taken += 1;
@@ -665,6 +679,94 @@ impl Tracker {
         for (target, chunk) in counted_early {
             self.link_id(&target, chunk);
         }
+
+        // Copies at their factor but sharing a zone while a zone without
+        // one has room (a zone came back, or was added): one more copy
+        // there; the surplus is then trimmed from the crowded zone.
+        let open_zones: BTreeSet<u64> = self
+            .eligible(&BTreeSet::new())
+            .iter()
+            .filter(|(_, n)| receiving.get(n).copied().unwrap_or(0) < limit)
+            .map(|(_, n)| self.zone_key(self.node_ix[n]))
+            .collect();
+        let crowded = if open_zones.is_empty() || reporting {
+            Vec::new()
+        } else {
+            scan(&self.health.crowded, &mut self.heal.crowded_cursor)
+        };
+        for cx in crowded {
+            if open_targets == 0 {
+                break;
+            }
+            let rec = self.chunks.get(cx);
+            let (chunk, size) = (rec.id, u64::from(rec.size_bytes));
+            if rec.live != rec.factor || self.heal.repairs.contains_key(&chunk) {
+                continue;
+            }
+            let zones = self.live_zones(cx);
+            if open_zones.iter().all(|z| zones.contains(z)) {
+                continue;
+            }
+            let holders = self.holder_ids(cx);
+            let mut exclude = holders.clone();
+            exclude.extend(self.deleting_nodes(&chunk));
+            let takes = |n: &NodeId| receiving.get(n).copied().unwrap_or(0);
+            let Some(target) = self.repair_target(&exclude, &zones, size, &takes) else {
+                continue;
+            };
+            let tx = self.node_ix[&target];
+            if zones.contains(&self.zone_key(tx)) {
+                continue;
+            }
+            let sends = |n: &NodeId| sending.get(n).copied().unwrap_or(0);
+            let Some(source) = holders
+                .iter()
+                .filter(|n| self.is_alive(n) && sends(n) < limit)
+                .min_by_key(|n| (sends(n), (*n).clone()))
+                .cloned()
+            else {
+                continue;
+            };
+            *sending.entry(source.clone()).or_default() += 1;
+            let taken = receiving.entry(target.clone()).or_default();
+            *taken += 1;
+            if *taken >= limit {
+                open_targets -= 1;
+            }
+            self.expect_bytes(tx, size);
+            self.heal.repairs.entry(chunk).or_default().insert(
+                target,
+                Repair {
+                    source,
+                    sent_ms: None,
+                    planned_ms: now_ms,
+                },
+            );
+            self.heal.counters.spread_moves += 1;
+        }
+    }
+
+    /// Where a new copy of a chunk of `size` bytes goes: a live node not in
+    /// `exclude`, with room for it and a repair slot free (`takes` counts
+    /// what each receives already), in a zone not in `zones` if there is
+    /// one, then the least loaded, ties by id.
+    fn repair_target(
+        &self,
+        exclude: &BTreeSet<NodeId>,
+        zones: &[u64],
+        size: u64,
+        takes: &dyn Fn(&NodeId) -> usize,
+    ) -> Option<NodeId> {
+        let limit = self.config.repairs_per_node.max(1);
+        self.eligible(exclude)
+            .into_iter()
+            .filter(|(_, n)| takes(n) < limit && self.fits(self.node_ix[n], size))
+            .map(|(chunks, n)| {
+                let zone_taken = zones.contains(&self.zone_key(self.node_ix[&n]));
+                ((zone_taken, chunks + takes(&n) as u64), n)
+            })
+            .min()
+            .map(|(_, n)| n)
     }
 
     /// Whether planning still waits after a restart (see `Recovery`).

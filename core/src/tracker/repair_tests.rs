@@ -413,3 +413,164 @@ proptest! {
         prop_assert_eq!(w.t.status(w.now).repairs_in_flight, 0);
     }
 }
+
+// ------------------------------------------------------------ zones, room
+
+impl World {
+    fn zone(&mut self, i: usize, zone: &str) {
+        self.t.set_zone(&nid(i), Some(zone)).unwrap();
+    }
+
+    /// Node `i` comes back with an empty disk.
+    fn revive_wiped(&mut self, i: usize) {
+        self.down.remove(&nid(i));
+        self.held.insert(nid(i), BTreeSet::new());
+        self.t
+            .register(nid(i), format!("a{i}"), vec![], self.now)
+            .unwrap();
+    }
+
+    /// The zones of `chunk`'s live copies, counted on the nodes.
+    fn zones_of(&self, chunk: &ChunkId, zone: impl Fn(usize) -> usize) -> Vec<usize> {
+        let mut z: Vec<usize> = (0..self.held.len())
+            .filter(|&i| !self.down.contains(&nid(i)) && self.held[&nid(i)].contains(chunk))
+            .map(zone)
+            .collect();
+        z.sort();
+        z
+    }
+}
+
+// Three zones of two nodes: every chunk has one copy in each zone. A whole
+// zone dies: every chunk still has two copies and goes back to three (two
+// zones only: one shares). The zone comes back empty: each chunk gets a
+// copy there and loses the one in the crowded zone.
+#[test]
+fn zones_hold_one_copy_each_and_are_restored_after_a_zone_returns() {
+    let mut w = World::new(6, fast());
+    let zone = |i: usize| i / 2;
+    for i in 0..6 {
+        w.zone(i, &format!("z{}", zone(i)));
+    }
+    let m = w.put("f", "f", 12, 3);
+    for c in &m.chunks {
+        assert_eq!(w.zones_of(c, zone), vec![0, 1, 2], "chunk {c}");
+    }
+    w.kill(0);
+    w.kill(1);
+    w.settle(12);
+    for c in &m.chunks {
+        let z = w.zones_of(c, zone);
+        assert_eq!(z.len(), 3, "chunk {c} back at its factor: {z:?}");
+        assert!(!z.contains(&0));
+    }
+    assert_eq!(w.t.heal_counters().spread_moves, 0);
+    w.revive_wiped(0);
+    w.revive_wiped(1);
+    w.zone(0, "z0");
+    w.zone(1, "z0");
+    w.settle(30);
+    for c in &m.chunks {
+        assert_eq!(w.zones_of(c, zone), vec![0, 1, 2], "chunk {c} spread again");
+    }
+    assert_eq!(w.t.heal_counters().spread_moves, 12);
+    let s = w.t.status(w.now);
+    assert_eq!((s.under_replicated, s.repairs_in_flight), (0, 0));
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+}
+
+// A leaving node's copies go to a zone that has none yet.
+#[test]
+fn hand_off_goes_to_another_zone() {
+    let mut w = World::new(4, fast());
+    // n00 and n01 in zone a, n02 in b, n03 in c; the least loaded node of
+    // all is n01, which shares n00's zone.
+    for (i, z) in ["a", "a", "b", "c"].iter().enumerate() {
+        w.zone(i, z);
+    }
+    let c = ChunkId::of(b"h");
+    let m = Manifest::new("h".into(), 1024, 1024, 2, vec![c]).unwrap();
+    for n in [0, 2] {
+        w.held.get_mut(&nid(n)).unwrap().insert(c);
+    }
+    w.t.commit(m, vec![vec![nid(0), nid(2)]]).unwrap();
+    for i in [2, 3] {
+        let more = ChunkId::of(format!("load{i}").as_bytes());
+        w.t.heartbeat(&nid(i), vec![more], vec![], 0).unwrap();
+    }
+    let handoffs = w.t.begin_leave(&nid(2), false, 0).unwrap();
+    assert_eq!(handoffs.len(), 1);
+    assert_eq!(handoffs[0].target.id, nid(3), "zone c has no copy yet");
+}
+
+// A node with room for two chunks gets two; when too few nodes have room
+// for a chunk, the put is refused with the reason.
+#[test]
+fn placement_never_passes_a_node_s_room() {
+    let mut w = World::new(4, fast());
+    w.t.set_space(
+        &nid(0),
+        Space {
+            used_bytes: 1000,
+            capacity_bytes: 1000 + 2 * 1024,
+        },
+    );
+    let p = w.t.allocate_sized(6, 3, 1024, &BTreeSet::new()).unwrap();
+    let on_0 = p.iter().flatten().filter(|r| r.id == nid(0)).count();
+    assert_eq!(on_0, 2, "{p:?}");
+    // Now n00 is full (its placements count until it reports again).
+    for i in 1..4 {
+        w.t.set_space(
+            &nid(i),
+            Space {
+                used_bytes: 0,
+                capacity_bytes: 100,
+            },
+        );
+    }
+    let e =
+        w.t.allocate_sized(1, 3, 1024, &BTreeSet::new())
+            .unwrap_err();
+    assert_eq!(
+        e,
+        TrackerError::NoRoom {
+            wanted: 3,
+            available: 0,
+            chunk_bytes: 1024
+        }
+    );
+    assert!(e.to_string().starts_with("no room"), "{e}");
+}
+
+// What-if: which files would be lost or at risk if some nodes died now.
+#[test]
+fn what_if_names_lost_and_at_risk_files() {
+    let mut w = World::new(3, fast());
+    let c = |s: &str| ChunkId::of(s.as_bytes());
+    let put = |w: &mut World, name: &str, holders: &[usize], replicas: u32| {
+        let m = Manifest::new(name.into(), 1024, 1024, replicas, vec![c(name)]).unwrap();
+        for &i in holders {
+            w.held.get_mut(&nid(i)).unwrap().insert(c(name));
+        }
+        w.t.commit(m, vec![holders.iter().map(|&i| nid(i)).collect()])
+            .unwrap();
+    };
+    put(&mut w, "all3", &[0, 1, 2], 3);
+    put(&mut w, "on01", &[0, 1], 2);
+    put(&mut w, "on12", &[1, 2], 2);
+    let ids = |v: &[usize]| v.iter().map(|&i| nid(i)).collect::<BTreeSet<_>>();
+    let r = w.t.what_if(&ids(&[0])).unwrap();
+    assert_eq!(r.lost, Vec::<String>::new());
+    assert_eq!(r.at_risk, vec!["all3", "on01"]);
+    let r = w.t.what_if(&ids(&[0, 1])).unwrap();
+    assert_eq!(r.lost, vec!["on01"]);
+    assert_eq!(r.at_risk, vec!["all3", "on12"]);
+    let r = w.t.what_if(&ids(&[])).unwrap();
+    assert_eq!(r, WhatIf::default());
+    assert!(w.t.what_if(&[NodeId::new("zz").unwrap()].into()).is_err());
+    // A node already dead counts as dead.
+    w.kill(2);
+    w.settle(5);
+    let r = w.t.what_if(&ids(&[0])).unwrap();
+    assert!(r.lost.is_empty(), "repair has run: {r:?}");
+}
