@@ -13,7 +13,9 @@ use std::sync::Arc;
 use p2p_net::client::{Client, ClientConfig};
 use p2p_net::enrollment::{EnrollmentService, checking};
 use p2p_net::group::{GroupMeta, Leading, LogStore, Member, Timing};
+use p2p_net::http::{node_routes, tracker_routes};
 use p2p_net::meta::{MetaStore, RedbMeta};
+use p2p_net::metrics::RpcMetrics;
 use p2p_net::node::{NodeConfig, NodeService};
 use p2p_net::store::DiskStore;
 use p2p_net::tls::{Ca, Credentials};
@@ -47,9 +49,25 @@ pub struct TrackerOptions {
     pub advertise: String,
 }
 
-/// Serve a tracker on `listener` until `shutdown` completes.
+/// Serve `routes` (`--http`) on `listener` until the task is aborted.
+fn spawn_http(
+    listener: Option<TcpListener>,
+    routes: impl FnOnce() -> p2p_net::http::Router,
+) -> Option<JoinHandle<()>> {
+    let listener = listener?;
+    let routes = routes();
+    Some(tokio::spawn(async move {
+        if let Err(e) = p2p_net::http::serve(listener, routes, std::future::pending()).await {
+            tracing::error!(error = %e, "the HTTP server (--http) failed");
+        }
+    }))
+}
+
+/// Serve a tracker on `listener` until `shutdown` completes, and its
+/// metrics, health and cluster page on `http` if given.
 pub async fn run_tracker(
     listener: TcpListener,
+    http: Option<TcpListener>,
     opts: TrackerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
@@ -69,9 +87,11 @@ pub async fn run_tracker(
     let tls = tracker_tls(&opts)?;
     if !opts.peers.is_empty() {
         drop(meta);
-        return run_group_tracker(listener, opts, config, tls, shutdown).await;
+        return run_group_tracker(listener, http, opts, config, tls, shutdown).await;
     }
     let service = TrackerService::open(config, meta).await?;
+    let rpc = RpcMetrics::default();
+    let http = spawn_http(http, || tracker_routes(service.clone(), rpc.clone()));
     let ticker = tokio::spawn(
         service
             .clone()
@@ -84,16 +104,20 @@ pub async fn run_tracker(
             trim_heap();
         }
     });
-    let (mut builder, enrollment, watcher) = tracker_server(&service, &tls, &opts)?;
+    let (builder, enrollment, watcher) = tracker_server(&service, &tls, &opts)?;
     let check = checking(service.revoked(), false);
     Ok(tokio::spawn(async move {
         let r = builder
+            .layer(rpc.layer())
             .add_service(InterceptedService::new(service.into_server(), check))
             .add_optional_service(enrollment)
             .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
             .await;
         ticker.abort();
         trimmer.abort();
+        if let Some(h) = http {
+            h.abort();
+        }
         if let Some(w) = watcher {
             w.abort();
         }
@@ -204,6 +228,7 @@ fn tracker_tls(opts: &TrackerOptions) -> anyhow::Result<Option<(Arc<Ca>, Credent
 /// (answered while this member leads) and the members' own service.
 async fn run_group_tracker(
     listener: TcpListener,
+    http: Option<TcpListener>,
     opts: TrackerOptions,
     config: TrackerConfig,
     tls: Option<(Arc<Ca>, Credentials)>,
@@ -232,19 +257,22 @@ async fn run_group_tracker(
         .await?
         .with_gate(leading.clone());
     let follow = tokio::spawn(leading.run(service.clone()));
+    let rpc = RpcMetrics::default();
+    let http = spawn_http(http, || tracker_routes(service.clone(), rpc.clone()));
     let ticker = tokio::spawn(
         service
             .clone()
             .run_ticker((opts.heartbeat / 2).max(Duration::from_millis(10))),
     );
     let group = member.service().into_server();
-    let (mut builder, enrollment, watcher) = tracker_server(&service, &tls, &opts)?;
+    let (builder, enrollment, watcher) = tracker_server(&service, &tls, &opts)?;
     let (check, check_group) = (
         checking(service.revoked(), false),
         checking(service.revoked(), true),
     );
     Ok(tokio::spawn(async move {
         let r = builder
+            .layer(rpc.layer())
             .add_service(InterceptedService::new(service.into_server(), check))
             .add_service(InterceptedService::new(group, check_group))
             .add_optional_service(enrollment)
@@ -252,6 +280,9 @@ async fn run_group_tracker(
             .await;
         follow.abort();
         ticker.abort();
+        if let Some(h) = http {
+            h.abort();
+        }
         if let Some(w) = watcher {
             w.abort();
         }
@@ -343,7 +374,11 @@ impl RunningNode {
 
 /// Start a node serving on `listener`. It stops when it has left the
 /// network or [`RunningNode::stop`] is called.
-pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Result<RunningNode> {
+pub async fn run_node(
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    opts: NodeOptions,
+) -> anyhow::Result<RunningNode> {
     let bound = listener.local_addr().context("listener has no address")?;
     let addr = opts.advertise.clone().unwrap_or_else(|| bound.to_string());
     let id = node_id(&opts.data)?;
@@ -403,12 +438,19 @@ pub async fn run_node(listener: TcpListener, opts: NodeOptions) -> anyhow::Resul
             .context("node TLS settings")?;
     }
     let check = checking(service.revoked(), false);
+    let rpc = RpcMetrics::default();
+    let http = spawn_http(http, || node_routes(service.clone(), rpc.clone()));
     let server = tokio::spawn(async move {
-        builder
+        let r = builder
+            .layer(rpc.layer())
             .add_service(InterceptedService::new(svc.into_server(), check))
             .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
             .await
-            .context("node server failed")
+            .context("node server failed");
+        if let Some(h) = http {
+            h.abort();
+        }
+        r
     });
     Ok(RunningNode {
         service,

@@ -93,8 +93,10 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
     let mut trackers = Vec::new();
     for (i, (tl, taddr)) in listeners.into_iter().enumerate() {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (http, http_addr) = bind("127.0.0.1:0").await?;
         let task = run_tracker(
             tl,
+            Some(http),
             TrackerOptions {
                 data: dir.join(format!("tracker{i}")),
                 dead_after: Duration::from_secs(2),
@@ -110,7 +112,9 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
             },
         )
         .await?;
-        println!("tracker {i}    listening on {taddr}");
+        println!(
+            "tracker {i}    listening on {taddr}; cluster page http://{http_addr}/ (while it leads), metrics http://{http_addr}/metrics"
+        );
         trackers.push((taddr.to_string(), stop, task));
     }
     let tracker_url = peers
@@ -123,6 +127,7 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
         let (l, addr) = bind("127.0.0.1:0").await?;
         let node = run_node(
             l,
+            None,
             NodeOptions {
                 data: dir.join(format!("node{i}")),
                 tracker: tracker_url.clone(),

@@ -97,6 +97,10 @@ enum Cmd {
         /// listen address.
         #[arg(long)]
         advertise: Option<String>,
+        /// Also serve HTTP on this address (host:port): Prometheus metrics
+        /// at /metrics, /healthz, and the cluster page at /.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
         /// Serve plaintext on a non-loopback address (without `p2p init`,
         /// anyone who reaches the port can do anything).
         #[arg(long)]
@@ -133,6 +137,10 @@ enum Cmd {
         /// [default: what its disk has free, less 512 MiB].
         #[arg(long, value_parser = output::parse_size)]
         capacity: Option<u64>,
+        /// Also serve HTTP on this address (host:port): Prometheus metrics
+        /// at /metrics and /healthz.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
         /// Run as a daemon, without the shell.
         #[arg(long)]
         no_shell: bool,
@@ -305,6 +313,24 @@ fn loopback(listen: &str) -> bool {
 
 /// The secure default: no plaintext server where others can reach it,
 /// unless asked for with `--insecure` (as Redis's protected mode).
+/// The listener for `--http ADDR`, if given, and its address.
+async fn bind_http(
+    addr: Option<&str>,
+) -> anyhow::Result<(
+    Option<tokio::net::TcpListener>,
+    Option<std::net::SocketAddr>,
+)> {
+    match addr {
+        None => Ok((None, None)),
+        Some(a) => {
+            let (l, bound) = daemon::bind(a)
+                .await
+                .context("--http: cannot serve there")?;
+            Ok((Some(l), Some(bound)))
+        }
+    }
+}
+
 fn refuse_open_plaintext(listen: &str, tls: bool, insecure: bool, how: &str) -> anyhow::Result<()> {
     if tls || insecure || loopback(listen) {
         return Ok(());
@@ -454,6 +480,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             orphan_grace,
             ref peers,
             ref advertise,
+            ref http,
             insecure,
         } => {
             let tls = p2p_net::tls::Ca::exists(data);
@@ -474,11 +501,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 peers: peers.clone(),
                 advertise: advertise.clone().unwrap_or_else(|| listen.clone()),
             };
-            let server = daemon::run_tracker(l, opts, async {
+            let (http_l, http_addr) = bind_http(http.as_deref()).await?;
+            let server = daemon::run_tracker(l, http_l, opts, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
             eprintln!("tracker listening on {addr}, data in {}", data.display());
+            if let Some(h) = http_addr {
+                eprintln!("cluster page on http://{h}/, metrics on http://{h}/metrics");
+            }
             server.await.context("tracker task failed")??;
         }
         Cmd::Node {
@@ -490,6 +521,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             scrub_interval,
             ref zone,
             capacity,
+            ref http,
             no_shell,
             ref join,
             insecure,
@@ -530,7 +562,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 zone: zone.clone(),
                 capacity_bytes: capacity,
             };
-            let node = daemon::run_node(l, opts).await?;
+            let (http_l, http_addr) = bind_http(http.as_deref()).await?;
+            let node = daemon::run_node(l, http_l, opts).await?;
+            if let Some(h) = http_addr {
+                eprintln!("metrics on http://{h}/metrics");
+            }
             eprintln!(
                 "node {} listening on {addr}, data in {}, tracker {node_tracker}",
                 node.service.id(),

@@ -1928,7 +1928,8 @@ impl Tracker {
         })
     }
 
-    fn under_replicated(&self) -> u64 {
+    /// Chunks with fewer live copies than their factor.
+    pub fn under_replicated(&self) -> u64 {
         self.health.under.iter().map(RoaringBitmap::len).sum()
     }
 

@@ -121,6 +121,10 @@ struct Inner<S: ChunkStore, D: Dialer> {
     /// tracker would count it (and place chunks on it) after it has left.
     leaving: std::sync::atomic::AtomicBool,
     shutdown: watch::Sender<bool>,
+    /// What `/metrics` shows.
+    counters: crate::metrics::NodeCounters,
+    /// Copies found corrupt since the last heartbeat, which reports them.
+    corrupt_unreported: std::sync::atomic::AtomicU64,
 }
 
 /// A node. Cheap to clone; all clones share one state.
@@ -192,6 +196,8 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 leave_lock: tokio::sync::Mutex::new(()),
                 leaving: std::sync::atomic::AtomicBool::new(false),
                 shutdown,
+                counters: Default::default(),
+                corrupt_unreported: Default::default(),
             }),
         })
     }
@@ -318,6 +324,37 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         }
     }
 
+    /// The Prometheus text of this node's metrics, with `rpc`'s.
+    pub fn metrics_text(&self, rpc: &crate::metrics::RpcMetrics) -> String {
+        use crate::metrics::{gauge, i64_of};
+        let chunks = self.inventory().len();
+        let space = self.space();
+        crate::metrics::render(|r| {
+            rpc.register(r);
+            self.inner.counters.register(r);
+            gauge(
+                r,
+                "p2p_chunks",
+                "Chunks stored on this node",
+                i64_of(chunks as u64),
+            );
+            if let Some(s) = space {
+                gauge(
+                    r,
+                    "p2p_used_bytes",
+                    "Bytes the stored chunks take",
+                    i64_of(s.used),
+                );
+                gauge(
+                    r,
+                    "p2p_capacity_bytes",
+                    "The most this node stores (--capacity, or its disk's free space less a reserve, plus what it holds)",
+                    i64_of(s.capacity),
+                );
+            }
+        })
+    }
+
     /// What this node's disk holds and offers (`None` if it cannot say):
     /// its capacity is `--capacity` if given, but never more than what it
     /// holds plus what its disk has free less [`DISK_RESERVE_BYTES`].
@@ -406,6 +443,10 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 })
                 .collect(),
             space: self.space(),
+            corrupt_found: self
+                .inner
+                .corrupt_unreported
+                .swap(0, std::sync::atomic::Ordering::Relaxed),
         };
         let result = self.tracker_client()?.heartbeat(req).await;
         let result = match result {
@@ -551,9 +592,10 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .read_verified(chunk)
             .await
             .map_err(|s| ClientError::from_node(&self.inner.addr, s))?;
-        crate::client::upload_chunk(&self.inner.peers, target, *chunk, data, 0)
-            .await
-            .map(drop)
+        let len = data.len() as u64;
+        crate::client::upload_chunk(&self.inner.peers, target, *chunk, data, 0).await?;
+        self.inner.counters.sent_bytes.inc_by(len);
+        Ok(())
     }
 
     /// Verify every chunk, forever, reading at most `scrub_bytes_per_sec`.
@@ -605,6 +647,10 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             Ok(data) => Ok(data),
             Err(StoreError::Corrupt(_)) => {
                 tracing::error!(chunk = %id, "stored chunk failed verification; removing it");
+                self.inner.counters.corrupt_found.inc();
+                self.inner
+                    .corrupt_unreported
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = self.inner.store.remove(id).await {
                     tracing::error!(chunk = %id, error = %e, "cannot remove corrupt chunk");
                 }
@@ -639,6 +685,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 ));
             };
             received += data.len() as u64;
+            self.inner.counters.received_bytes.inc_by(data.len() as u64);
             if received > size {
                 return Err(Status::invalid_argument(format!(
                     "more than the declared {size} bytes"
@@ -859,6 +906,7 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
         if let Some(space) = self.space()
             && space.used.saturating_add(h.size) > space.capacity
         {
+            self.inner.counters.refused_full.inc();
             return Err(Status::resource_exhausted(format!(
                 "node full: {} of {} bytes used, no room for a chunk of {}",
                 space.used, space.capacity, h.size
@@ -906,6 +954,7 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
                     let mut book = self.book();
                     let ack = book.acked(id);
                     self.inventory().added(id, h.put);
+                    self.inner.counters.stored_chunks.inc();
                     ack
                 };
                 let (stamp, receipt) = convert::ack_to_pb(&ack);
@@ -964,6 +1013,7 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
             self.read_verified(&id).await?
         };
         let len = data.len();
+        self.inner.counters.sent_bytes.inc_by(len as u64);
         let pieces = (0..len).step_by(PIECE_SIZE_BYTES).map(move |o| {
             Ok(pb::ChunkPiece {
                 data: data.slice(o..(o + PIECE_SIZE_BYTES).min(len)),

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use p2p_core::limits::{LIST_PAGE_MAX_FILES, REPORTS_AT_ONCE_MAX, TRACKER_MESSAGE_SIZE_MAX_BYTES};
+use p2p_core::tracker::repair::HealCounters;
 use p2p_core::tracker::{HeartbeatReply, Sequence, Tracker, TrackerConfig, TrackerError};
 use p2p_proto as pb;
 use tokio::sync::{Mutex, Semaphore};
@@ -96,6 +97,63 @@ pub struct TrackerService<M: MetaStore> {
     /// Full reports taken at once; the rest wait (unread: HTTP/2 flow
     /// control holds their senders back).
     reports: Arc<Semaphore>,
+    /// Recent events and the repair queue over time, for the cluster page.
+    journal: Arc<std::sync::Mutex<Journal>>,
+}
+
+/// Events kept for the cluster page.
+const EVENTS_KEPT: usize = 50;
+/// Samples of the repair queue kept, one per [`QUEUE_SAMPLE_MS`].
+const QUEUE_SAMPLES: usize = 300;
+const QUEUE_SAMPLE_MS: u64 = 2_000;
+
+/// What the cluster page shows of the recent past: events (node died,
+/// repairs done, corrupt copy found...) and the repair queue over time.
+/// Kept in memory only, by the tracker serving.
+#[derive(Debug, Default, Clone)]
+pub struct Journal {
+    /// (ms since this tracker started, what happened), oldest first.
+    pub events: std::collections::VecDeque<(u64, String)>,
+    /// (ms since this tracker started, chunks queued or being repaired).
+    pub queue: std::collections::VecDeque<(u64, u64)>,
+    repairing: bool,
+}
+
+impl Journal {
+    fn event(&mut self, at_ms: u64, what: String) {
+        if self.events.len() == EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back((at_ms, what));
+    }
+
+    /// The repair backlog at `at_ms`: sampled, and its start and end
+    /// noted as events.
+    fn backlog(&mut self, at_ms: u64, under: u64, backlog: u64) {
+        if self
+            .queue
+            .back()
+            .is_none_or(|&(t, _)| at_ms >= t + QUEUE_SAMPLE_MS)
+        {
+            if self.queue.len() == QUEUE_SAMPLES {
+                self.queue.pop_front();
+            }
+            self.queue.push_back((at_ms, backlog));
+        }
+        if under > 0 && !self.repairing {
+            self.repairing = true;
+            self.event(
+                at_ms,
+                format!("repair started: {under} chunks under-replicated"),
+            );
+        } else if backlog == 0 && under == 0 && self.repairing {
+            self.repairing = false;
+            self.event(
+                at_ms,
+                "repair done: every chunk is back at its factor".into(),
+            );
+        }
+    }
 }
 
 impl<M: MetaStore> Clone for TrackerService<M> {
@@ -110,6 +168,7 @@ impl<M: MetaStore> Clone for TrackerService<M> {
             revoked: self.revoked.clone(),
             poisoned: self.poisoned.clone(),
             reports: self.reports.clone(),
+            journal: self.journal.clone(),
         }
     }
 }
@@ -183,6 +242,7 @@ impl<M: MetaStore> TrackerService<M> {
             revoked,
             poisoned: Arc::new(AtomicBool::new(false)),
             reports: Arc::new(Semaphore::new(REPORTS_AT_ONCE_MAX)),
+            journal: Default::default(),
         })
     }
 
@@ -270,13 +330,20 @@ impl<M: MetaStore> TrackerService<M> {
             if self.check().is_err() {
                 continue;
             }
-            let (dead, backlog) = {
+            let (dead, backlog, under) = {
                 let mut t = self.state.lock().await;
-                (t.tick(now), t.repair_backlog())
+                let dead = t.tick(now);
+                (dead, t.repair_backlog(), t.under_replicated())
             };
-            for n in dead {
+            for n in &dead {
                 tracing::warn!(node = %n, "node declared dead");
+                self.note(format!("node {n} declared dead"));
             }
+            self.journal.lock().expect("journal lock").backlog(
+                now,
+                under,
+                (backlog.0 + backlog.1) as u64,
+            );
             if backlog != (0, 0) {
                 tracing::debug!(queued = backlog.0, in_flight = backlog.1, "repairing");
             }
@@ -309,6 +376,44 @@ impl<M: MetaStore> TrackerService<M> {
             next = parts.message().await?;
         }
         Ok(total)
+    }
+
+    /// Note an event for the cluster page.
+    fn note(&self, what: String) {
+        let now = self.now_ms();
+        self.journal.lock().expect("journal lock").event(now, what);
+    }
+
+    /// Recent events and the repair queue over time.
+    pub fn journal(&self) -> Journal {
+        self.journal.lock().expect("journal lock").clone()
+    }
+
+    /// The tracker's view as `status` shows it, its decisions so far, and
+    /// how long this tracker has run (the journal's clock); `None` while it
+    /// cannot serve (a group member that does not lead).
+    pub async fn snapshot(&self) -> Option<(p2p_core::tracker::Status, HealCounters, u64)> {
+        let t = self.read().await.ok()?;
+        let now = self.now_ms();
+        Some((t.status(now), t.heal_counters(), now))
+    }
+
+    /// Whether this tracker can serve: its database has not failed.
+    pub fn healthy(&self) -> bool {
+        !self.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// The Prometheus text of this tracker's metrics, with `rpc`'s; only
+    /// the RPC timings while it cannot serve (a group member that does
+    /// not lead: the leader has the cluster's).
+    pub async fn metrics_text(&self, rpc: &crate::metrics::RpcMetrics) -> String {
+        let snapshot = self.snapshot().await;
+        crate::metrics::render(|r| {
+            rpc.register(r);
+            if let Some((s, heal, _)) = snapshot {
+                crate::metrics::cluster(r, &s, &heal);
+            }
+        })
     }
 
     /// Spend enrollment token `token` (verified by the caller), durably:
@@ -425,11 +530,17 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             first.zone.clone(),
             convert::space_from_pb(first.space.as_ref()),
         );
-        self.mutate(|t, now| {
-            t.begin_report(id.clone(), addr.clone(), now)?;
-            describe(t, &id, &zone, space)
-        })
-        .await?;
+        let was_alive = self
+            .mutate(|t, now| {
+                let was_alive = t.is_alive(&id);
+                t.begin_report(id.clone(), addr.clone(), now)?;
+                describe(t, &id, &zone, space)?;
+                Ok(was_alive)
+            })
+            .await?;
+        if !was_alive {
+            self.note(format!("node {id} ({addr}) joined"));
+        }
         let total = match self.report_parts(&id, first, &mut parts).await {
             Ok(total) => total,
             Err(e) => {
@@ -494,6 +605,14 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let failed = convert::handed_from_pb(&req.failed)?;
         let repaired = convert::handed_from_pb(&req.repaired)?;
         let space = convert::space_from_pb(req.space.as_ref());
+        if req.corrupt_found > 0 {
+            let n = req.corrupt_found;
+            self.note(if n == 1 {
+                format!("node {id} found a corrupt copy and removed it; repair restores it")
+            } else {
+                format!("node {id} found {n} corrupt copies and removed them; repair restores them")
+            });
+        }
         let reply = self
             .mutate(|t, now| {
                 match t.sequence(&id, req.session, req.seq) {
@@ -779,6 +898,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             .await?;
         if still.is_empty() {
             tracing::info!(node = %id, "node left");
+            self.note(format!("node {id} left"));
         }
         Ok(Response::new(pb::FinishLeaveResponse {
             still_needed: convert::chunk_bytes(&still),

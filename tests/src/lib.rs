@@ -57,6 +57,39 @@ pub fn build_p2p() -> anyhow::Result<&'static Path> {
     Ok(p2p_bin())
 }
 
+/// An HTTP/1.1 GET of `path` from `addr`: the status code, the
+/// `Content-Type` and the body. For the `--http` endpoints, whose bodies
+/// have a length.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw).context("response is not UTF-8")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("no end of the response's headers")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status code")?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    Ok((status, content_type, body.to_string()))
+}
+
 /// A free port on 127.0.0.1 (bound then released).
 pub fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -134,6 +167,8 @@ pub struct Cluster {
     /// Mutual TLS: the tracker has a CA, nodes joined with tokens, and
     /// `p2p` runs as a person logged in with a client token.
     pub tls: bool,
+    /// Where the (single) tracker serves HTTP (`--http`), if it does.
+    pub tracker_http: Option<String>,
 }
 
 fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Child> {
@@ -150,6 +185,27 @@ fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Child> {
 }
 
 impl Cluster {
+    /// [`Cluster::start`], the tracker also serving HTTP (`--http`: its
+    /// metrics, health and cluster page) at [`Cluster::tracker_http`].
+    pub fn start_with_http(n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut c = Self {
+            dir,
+            tracker_addr: free_addr(),
+            tracker: None,
+            members: Vec::new(),
+            nodes: Vec::new(),
+            tls: false,
+            tracker_http: Some(free_addr()),
+        };
+        c.start_tracker()?;
+        for _ in 0..n {
+            c.add_node()?;
+        }
+        c.wait_alive(n)?;
+        Ok(c)
+    }
+
     /// Start a tracker and `n` nodes and wait until every node is alive.
     pub fn start(n: usize) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -161,6 +217,7 @@ impl Cluster {
             members: Vec::new(),
             nodes: Vec::new(),
             tls: false,
+            tracker_http: None,
         };
         c.start_tracker()?;
         for _ in 0..n {
@@ -183,6 +240,7 @@ impl Cluster {
             members: Vec::new(),
             nodes: Vec::new(),
             tls: true,
+            tracker_http: None,
         };
         c.p2p_ok(&["init", "--data", data.to_str().context("utf-8 path")?])?;
         c.spawn_tracker()?;
@@ -240,6 +298,7 @@ impl Cluster {
             members: addrs.into_iter().map(|a| (a, None)).collect(),
             nodes: Vec::new(),
             tls,
+            tracker_http: None,
         };
         if tls {
             let first = c.member_data(0);
@@ -346,20 +405,21 @@ impl Cluster {
     fn spawn_tracker(&mut self) -> anyhow::Result<()> {
         let data = self.dir.path().join("tracker");
         let log = self.dir.path().join("tracker.log");
-        let child = spawn(
-            &[
-                "tracker",
-                "--listen",
-                &self.tracker_addr,
-                "--data",
-                data.to_str().context("utf-8 path")?,
-                "--dead-after",
-                DEAD_AFTER,
-                "--heartbeat",
-                HEARTBEAT,
-            ],
-            &log,
-        )?;
+        let mut args = vec![
+            "tracker",
+            "--listen",
+            &self.tracker_addr,
+            "--data",
+            data.to_str().context("utf-8 path")?,
+            "--dead-after",
+            DEAD_AFTER,
+            "--heartbeat",
+            HEARTBEAT,
+        ];
+        if let Some(h) = &self.tracker_http {
+            args.extend(["--http", h.as_str()]);
+        }
+        let child = spawn(&args, &log)?;
         self.tracker = Some(child);
         Ok(())
     }
