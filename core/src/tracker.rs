@@ -513,6 +513,27 @@ pub struct Tracker {
     zone_ix: BTreeMap<String, u32>,
 }
 
+/// Every chunk's copies among `candidates` (by rank), or how many copies
+/// the first chunk that could not get `replicas` of them got.
+fn place_all(
+    candidates: &[Candidate],
+    chunk_count: u64,
+    replicas: u32,
+    chunk_bytes: u64,
+) -> Result<Vec<Vec<usize>>, usize> {
+    let mut placer = Placer::new(candidates);
+    (0..chunk_count)
+        .map(|_| {
+            let chosen = placer.place(replicas as usize, chunk_bytes);
+            if chosen.len() < replicas as usize {
+                Err(chosen.len())
+            } else {
+                Ok(chosen)
+            }
+        })
+        .collect()
+}
+
 /// After a restart, chunks look under-replicated only because their
 /// holders have not reported yet. As in HDFS's safe mode, repairs and trims
 /// wait until every node known from the records has sent its full report,
@@ -1429,7 +1450,7 @@ impl Tracker {
         if with_room < replicas as usize {
             return Err(no_room(with_room));
         }
-        let candidates: Vec<Candidate> = eligible
+        let mut candidates: Vec<Candidate> = eligible
             .iter()
             .zip(&ixs)
             .map(|((load, _), &nx)| Candidate {
@@ -1438,24 +1459,43 @@ impl Tracker {
                 room: self.room(nx),
             })
             .collect();
-        let mut placer = Placer::new(&candidates);
-        let mut placements = Vec::with_capacity(chunk_count as usize);
-        let mut placed = vec![0u64; ixs.len()];
-        let mut refs: Vec<Option<NodeRef>> = vec![None; ixs.len()];
-        for _ in 0..chunk_count {
-            let chosen = placer.place(replicas as usize, chunk_bytes);
-            if chosen.len() < replicas as usize {
-                return Err(no_room(chosen.len()));
+        // Zones, then least loaded. Where room is short that can strand
+        // copies (small nodes filled early, a big one left alone with the
+        // last chunks; a small zone spent by every chunk taking a copy
+        // there): then zones and the most room first; and last, room
+        // alone, which places every copy whenever the room suffices.
+        let placed = match place_all(&candidates, chunk_count, replicas, chunk_bytes) {
+            Ok(p) => p,
+            Err(_) if chunk_bytes > 0 => {
+                for c in &mut candidates {
+                    c.load = c.room.map_or(0, |r| u64::MAX - r / chunk_bytes);
+                }
+                match place_all(&candidates, chunk_count, replicas, chunk_bytes) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        for (rank, c) in candidates.iter_mut().enumerate() {
+                            c.zone = rank as u64;
+                        }
+                        place_all(&candidates, chunk_count, replicas, chunk_bytes)
+                            .map_err(no_room)?
+                    }
+                }
             }
+            Err(got) => return Err(no_room(got)),
+        };
+        let mut counts = vec![0u64; ixs.len()];
+        let mut refs: Vec<Option<NodeRef>> = vec![None; ixs.len()];
+        let mut placements = Vec::with_capacity(placed.len());
+        for chosen in placed {
             let mut nodes = Vec::with_capacity(chosen.len());
             for r in chosen {
-                placed[r] += 1;
+                counts[r] += 1;
                 let node = refs[r].get_or_insert_with(|| self.node_ref_at(ixs[r]));
                 nodes.push(node.clone());
             }
             placements.push(nodes);
         }
-        for (r, n) in placed.into_iter().enumerate() {
+        for (r, n) in counts.into_iter().enumerate() {
             if n > 0 {
                 self.expect_bytes(ixs[r], n.saturating_mul(chunk_bytes));
             }

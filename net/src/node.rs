@@ -56,8 +56,10 @@ pub struct NodeConfig {
     /// tracker puts a chunk's copies in distinct zones.
     pub zone: Option<String>,
     /// The most bytes of chunks this node takes (`None`: what its disk has
-    /// free, less [`DISK_RESERVE_BYTES`]).
+    /// free, less `disk_reserve_bytes`).
     pub capacity_bytes: Option<u64>,
+    /// Bytes of its disk a node leaves free ([`DISK_RESERVE_BYTES`]).
+    pub disk_reserve_bytes: u64,
 }
 
 /// Bytes of its disk a node leaves free when it is not told a capacity.
@@ -74,6 +76,7 @@ impl Default for NodeConfig {
             scrub_every: Duration::from_secs(60),
             zone: None,
             capacity_bytes: None,
+            disk_reserve_bytes: DISK_RESERVE_BYTES,
         }
     }
 }
@@ -357,13 +360,13 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
 
     /// What this node's disk holds and offers (`None` if it cannot say):
     /// its capacity is `--capacity` if given, but never more than what it
-    /// holds plus what its disk has free less [`DISK_RESERVE_BYTES`].
+    /// holds plus what its disk has free less its reserve.
     fn space(&self) -> Option<pb::DiskSpace> {
         let store = &self.inner.store;
         let used = store.used_bytes();
-        let offered = store
-            .free_bytes()
-            .map(|free| used.saturating_add(free.saturating_sub(DISK_RESERVE_BYTES)));
+        let offered = store.free_bytes().map(|free| {
+            used.saturating_add(free.saturating_sub(self.inner.config.disk_reserve_bytes))
+        });
         let capacity = match (self.inner.config.capacity_bytes, offered) {
             (Some(cap), Some(offered)) => cap.min(offered),
             (cap, offered) => cap.or(offered)?,
@@ -907,6 +910,7 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
             && space.used.saturating_add(h.size) > space.capacity
         {
             self.inner.counters.refused_full.inc();
+            tracing::info!(chunk = %id, "upload refused: no room");
             return Err(Status::resource_exhausted(format!(
                 "node full: {} of {} bytes used, no room for a chunk of {}",
                 space.used, space.capacity, h.size

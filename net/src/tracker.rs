@@ -697,7 +697,12 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let placements = self
             .mutate(|t, now| {
                 t.touch_put(req.put, now);
-                t.allocate_sized(req.chunk_count, req.replicas, req.chunk_size, &exclude)
+                let placed =
+                    t.allocate_sized(req.chunk_count, req.replicas, req.chunk_size, &exclude);
+                if let Err(e @ TrackerError::NoRoom { .. }) = &placed {
+                    tracing::info!(error = %e, "allocation refused: no room");
+                }
+                placed
             })
             .await?;
         Ok(Response::new(pb::AllocateResponse {

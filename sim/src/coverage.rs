@@ -39,6 +39,8 @@ const EVENTS: &[(&str, &str)] = &[
         "chain_links_failed",
     ),
     ("file removed", "files_removed"),
+    ("upload refused: no room", "uploads_refused_room"),
+    ("allocation refused: no room", "allocations_refused_room"),
     ("leading the tracker group", "group_leaderships"),
     ("a member rejoins from an empty disk", "group_rejoins"),
     (
@@ -97,6 +99,8 @@ pub const NAMES: &[&str] = &[
     "deletes_cancelled",
     "handoffs",
     "spread_moves",
+    "uploads_refused_room",
+    "allocations_refused_room",
     "reregistrations",
     "full_reports",
     "nodes_declared_dead",

@@ -145,6 +145,9 @@ pub struct Scenario {
     /// Node `i` is in zone `z{i % zones}` (`zones=K` in the plan); 0: every
     /// node a zone of its own.
     pub zones: u8,
+    /// Each node's disk holds this many KiB of chunks (`capacity=K` in the
+    /// plan); 0: no limit.
+    pub capacity_kib: u16,
     pub steps: Vec<Step>,
 }
 
@@ -192,7 +195,10 @@ pub mod kind {
     /// Nodes in 2 or 3 zones: copies spread over zones, and spread again
     /// when a zone comes back.
     pub const ZONES: u16 = 1 << 12;
-    pub const ALL: u16 = (1 << 13) - 1;
+    /// Small disks (128 to 320 KiB of chunks): placement must respect
+    /// room, and full nodes refuse uploads.
+    pub const CAPACITY: u16 = 1 << 13;
+    pub const ALL: u16 = (1 << 14) - 1;
 }
 
 fn weighted(choices: Vec<(u32, BoxedStrategy<Action>)>) -> BoxedStrategy<Action> {
@@ -375,6 +381,11 @@ impl Scenario {
                     } else {
                         0
                     },
+                    capacity_kib: if kinds & kind::CAPACITY != 0 {
+                        128 + 64 * (seed / 2 % 4) as u16
+                    } else {
+                        0
+                    },
                     steps,
                 }
             })
@@ -455,7 +466,7 @@ impl fmt::Display for Action {
 }
 
 /// The one-line form printed by failing tests and read by `--plan`:
-/// `seed=S nodes=N [trackers=3] [fanout] [zones=K] 120:put(f0,9000,3) 300:crash(node1) ...`.
+/// `seed=S nodes=N [trackers=3] [fanout] [zones=K] [capacity=KIB] 120:put(f0,9000,3) 300:crash(node1) ...`.
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "seed={} nodes={}", self.seed, self.nodes)?;
@@ -467,6 +478,9 @@ impl fmt::Display for Scenario {
         }
         if self.zones > 0 {
             write!(f, " zones={}", self.zones)?;
+        }
+        if self.capacity_kib > 0 {
+            write!(f, " capacity={}", self.capacity_kib)?;
         }
         for s in &self.steps {
             write!(f, " {}:{}", s.at_ms, s.action)?;
@@ -676,6 +690,10 @@ impl std::str::FromStr for Scenario {
         if zones > 16 {
             return Err("zones must be 0..=16".into());
         }
+        let capacity_kib: u16 = match words.next_if(|w| w.starts_with("capacity=")) {
+            Some(w) => parse_num(&w["capacity=".len()..])?,
+            None => 0,
+        };
         let steps = words
             .map(|w| {
                 let (at, action) = w.split_once(':').ok_or_else(|| format!("bad step {w:?}"))?;
@@ -691,6 +709,7 @@ impl std::str::FromStr for Scenario {
             trackers,
             fanout,
             zones,
+            capacity_kib,
             steps,
         };
         for s in &scenario.steps {

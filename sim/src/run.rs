@@ -1002,7 +1002,9 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     let mut stores = BTreeMap::new();
     for i in 0..scenario.nodes {
         let name = host_name(Target::Node(i));
-        let store = MemStore::default();
+        let store = MemStore::with_capacity(
+            (scenario.capacity_kib > 0).then(|| u64::from(scenario.capacity_kib) * 1024),
+        );
         stores.insert(name.clone(), store.clone());
         let timeouts = cfg.timeouts.clone();
         // Scrub often where disks may rot (the scrubber must find it); not
@@ -1021,6 +1023,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             scrub_bytes_per_sec: if rot { 4 << 20 } else { 0 },
             scrub_every: Duration::from_millis(500),
             zone: zone_of(scenario, &name).map(|z| format!("z{z}")),
+            disk_reserve_bytes: 0,
             ..NodeConfig::default()
         };
         let host = name.clone();
@@ -1431,7 +1434,12 @@ fn under_replicated(
                 .filter(|(_, st)| st.holds_intact(&id))
                 .map(|(h, _)| h.as_str())
                 .collect();
-            if on.len() < want {
+            // Disks too full to take a copy excuse a chunk's shortness:
+            // repair never places a copy where it does not fit.
+            let room = live.iter().any(|(_, st)| {
+                !st.holds_intact(&id) && st.room().is_none_or(|r| r >= piece.len() as u64)
+            });
+            if on.len() < want && room {
                 // What the tracker believes, for whoever reads the trace.
                 let counted = service
                     .as_ref()
@@ -1500,7 +1508,12 @@ fn badly_spread(
                 .filter(|(_, st, _)| st.holds_intact(&id))
                 .map(|l| l.2)
                 .collect();
-            if zones.len() < want {
+            // A zone without a copy whose disks are all too full cannot
+            // take one.
+            let room = live.iter().any(|(_, st, z)| {
+                !zones.contains(z) && st.room().is_none_or(|r| r >= piece.len() as u64)
+            });
+            if zones.len() < want && room {
                 bad.push(format!(
                     "f{file} chunk {i} ({}): copies in zones {zones:?}, {want} of the live {live_zones:?} wanted",
                     &id.to_hex()[..8],

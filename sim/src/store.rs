@@ -32,6 +32,9 @@ pub enum DiskFault {
 #[derive(Clone, Default)]
 pub struct MemStore {
     chunks: Arc<Mutex<BTreeMap<ChunkId, Bytes>>>,
+    /// The most its chunks may take (`None`: no limit); past it, a commit
+    /// fails with `ENOSPC`, and the node sees the room left.
+    capacity: Option<u64>,
     /// The fault in force, and until when (simulated milliseconds).
     fault: Arc<Mutex<Option<(DiskFault, u64)>>>,
 }
@@ -45,6 +48,24 @@ fn io_error(op: &'static str, kind: std::io::ErrorKind) -> StoreError {
 }
 
 impl MemStore {
+    /// A disk that holds at most `bytes` of chunks.
+    pub fn with_capacity(bytes: Option<u64>) -> Self {
+        Self {
+            capacity: bytes,
+            ..Self::default()
+        }
+    }
+
+    /// Bytes its chunks take.
+    pub fn used(&self) -> u64 {
+        self.map().values().map(|b| b.len() as u64).sum()
+    }
+
+    /// Bytes it can still take (`None`: no limit).
+    pub fn room(&self) -> Option<u64> {
+        self.capacity.map(|c| c.saturating_sub(self.used()))
+    }
+
     /// Fail as `fault` says until simulated time `until_ms`.
     pub fn fail(&self, fault: DiskFault, until_ms: u64) {
         *self.fault.lock().expect("fault lock") = Some((fault, until_ms));
@@ -143,6 +164,19 @@ impl ChunkStore for MemStore {
         }
         Ok(())
     }
+
+    fn used_bytes(&self) -> u64 {
+        self.used()
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        let room = self.room()?;
+        Some(if self.fault() == Some(DiskFault::Full) {
+            0
+        } else {
+            room
+        })
+    }
 }
 
 struct MemWriter {
@@ -162,7 +196,19 @@ impl ChunkWriter for MemWriter {
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         self.store.check("write").await?;
         let me = *self;
-        me.store.map().insert(me.id, Bytes::from(me.buf));
+        let mut map = me.store.map();
+        if let Some(cap) = me.store.capacity {
+            let used: u64 = map
+                .iter()
+                .filter(|(id, _)| **id != me.id)
+                .map(|(_, b)| b.len() as u64)
+                .sum();
+            if used + me.buf.len() as u64 > cap {
+                crate::coverage::count("writes_refused_full");
+                return Err(io_error("write", std::io::ErrorKind::StorageFull));
+            }
+        }
+        map.insert(me.id, Bytes::from(me.buf));
         Ok(())
     }
 

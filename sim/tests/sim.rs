@@ -74,6 +74,7 @@ fn destroying_every_holder_is_reported_as_expected_loss() {
         trackers: 1,
         fanout: false,
         zones: 0,
+        capacity_kib: 0,
         steps: vec![
             at(
                 0,
@@ -133,6 +134,7 @@ fn without_destruction_nothing_is_lost() {
         trackers: 1,
         fanout: false,
         zones: 0,
+        capacity_kib: 0,
         steps: vec![
             at(
                 0,
@@ -208,6 +210,7 @@ fn rolling_losses_after_repair_lose_nothing() {
         trackers: 1,
         fanout: false,
         zones: 0,
+        capacity_kib: 0,
         steps,
     };
     let report = run(&scenario, &cfg);
@@ -482,6 +485,7 @@ fn rm_and_reput_of_the_same_bytes_race_without_loss() {
             trackers: 1,
             fanout: false,
             zones: 0,
+            capacity_kib: 0,
             steps,
         };
         let report = run(&scenario, &SimConfig::default());

@@ -112,7 +112,7 @@ impl Placer {
             }
         }
         for &rank in &chosen {
-            self.load[rank] += 1;
+            self.load[rank] = self.load[rank].saturating_add(1);
             if let Some(room) = &mut self.room[rank] {
                 *room -= size;
             }

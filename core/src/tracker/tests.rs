@@ -264,6 +264,76 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Through the tracker: with zones and disks of random sizes, every
+    /// chunk's copies are on distinct live nodes, no node is given more
+    /// bytes than its room, and a put is refused only when the room is not
+    /// there. With room to spare (no node limited), each chunk's copies are
+    /// in as many distinct zones as there are, up to the factor; when room
+    /// is short, placing every copy comes before spreading zones.
+    #[test]
+    fn placement_spreads_zones_and_respects_room(
+        nodes in proptest::collection::vec((0u8..4, proptest::option::of(0u64..12)), 1..10),
+        chunk_count in 1u64..20,
+        replicas in 1u32..5,
+    ) {
+        const CHUNK: u64 = 1024;
+        let mut t = cluster(nodes.len());
+        for (i, (zone, room)) in nodes.iter().enumerate() {
+            t.set_zone(&nid(i), Some(&format!("z{zone}"))).unwrap();
+            if let Some(chunks) = room {
+                t.set_space(&nid(i), Space { used_bytes: 7, capacity_bytes: 7 + chunks * CHUNK });
+            }
+        }
+        match t.allocate_sized(chunk_count, replicas, CHUNK, &BTreeSet::new()) {
+            Ok(p) => {
+                let mut room: Vec<Option<u64>> = nodes.iter().map(|n| n.1).collect();
+                for ids in &p {
+                    let ix: Vec<usize> = ids
+                        .iter()
+                        .map(|r| (0..nodes.len()).find(|&i| nid(i) == r.id).unwrap())
+                        .collect();
+                    let set: BTreeSet<usize> = ix.iter().copied().collect();
+                    prop_assert_eq!(set.len(), replicas as usize);
+                    let zones_with_room: BTreeSet<u8> = (0..nodes.len())
+                        .filter(|&i| room[i].is_none_or(|r| r >= 1))
+                        .map(|i| nodes[i].0)
+                        .collect();
+                    let zones: BTreeSet<u8> = ix.iter().map(|&i| nodes[i].0).collect();
+                    if nodes.iter().all(|n| n.1.is_none()) {
+                        prop_assert_eq!(zones.len(), zones_with_room.len().min(replicas as usize));
+                    }
+                    for &i in &ix {
+                        if let Some(r) = &mut room[i] {
+                            prop_assert!(*r >= 1, "node {} past its room", i);
+                            *r -= 1;
+                        }
+                    }
+                }
+            }
+            Err(TrackerError::NoRoom { wanted, available, chunk_bytes }) => {
+                prop_assert_eq!((wanted, chunk_bytes), (replicas, CHUNK));
+                prop_assert!(available < replicas as usize);
+                prop_assert!(nodes.len() >= replicas as usize);
+                // Refused for good reason: less room than the copies need.
+                let copies: u64 = nodes
+                    .iter()
+                    .map(|n| n.1.map_or(chunk_count, |r| r.min(chunk_count)))
+                    .sum();
+                let fits_one = nodes.iter().filter(|n| n.1.is_none_or(|r| r >= 1)).count();
+                prop_assert!(
+                    copies < chunk_count * u64::from(replicas) || fits_one < replicas as usize,
+                    "refused with room for every copy"
+                );
+            }
+            Err(TrackerError::NotEnoughNodes { .. }) => {
+                prop_assert!(nodes.len() < replicas as usize);
+            }
+            Err(e) => prop_assert!(false, "unexpected error {e}"),
+        }
+    }
+}
+
 // A full report in parts replaces what the node was counted holding only
 // when it ends; meanwhile the node's heartbeats ask it to report again.
 #[test]
