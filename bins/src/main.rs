@@ -130,7 +130,7 @@ enum Cmd {
         /// with several disks): the tracker puts a chunk's copies in
         /// distinct zones whenever that many are live [default: the node's
         /// own id, a zone of its own].
-        #[arg(long)]
+        #[arg(long, value_parser = output::parse_zone)]
         zone: Option<String>,
         /// The most this node stores, as bytes or with a unit (500MiB, 2G,
         /// 1TB: K, M, G, T and KiB... are powers of 1024, KB... of 1000)

@@ -240,6 +240,15 @@ pub fn what_if_text(nodes: &[String], w: &pb::WhatIfResponse) -> String {
     )
 }
 
+/// A zone's name, as the tracker takes it: 1 to 64 bytes.
+pub fn parse_zone(s: &str) -> Result<String, String> {
+    let max = p2p_core::limits::ZONE_MAX_BYTES;
+    if s.is_empty() || s.len() > max {
+        return Err(format!("a zone is 1 to {max} bytes"));
+    }
+    Ok(s.to_string())
+}
+
 /// A size in bytes: a number, optionally with a unit: K, M, G, T (or KiB,
 /// MiB...) are powers of 1024, KB, MB... powers of 1000, B is bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {

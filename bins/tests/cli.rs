@@ -133,6 +133,9 @@ fn sizes_parse() {
     assert!(output::parse_size("MiB").is_err());
     assert!(output::parse_size("5 parsecs").is_err());
     assert!(output::parse_size("99999999999T").is_err());
+    assert_eq!(output::parse_zone("rack-1"), Ok("rack-1".to_string()));
+    assert!(output::parse_zone("").is_err());
+    assert!(output::parse_zone(&"z".repeat(65)).is_err());
 }
 
 // `ls` for a person and for a machine.

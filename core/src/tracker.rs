@@ -380,6 +380,12 @@ pub enum Warning {
         used_bytes: u64,
         spare_bytes: u64,
     },
+    /// So few live nodes that losing one leaves fewer than a file's
+    /// factor: its copies could not all be restored.
+    #[error(
+        "{live} live nodes for files of factor {replicas}: after losing one, repair could not restore {replicas} copies"
+    )]
+    FewNodes { live: usize, replicas: u32 },
     /// Fewer live zones than the highest replication factor in use: some
     /// chunks have two copies in one zone.
     #[error("{zones} live zones for files of factor {replicas}: some copies share a zone")]
@@ -1905,6 +1911,12 @@ impl Tracker {
             .map(|f| f.replicas)
             .max()
             .unwrap_or(0);
+        if replicas > 0 && live.len() <= replicas as usize {
+            out.push(Warning::FewNodes {
+                live: live.len(),
+                replicas,
+            });
+        }
         let zones: BTreeSet<u64> = live.iter().map(|&nx| self.zone_key(nx)).collect();
         let named = live.iter().any(|&nx| self.node(nx).zone.is_some());
         if named && zones.len() < replicas as usize {

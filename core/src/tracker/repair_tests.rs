@@ -540,6 +540,16 @@ fn placement_never_passes_a_node_s_room() {
         }
     );
     assert!(e.to_string().starts_with("no room"), "{e}");
+    // The others (300 bytes free) could not take n00's 1000 if it died.
+    let w = w.t.status(0).warnings;
+    assert!(
+        w.contains(&Warning::NoRoomToRepair {
+            node: nid(0),
+            used_bytes: 1000,
+            spare_bytes: 300
+        }),
+        "{w:?}"
+    );
 }
 
 // What-if: which files would be lost or at risk if some nodes died now.
@@ -556,6 +566,13 @@ fn what_if_names_lost_and_at_risk_files() {
             .unwrap();
     };
     put(&mut w, "all3", &[0, 1, 2], 3);
+    assert_eq!(
+        w.t.status(0).warnings,
+        vec![Warning::FewNodes {
+            live: 3,
+            replicas: 3
+        }]
+    );
     put(&mut w, "on01", &[0, 1], 2);
     put(&mut w, "on12", &[1, 2], 2);
     let ids = |v: &[usize]| v.iter().map(|&i| nid(i)).collect::<BTreeSet<_>>();
