@@ -1401,6 +1401,38 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     }
 }
 
+/// A live disk: its host and store.
+type LiveDisk<'a> = (&'a String, &'a MemStore);
+/// A chunk of an acknowledged file: (file, index, factor, bytes).
+type AckedChunk<'a> = (u8, usize, u8, &'a [u8]);
+
+/// The live disks (not down, destroyed or left), and the chunks of every
+/// acknowledged file that is not an expected loss.
+fn live_and_acked<'a>(
+    s: &'a Shared,
+    stores: &'a BTreeMap<String, MemStore>,
+    down: &BTreeSet<String>,
+    chunk_size: u64,
+) -> (Vec<LiveDisk<'a>>, Vec<AckedChunk<'a>>) {
+    let live = stores
+        .iter()
+        .filter(|(h, _)| !down.contains(*h) && !s.destroyed.contains(*h) && !s.left.contains(*h))
+        .collect();
+    let mut chunks = Vec::new();
+    for (file, rec) in &s.names {
+        let Some((_, rec)) = rec.surely() else {
+            continue;
+        };
+        if s.doomed(*file) {
+            continue;
+        }
+        for (i, piece) in rec.data.chunks(chunk_size as usize).enumerate() {
+            chunks.push((*file, i, rec.replicas, piece));
+        }
+    }
+    (live, chunks)
+}
+
 /// Chunks of acknowledged files with fewer intact copies on live disks than
 /// `min(R, live nodes)`, counted on the stores themselves (a node that left
 /// is not live, whatever its disk still holds). Files every
@@ -1413,51 +1445,40 @@ fn under_replicated(
     chunk_size: u64,
 ) -> Vec<String> {
     let s = shared.lock().expect("shared lock");
-    let live: Vec<(&String, &MemStore)> = stores
-        .iter()
-        .filter(|(h, _)| !down.contains(*h) && !s.destroyed.contains(*h) && !s.left.contains(*h))
-        .collect();
+    let (live, chunks) = live_and_acked(&s, stores, down, chunk_size);
     let service = tracker.lock().expect("tracker set lock").current();
     let mut short = Vec::new();
-    for (file, rec) in &s.names {
-        let Some((_, rec)) = rec.surely() else {
-            continue;
-        };
-        if s.doomed(*file) {
-            continue;
-        }
-        let want = usize::from(rec.replicas).min(live.len());
-        for (i, piece) in rec.data.chunks(chunk_size as usize).enumerate() {
-            let id = p2p_core::ChunkId::of(piece);
-            let on: Vec<&str> = live
-                .iter()
-                .filter(|(_, st)| st.holds_intact(&id))
-                .map(|(h, _)| h.as_str())
-                .collect();
-            // Disks too full to take a copy excuse a chunk's shortness:
-            // repair never places a copy where it does not fit.
-            let room = live.iter().any(|(_, st)| {
-                !st.holds_intact(&id) && st.room().is_none_or(|r| r >= piece.len() as u64)
-            });
-            if on.len() < want && room {
-                // What the tracker believes, for whoever reads the trace.
-                let counted = service
-                    .as_ref()
-                    .and_then(|t| t.try_inspect(|t| t.holders(&id)))
-                    .map(|h| {
-                        h.iter()
-                            .map(|n| n.to_string())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_else(|| "?".into());
-                short.push(format!(
-                    "f{file} chunk {i} ({}): {}/{want} copies on [{}], tracker counts [{counted}]",
-                    &id.to_hex()[..8],
-                    on.len(),
-                    on.join(",")
-                ));
-            }
+    for (file, i, replicas, piece) in chunks {
+        let want = usize::from(replicas).min(live.len());
+        let id = p2p_core::ChunkId::of(piece);
+        let on: Vec<&str> = live
+            .iter()
+            .filter(|(_, st)| st.holds_intact(&id))
+            .map(|(h, _)| h.as_str())
+            .collect();
+        // Disks too full to take a copy excuse a chunk's shortness:
+        // repair never places a copy where it does not fit.
+        let room = live.iter().any(|(_, st)| {
+            !st.holds_intact(&id) && st.room().is_none_or(|r| r >= piece.len() as u64)
+        });
+        if on.len() < want && room {
+            // What the tracker believes, for whoever reads the trace.
+            let counted = service
+                .as_ref()
+                .and_then(|t| t.try_inspect(|t| t.holders(&id)))
+                .map(|h| {
+                    h.iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_else(|| "?".into());
+            short.push(format!(
+                "f{file} chunk {i} ({}): {}/{want} copies on [{}], tracker counts [{counted}]",
+                &id.to_hex()[..8],
+                on.len(),
+                on.join(",")
+            ));
         }
     }
     short
@@ -1486,39 +1507,31 @@ fn badly_spread(
         return Vec::new();
     }
     let s = shared.lock().expect("shared lock");
-    let live: Vec<(&String, &MemStore, u8)> = stores
-        .iter()
-        .filter(|(h, _)| !down.contains(*h) && !s.destroyed.contains(*h) && !s.left.contains(*h))
+    let (live, chunks) = live_and_acked(&s, stores, down, chunk_size);
+    let live: Vec<(&String, &MemStore, u8)> = live
+        .into_iter()
         .filter_map(|(h, st)| zone_of(scenario, h).map(|z| (h, st, z)))
         .collect();
     let live_zones: BTreeSet<u8> = live.iter().map(|l| l.2).collect();
     let mut bad = Vec::new();
-    for (file, rec) in &s.names {
-        let Some((_, rec)) = rec.surely() else {
-            continue;
-        };
-        if s.doomed(*file) {
-            continue;
-        }
-        let want = usize::from(rec.replicas).min(live_zones.len());
-        for (i, piece) in rec.data.chunks(chunk_size as usize).enumerate() {
-            let id = p2p_core::ChunkId::of(piece);
-            let zones: BTreeSet<u8> = live
-                .iter()
-                .filter(|(_, st, _)| st.holds_intact(&id))
-                .map(|l| l.2)
-                .collect();
-            // A zone without a copy whose disks are all too full cannot
-            // take one.
-            let room = live.iter().any(|(_, st, z)| {
-                !zones.contains(z) && st.room().is_none_or(|r| r >= piece.len() as u64)
-            });
-            if zones.len() < want && room {
-                bad.push(format!(
-                    "f{file} chunk {i} ({}): copies in zones {zones:?}, {want} of the live {live_zones:?} wanted",
-                    &id.to_hex()[..8],
-                ));
-            }
+    for (file, i, replicas, piece) in chunks {
+        let want = usize::from(replicas).min(live_zones.len());
+        let id = p2p_core::ChunkId::of(piece);
+        let zones: BTreeSet<u8> = live
+            .iter()
+            .filter(|(_, st, _)| st.holds_intact(&id))
+            .map(|l| l.2)
+            .collect();
+        // A zone without a copy whose disks are all too full cannot
+        // take one.
+        let room = live.iter().any(|(_, st, z)| {
+            !zones.contains(z) && st.room().is_none_or(|r| r >= piece.len() as u64)
+        });
+        if zones.len() < want && room {
+            bad.push(format!(
+                "f{file} chunk {i} ({}): copies in zones {zones:?}, {want} of the live {live_zones:?} wanted",
+                &id.to_hex()[..8],
+            ));
         }
     }
     bad

@@ -102,6 +102,21 @@ pub const DEAD_AFTER: &str = "2s";
 /// Nodes scrub every chunk this often in tests, so bit rot is found quickly.
 pub const SCRUB_INTERVAL: &str = "1s";
 
+/// `p2p tracker` with the test clusters' timing, on `listen` and `data`.
+pub fn tracker_args<'a>(listen: &'a str, data: &'a Path) -> anyhow::Result<Vec<&'a str>> {
+    Ok(vec![
+        "tracker",
+        "--listen",
+        listen,
+        "--data",
+        data.to_str().context("utf-8 path")?,
+        "--dead-after",
+        DEAD_AFTER,
+        "--heartbeat",
+        HEARTBEAT,
+    ])
+}
+
 /// A node process.
 pub struct NodeProc {
     pub addr: String,
@@ -185,63 +200,46 @@ fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Child> {
 }
 
 impl Cluster {
-    /// [`Cluster::start`], the tracker also serving HTTP (`--http`: its
-    /// metrics, health and cluster page) at [`Cluster::tracker_http`].
-    pub fn start_with_http(n: usize) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let mut c = Self {
-            dir,
+    /// A cluster with nothing started yet: one tracker to come at a free
+    /// address, serving HTTP at another if `http`.
+    fn empty(tls: bool, http: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir()?,
             tracker_addr: free_addr(),
             tracker: None,
             members: Vec::new(),
             nodes: Vec::new(),
-            tls: false,
-            tracker_http: Some(free_addr()),
-        };
-        c.start_tracker()?;
-        for _ in 0..n {
-            c.add_node()?;
-        }
-        c.wait_alive(n)?;
-        Ok(c)
+            tls,
+            tracker_http: http.then(free_addr),
+        })
+    }
+
+    /// [`Cluster::start`], the tracker also serving HTTP (`--http`: its
+    /// metrics, health and cluster page) at [`Cluster::tracker_http`].
+    pub fn start_with_http(n: usize) -> anyhow::Result<Self> {
+        Self::empty(false, true)?.started(n)
     }
 
     /// Start a tracker and `n` nodes and wait until every node is alive.
     pub fn start(n: usize) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let tracker_addr = free_addr();
-        let mut c = Self {
-            dir,
-            tracker_addr,
-            tracker: None,
-            members: Vec::new(),
-            nodes: Vec::new(),
-            tls: false,
-            tracker_http: None,
-        };
-        c.start_tracker()?;
+        Self::empty(false, false)?.started(n)
+    }
+
+    fn started(mut self, n: usize) -> anyhow::Result<Self> {
+        self.start_tracker()?;
         for _ in 0..n {
-            c.add_node()?;
+            self.add_node()?;
         }
-        c.wait_alive(n)?;
-        Ok(c)
+        self.wait_alive(n)?;
+        Ok(self)
     }
 
     /// Start a tracker with the cluster's CA (`p2p init`), log a person in
     /// with a client token, start `n` nodes that join with node tokens,
     /// and wait until every node is alive: everything over mutual TLS.
     pub fn start_tls(n: usize) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let data = dir.path().join("tracker");
-        let mut c = Self {
-            dir,
-            tracker_addr: free_addr(),
-            tracker: None,
-            members: Vec::new(),
-            nodes: Vec::new(),
-            tls: true,
-            tracker_http: None,
-        };
+        let mut c = Self::empty(true, false)?;
+        let data = c.dir.path().join("tracker");
         c.p2p_ok(&["init", "--data", data.to_str().context("utf-8 path")?])?;
         c.spawn_tracker()?;
         c.wait_until("the tracker to start", Duration::from_secs(20), |c| {
@@ -405,17 +403,7 @@ impl Cluster {
     fn spawn_tracker(&mut self) -> anyhow::Result<()> {
         let data = self.dir.path().join("tracker");
         let log = self.dir.path().join("tracker.log");
-        let mut args = vec![
-            "tracker",
-            "--listen",
-            &self.tracker_addr,
-            "--data",
-            data.to_str().context("utf-8 path")?,
-            "--dead-after",
-            DEAD_AFTER,
-            "--heartbeat",
-            HEARTBEAT,
-        ];
+        let mut args = tracker_args(&self.tracker_addr, &data)?;
         if let Some(h) = &self.tracker_http {
             args.extend(["--http", h.as_str()]);
         }

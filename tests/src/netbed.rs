@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::{DEAD_AFTER, HEARTBEAT, NodeProc, SCRUB_INTERVAL, p2p_bin};
+use crate::{HEARTBEAT, NodeProc, SCRUB_INTERVAL, p2p_bin};
 
 /// How the bed's links behave.
 #[derive(Debug, Clone)]
@@ -290,18 +290,8 @@ impl NetCluster {
         let data = c.dir.path().join("tracker");
         let listen = format!("{}:{PORT}", c.bed.addr(0));
         let log = c.dir.path().join("tracker.log");
-        let args = [
-            "tracker",
-            "--listen",
-            &listen,
-            "--data",
-            data.to_str().context("utf-8 path")?,
-            "--dead-after",
-            DEAD_AFTER,
-            "--heartbeat",
-            HEARTBEAT,
-            "--insecure",
-        ];
+        let mut args = crate::tracker_args(&listen, &data)?;
+        args.push("--insecure");
         c.tracker = Some(c.spawn(0, &args, &log)?);
         for i in 0..n {
             let addr = format!("{}:{PORT}", c.bed.addr(i + 1));

@@ -361,6 +361,25 @@ fn scan(set: &RoaringBitmap, cursor: &mut ChunkIx) -> Vec<ChunkIx> {
     taken
 }
 
+/// Repair slots during one planning pass: copies each node sends and
+/// receives, at most `limit` each, and how many nodes can still receive.
+struct Slots {
+    sending: BTreeMap<NodeId, usize>,
+    receiving: BTreeMap<NodeId, usize>,
+    open_targets: usize,
+    limit: usize,
+}
+
+impl Slots {
+    fn sends(&self, n: &NodeId) -> usize {
+        self.sending.get(n).copied().unwrap_or(0)
+    }
+
+    fn takes(&self, n: &NodeId) -> usize {
+        self.receiving.get(n).copied().unwrap_or(0)
+    }
+}
+
 /// A repair as the tracker sees it, for tests and traces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedRepair {
@@ -591,12 +610,18 @@ impl Tracker {
         // Copies below the factor: plan the most urgent first, within every
         // node's repair budget, while some node can still receive one.
         let limit = self.config.repairs_per_node.max(1);
-        let (mut sending, mut receiving) = self.heal.busy();
-        let mut open_targets = self
+        let (sending, receiving) = self.heal.busy();
+        let open_targets = self
             .eligible(&BTreeSet::new())
             .iter()
             .filter(|(_, n)| receiving.get(n).copied().unwrap_or(0) < limit)
             .count();
+        let mut slots = Slots {
+            sending,
+            receiving,
+            open_targets,
+            limit,
+        };
         let mut candidates: Vec<ChunkIx> = Vec::new();
         for level in self.health.under.iter().skip(1) {
             let room = PLAN_SCAN_MAX - candidates.len();
@@ -604,7 +629,7 @@ impl Tracker {
         }
         let mut counted_early: Vec<(NodeId, ChunkId)> = Vec::new();
         for cx in candidates {
-            if open_targets == 0 {
+            if slots.open_targets == 0 {
                 break;
             }
             let rec = self.chunks.get(cx);
@@ -636,43 +661,18 @@ impl Tracker {
             exclude.extend(planned);
             exclude.extend(self.deleting_nodes(&chunk));
             while missing > 0 {
-                let sends = |n: &NodeId| sending.get(n).copied().unwrap_or(0);
-                let takes = |n: &NodeId| receiving.get(n).copied().unwrap_or(0);
-                let source = holders
-                    .iter()
-                    .filter(|n| self.is_alive(n) && sends(n) < limit)
-                    .min_by_key(|n| {
-                        let leaving = self.node(self.node_ix[*n]).leaving;
-                        (sends(n), leaving, (*n).clone())
-                    })
-                    .cloned();
-                let target = self.repair_target(&exclude, &zones, size, &takes);
+                let source = self.repair_source(&holders, &slots);
+                let target = self.repair_target(&exclude, &zones, size, &|n| slots.takes(n));
                 let (Some(source), Some(target)) = (source, target) else {
                     break;
                 };
-                let tx = self.node_ix[&target];
-                zones.push(self.zone_key(tx));
-                self.expect_bytes(tx, size);
-                *sending.entry(source.clone()).or_default() += 1;
-                let taken = receiving.entry(target.clone()).or_default();
-                *taken += 1;
-                if *taken >= limit {
-                    open_targets -= 1;
-                }
+                zones.push(self.zone_key(self.node_ix[&target]));
                 exclude.insert(target.clone());
-                let target_id = target.clone();
-                self.heal.repairs.entry(chunk).or_default().insert(
-                    target,
-                    Repair {
-                        source,
-                        sent_ms: None,
-                        planned_ms: now_ms,
-                    },
-                );
+                self.plan_copy(&mut slots, chunk, size, source, target.clone(), now_ms);
                 self.heal.counters.repairs_planned += 1;
                 missing -= 1;
                 if mutants::on(Mutant::CountBeforeConfirm) {
-                    counted_early.push((target_id, chunk));
+                    counted_early.push((target, chunk));
                 }
             }
         }
@@ -686,7 +686,7 @@ impl Tracker {
         let open_zones: BTreeSet<u64> = self
             .eligible(&BTreeSet::new())
             .iter()
-            .filter(|(_, n)| receiving.get(n).copied().unwrap_or(0) < limit)
+            .filter(|(_, n)| slots.takes(n) < limit)
             .map(|(_, n)| self.zone_key(self.node_ix[n]))
             .collect();
         let crowded = if open_zones.is_empty() || reporting {
@@ -695,7 +695,7 @@ impl Tracker {
             scan(&self.health.crowded, &mut self.heal.crowded_cursor)
         };
         for cx in crowded {
-            if open_targets == 0 {
+            if slots.open_targets == 0 {
                 break;
             }
             let rec = self.chunks.get(cx);
@@ -710,40 +710,61 @@ impl Tracker {
             let holders = self.holder_ids(cx);
             let mut exclude = holders.clone();
             exclude.extend(self.deleting_nodes(&chunk));
-            let takes = |n: &NodeId| receiving.get(n).copied().unwrap_or(0);
-            let Some(target) = self.repair_target(&exclude, &zones, size, &takes) else {
-                continue;
-            };
-            let tx = self.node_ix[&target];
-            if zones.contains(&self.zone_key(tx)) {
-                continue;
-            }
-            let sends = |n: &NodeId| sending.get(n).copied().unwrap_or(0);
-            let Some(source) = holders
-                .iter()
-                .filter(|n| self.is_alive(n) && sends(n) < limit)
-                .min_by_key(|n| (sends(n), (*n).clone()))
-                .cloned()
+            let Some(target) = self.repair_target(&exclude, &zones, size, &|n| slots.takes(n))
             else {
                 continue;
             };
-            *sending.entry(source.clone()).or_default() += 1;
-            let taken = receiving.entry(target.clone()).or_default();
-            *taken += 1;
-            if *taken >= limit {
-                open_targets -= 1;
+            if zones.contains(&self.zone_key(self.node_ix[&target])) {
+                continue;
             }
-            self.expect_bytes(tx, size);
-            self.heal.repairs.entry(chunk).or_default().insert(
-                target,
-                Repair {
-                    source,
-                    sent_ms: None,
-                    planned_ms: now_ms,
-                },
-            );
+            let Some(source) = self.repair_source(&holders, &slots) else {
+                continue;
+            };
+            self.plan_copy(&mut slots, chunk, size, source, target, now_ms);
             self.heal.counters.spread_moves += 1;
         }
+    }
+
+    /// Where a repair copies from: a live holder with a free sending slot,
+    /// the least busy, a node that stays before one that is leaving, ties
+    /// by id.
+    fn repair_source(&self, holders: &BTreeSet<NodeId>, slots: &Slots) -> Option<NodeId> {
+        holders
+            .iter()
+            .filter(|n| self.is_alive(n) && slots.sends(n) < slots.limit)
+            .min_by_key(|n| {
+                let leaving = self.node(self.node_ix[*n]).leaving;
+                (slots.sends(n), leaving, (*n).clone())
+            })
+            .cloned()
+    }
+
+    /// Plan a copy of `chunk` (`size` bytes) from `source` to `target`,
+    /// taking a slot on each.
+    fn plan_copy(
+        &mut self,
+        slots: &mut Slots,
+        chunk: ChunkId,
+        size: u64,
+        source: NodeId,
+        target: NodeId,
+        now_ms: u64,
+    ) {
+        *slots.sending.entry(source.clone()).or_default() += 1;
+        let taken = slots.receiving.entry(target.clone()).or_default();
+        *taken += 1;
+        if *taken >= slots.limit {
+            slots.open_targets -= 1;
+        }
+        self.expect_bytes(self.node_ix[&target], size);
+        self.heal.repairs.entry(chunk).or_default().insert(
+            target,
+            Repair {
+                source,
+                sent_ms: None,
+                planned_ms: now_ms,
+            },
+        );
     }
 
     /// Where a new copy of a chunk of `size` bytes goes: a live node not in
