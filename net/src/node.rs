@@ -58,7 +58,8 @@ pub struct NodeConfig {
     /// The most bytes of chunks this node takes (`None`: what its disk has
     /// free, less `disk_reserve_bytes`).
     pub capacity_bytes: Option<u64>,
-    /// Bytes of its disk a node leaves free ([`DISK_RESERVE_BYTES`]).
+    /// Bytes of its disk a node leaves free ([`DISK_RESERVE_BYTES`], or a
+    /// twentieth of a smaller disk).
     pub disk_reserve_bytes: u64,
 }
 
@@ -358,15 +359,25 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         })
     }
 
+    /// What this node leaves free on its disk: its reserve, but no more
+    /// than a twentieth of a small disk.
+    fn reserve(&self) -> u64 {
+        let reserve = self.inner.config.disk_reserve_bytes;
+        match self.inner.store.disk_bytes() {
+            Some(disk) => reserve.min(disk / 20),
+            None => reserve,
+        }
+    }
+
     /// What this node's disk holds and offers (`None` if it cannot say):
     /// its capacity is `--capacity` if given, but never more than what it
     /// holds plus what its disk has free less its reserve.
     fn space(&self) -> Option<pb::DiskSpace> {
         let store = &self.inner.store;
         let used = store.used_bytes();
-        let offered = store.free_bytes().map(|free| {
-            used.saturating_add(free.saturating_sub(self.inner.config.disk_reserve_bytes))
-        });
+        let offered = store
+            .free_bytes()
+            .map(|free| used.saturating_add(free.saturating_sub(self.reserve())));
         let capacity = match (self.inner.config.capacity_bytes, offered) {
             (Some(cap), Some(offered)) => cap.min(offered),
             (cap, offered) => cap.or(offered)?,

@@ -84,6 +84,10 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn free_bytes(&self) -> Option<u64> {
         None
     }
+    /// Bytes the disk under the store holds in all (`None`: not known).
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A chunk being written.
@@ -295,13 +299,17 @@ impl ChunkStore for DiskStore {
     }
 
     fn free_bytes(&self) -> Option<u64> {
-        free_bytes(&self.chunks)
+        statvfs(&self.chunks).map(|s| s.0)
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        statvfs(&self.chunks).map(|s| s.1)
     }
 }
 
 /// Bytes an unprivileged process may still write on the filesystem of
-/// `path` (`None` if it cannot be asked).
-pub fn free_bytes(path: &Path) -> Option<u64> {
+/// `path`, and its size (`None` if it cannot be asked).
+pub fn statvfs(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
@@ -315,8 +323,8 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     let st = unsafe { st.assume_init() };
     // The field types differ between platforms.
     #[allow(clippy::unnecessary_cast)]
-    let (blocks, size) = (st.f_bavail as u64, st.f_frsize as u64);
-    Some(blocks.saturating_mul(size))
+    let (free, total, size) = (st.f_bavail as u64, st.f_blocks as u64, st.f_frsize as u64);
+    Some((free.saturating_mul(size), total.saturating_mul(size)))
 }
 
 /// A chunk being written. Its temporary file is removed on every way out
