@@ -134,7 +134,7 @@ enum Cmd {
         zone: Option<String>,
         /// The most this node stores, as bytes or with a unit (500MiB, 2G,
         /// 1TB: K, M, G, T and KiB... are powers of 1024, KB... of 1000)
-        /// [default: what its disk has free, less 512 MiB].
+        /// [default: what its disk has free, less 512 MiB or a twentieth of the disk].
         #[arg(long, value_parser = output::parse_size)]
         capacity: Option<u64>,
         /// Also serve HTTP on this address (host:port): Prometheus metrics
