@@ -359,25 +359,17 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         })
     }
 
-    /// What this node leaves free on its disk: its reserve, but no more
-    /// than a twentieth of a small disk.
-    fn reserve(&self) -> u64 {
-        let reserve = self.inner.config.disk_reserve_bytes;
-        match self.inner.store.disk_bytes() {
-            Some(disk) => reserve.min(disk / 20),
-            None => reserve,
-        }
-    }
-
     /// What this node's disk holds and offers (`None` if it cannot say):
     /// its capacity is `--capacity` if given, but never more than what it
-    /// holds plus what its disk has free less its reserve.
+    /// holds plus what its disk has free less its reserve (no more than a
+    /// twentieth of a small disk).
     fn space(&self) -> Option<pb::DiskSpace> {
         let store = &self.inner.store;
         let used = store.used_bytes();
-        let offered = store
-            .free_bytes()
-            .map(|free| used.saturating_add(free.saturating_sub(self.reserve())));
+        let offered = store.disk().map(|(free, size)| {
+            let reserve = self.inner.config.disk_reserve_bytes.min(size / 20);
+            used.saturating_add(free.saturating_sub(reserve))
+        });
         let capacity = match (self.inner.config.capacity_bytes, offered) {
             (Some(cap), Some(offered)) => cap.min(offered),
             (cap, offered) => cap.or(offered)?,
@@ -440,6 +432,10 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         let verified = std::mem::take(&mut *self.inner.verified.lock().expect("verified lock"));
         let pairs =
             |v: &[(ChunkId, NodeId)]| v.iter().map(|(c, t)| convert::handed_to_pb(c, t)).collect();
+        let corrupt_found = self
+            .inner
+            .corrupt_unreported
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
         let req = pb::HeartbeatRequest {
             node_id: self.inner.id.to_string(),
             added: convert::chunk_bytes(&delta.added),
@@ -457,12 +453,15 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 })
                 .collect(),
             space: self.space(),
-            corrupt_found: self
-                .inner
-                .corrupt_unreported
-                .swap(0, std::sync::atomic::Ordering::Relaxed),
+            corrupt_found,
         };
         let result = self.tracker_client()?.heartbeat(req).await;
+        if result.is_err() {
+            // Said again with the next heartbeat.
+            self.inner
+                .corrupt_unreported
+                .fetch_add(corrupt_found, std::sync::atomic::Ordering::Relaxed);
+        }
         let result = match result {
             Ok(resp) => {
                 let resp = resp.into_inner();

@@ -80,12 +80,9 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn used_bytes(&self) -> u64 {
         0
     }
-    /// Bytes the disk under the store has free (`None`: not known).
-    fn free_bytes(&self) -> Option<u64> {
-        None
-    }
-    /// Bytes the disk under the store holds in all (`None`: not known).
-    fn disk_bytes(&self) -> Option<u64> {
+    /// The disk under the store: bytes free, and its size (`None`: not
+    /// known).
+    fn disk(&self) -> Option<(u64, u64)> {
         None
     }
 }
@@ -298,12 +295,8 @@ impl ChunkStore for DiskStore {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn free_bytes(&self) -> Option<u64> {
-        statvfs(&self.chunks).map(|s| s.0)
-    }
-
-    fn disk_bytes(&self) -> Option<u64> {
-        statvfs(&self.chunks).map(|s| s.1)
+    fn disk(&self) -> Option<(u64, u64)> {
+        statvfs(&self.chunks)
     }
 }
 
@@ -434,7 +427,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path()).await.unwrap();
         assert_eq!(store.used_bytes(), 0);
-        assert!(store.free_bytes().is_some_and(|f| f > 0));
+        assert!(
+            store
+                .disk()
+                .is_some_and(|(free, size)| free > 0 && size >= free)
+        );
         for (data, used) in [(&b"twelve bytes"[..], 12), (b"three", 17), (b"three", 17)] {
             let mut w = store.create(&ChunkId::of(data)).await.unwrap();
             w.write(data).await.unwrap();

@@ -169,13 +169,14 @@ impl ChunkStore for MemStore {
         self.used()
     }
 
-    fn free_bytes(&self) -> Option<u64> {
-        let room = self.room()?;
-        Some(if self.fault() == Some(DiskFault::Full) {
+    fn disk(&self) -> Option<(u64, u64)> {
+        let (room, size) = (self.room()?, self.capacity?);
+        let free = if self.fault() == Some(DiskFault::Full) {
             0
         } else {
             room
-        })
+        };
+        Some((free, size))
     }
 }
 
