@@ -267,6 +267,21 @@ fn the_deployment_guide_works() {
             .start(h, NODE_UNIT.trim_end(), None, "node.log")
             .unwrap();
     }
+    // Registered again: until then the tracker still counts the enrolling
+    // processes alive (for its dead-after), and a put's copies on the new
+    // ones would carry receipts it cannot check yet.
+    hosts
+        .wait_until(
+            "the nodes to register again",
+            Duration::from_secs(60),
+            |s| {
+                Ok((0..3).all(|h| {
+                    std::fs::read_to_string(s.root(h).join("node.log"))
+                        .is_ok_and(|l| l.contains("registered with the tracker"))
+                }))
+            },
+        )
+        .unwrap();
     hosts
         .wait_until("three live nodes again", Duration::from_secs(60), |s| {
             let st = status(s, 0)?;
