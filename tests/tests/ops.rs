@@ -61,6 +61,18 @@ fn metrics_follow_the_cluster() {
         .unwrap();
     assert!(same_bytes(&input, &out).unwrap());
 
+    // Heartbeats run on their own clock: the put and get can finish before
+    // the first one after registration.
+    c.wait_until(
+        "the tracker to time a heartbeat",
+        Duration::from_secs(20),
+        |_| {
+            let t = scrape(&tracker);
+            let calls = value(&t, "p2p_rpc_duration_seconds", &[("method", "Heartbeat")]);
+            Ok(calls.is_some_and(|n| n >= 1.0))
+        },
+    )
+    .unwrap();
     let t = scrape(&tracker);
     assert_eq!(value(&t, "p2p_files", &[]), Some(1.0));
     assert_eq!(value(&t, "p2p_chunks", &[]), Some(2.0));
