@@ -173,6 +173,11 @@ pub enum TrackerError {
         chunk: usize,
         acked: usize,
         wanted: u32,
+        /// Acknowledgements not counted because they come from a session of
+        /// their node the tracker does not know (yet): a node that
+        /// restarted and has not registered again. Once it has, its report
+        /// lists the copy, so the same commit may pass if made again soon.
+        unconfirmed: usize,
     },
     /// A request asked for more chunks than a file may have.
     #[error("too many chunks: {0}")]
@@ -1664,6 +1669,7 @@ impl Tracker {
                 chunk: holders.len().min(manifest.chunks.len()),
                 acked: 0,
                 wanted: manifest.replicas,
+                unconfirmed: 0,
             });
         }
         let mut clean = Vec::with_capacity(holders.len());
@@ -1676,8 +1682,10 @@ impl Tracker {
                 Vec::new()
             };
             let mut set: BTreeSet<NodeId> = BTreeSet::new();
+            let mut unconfirmed = 0;
             for (n, a) in h {
                 let Some(&nx) = self.node_ix.get(&n) else {
+                    unconfirmed += 1;
                     continue;
                 };
                 let session = self.node(nx).session;
@@ -1711,6 +1719,8 @@ impl Tracker {
                             .is_none_or(|sent| ack::survives(stamp, sent, session)));
                 if counts {
                     set.insert(n);
+                } else if stamp.session != session {
+                    unconfirmed += 1;
                 }
             }
             // Live holders that reported the chunk themselves count too, and
@@ -1724,6 +1734,7 @@ impl Tracker {
                     chunk: i,
                     acked: set.len(),
                     wanted: manifest.replicas,
+                    unconfirmed,
                 });
             }
             cancel.extend(pending.into_iter().map(|n| (n, *chunk)));
@@ -2114,8 +2125,17 @@ impl Tracker {
         if !self.node_ix.contains_key(node) {
             return Err(TrackerError::UnknownNode(node.clone()));
         }
+        // A copy handed over counts on the leaving node's word unless its
+        // target was told to delete it or reported it gone: the report may
+        // be older than that (a leave asked again after its reply was
+        // lost, long after the copy was made, trimmed and deleted). A
+        // target that holds it still says so itself, with its next
+        // heartbeat.
         for (chunk, target) in handed {
-            if !self.heal.deleting(&chunk, &target) {
+            if !self.heal.deleting(&chunk, &target)
+                && self.heal.tombstone(&chunk, &target).is_none()
+                && self.heal.reported_gone(&chunk, &target).is_none()
+            {
                 self.link_id(&target, chunk);
             }
         }

@@ -455,7 +455,22 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             space: self.space(),
             corrupt_found,
         };
-        let result = self.tracker_client()?.heartbeat(req).await;
+        // A heartbeat gets its answer well before the tracker would count
+        // this node dead, or the connection is given up: the next one goes
+        // on a new connection (one whose segments are lost takes calls
+        // until keepalive gives up on it, longer than the tracker waits).
+        let deadline = (self.inner.config.heartbeat_interval * 3).max(Duration::from_secs(1));
+        let mut rpc = self.tracker_client()?;
+        let result = match tokio::time::timeout(deadline, rpc.heartbeat(req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let target = self.inner.peers.tracker_target(&self.inner.tracker_addr);
+                self.inner.peers.forget(&target);
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer to a heartbeat within {deadline:?}"
+                )))
+            }
+        };
         if result.is_err() {
             // Said again with the next heartbeat.
             self.inner

@@ -52,6 +52,13 @@ pub const LEADER_KEY: &str = "p2p-leader";
 /// tracker waiting for its nodes to report after it started).
 pub const RETRY_KEY: &str = "p2p-retry";
 
+/// `s`, asking to be asked again soon.
+fn retry_soon_status(mut s: Status) -> Status {
+    s.metadata_mut()
+        .insert(RETRY_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    s
+}
+
 /// Whether `s` asks to be asked again soon.
 pub fn retry_soon(s: &Status) -> bool {
     s.metadata().get(RETRY_KEY).is_some()
@@ -207,11 +214,12 @@ fn to_status(e: TrackerError) -> Status {
     match e {
         TrackerError::NotEnoughNodes { .. } => Status::failed_precondition(e.to_string()),
         TrackerError::NoRoom { .. } => Status::failed_precondition(e.to_string()),
-        TrackerError::Recovering { .. } => {
-            let mut s = Status::unavailable(e.to_string());
-            s.metadata_mut()
-                .insert(RETRY_KEY, tonic::metadata::MetadataValue::from_static("1"));
-            s
+        TrackerError::Recovering { .. } => retry_soon_status(Status::unavailable(e.to_string())),
+        // Copies acknowledged by a node that restarted and has not
+        // registered again: its report, soon, may count them.
+        TrackerError::NotEnoughHolders { unconfirmed, .. } if unconfirmed > 0 => {
+            tracing::info!(error = %e, "commit waits for a restarted node to report");
+            retry_soon_status(Status::failed_precondition(e.to_string()))
         }
         TrackerError::UnknownNode(_) => Status::not_found(e.to_string()),
         TrackerError::UnknownFile(_) => Status::not_found(e.to_string()),

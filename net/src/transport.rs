@@ -332,9 +332,40 @@ pub fn server_builder(t: &Timeouts) -> Server {
 
 /// Channels by address, created once and reused: a channel multiplexes
 /// every call to its peer over one HTTP/2 connection.
+/// Cached channels by address, each with the number it was dialled as.
+#[derive(Default)]
+struct ChannelCache {
+    dialled: std::sync::atomic::AtomicU64,
+    map: std::sync::Mutex<std::collections::BTreeMap<String, (u64, Channel)>>,
+}
+
+/// What a call that ran out of time forgets: channel number `id` to `addr`.
+#[derive(Debug, Clone)]
+struct Forget {
+    cache: std::sync::Weak<ChannelCache>,
+    addr: String,
+    id: u64,
+}
+
+impl Forget {
+    /// Drop the cached channel, if it is still the one this call used: the
+    /// next call dials afresh. A connection whose segments are lost (a
+    /// black hole, a peer gone without a word) otherwise keeps taking calls
+    /// until keepalive gives up on it, which takes longer than a tracker
+    /// waits for a heartbeat.
+    fn now(&self) {
+        if let Some(cache) = self.cache.upgrade() {
+            let mut map = cache.map.lock().expect("channel cache lock");
+            if map.get(&self.addr).is_some_and(|(id, _)| *id == self.id) {
+                map.remove(&self.addr);
+            }
+        }
+    }
+}
+
 pub struct Peers<D: Dialer> {
     dialer: D,
-    channels: std::sync::Mutex<std::collections::BTreeMap<String, Channel>>,
+    channels: Arc<ChannelCache>,
     /// For each tracker group (`a,b,c`), the member calls go to now.
     leaders: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -401,19 +432,42 @@ impl<D: Dialer> Peers<D> {
     }
 
     pub fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
-        let mut map = self.channels.lock().expect("channel cache lock");
+        Ok(self.numbered_channel(addr)?.1)
+    }
+
+    /// Drop the cached channel to `addr`: the next call dials afresh.
+    pub fn forget(&self, addr: &str) {
+        self.channels
+            .map
+            .lock()
+            .expect("channel cache lock")
+            .remove(addr);
+    }
+
+    fn numbered_channel(&self, addr: &str) -> Result<(u64, Channel), ClientError> {
+        let mut map = self.channels.map.lock().expect("channel cache lock");
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = self.dialer.channel(addr)?;
+        let id = self
+            .channels
+            .dialled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let c = (id, self.dialer.channel(addr)?);
         map.insert(addr.to_string(), c.clone());
         Ok(c)
     }
 
     fn deadline_channel(&self, addr: &str) -> Result<DeadlineChannel, ClientError> {
+        let (id, inner) = self.numbered_channel(addr)?;
         Ok(DeadlineChannel {
-            inner: self.channel(addr)?,
+            inner,
             limit: self.timeouts().request,
+            forget: Forget {
+                cache: Arc::downgrade(&self.channels),
+                addr: addr.to_string(),
+                id,
+            },
         })
     }
 
@@ -459,6 +513,7 @@ pub type NodeRpc = p2p_proto::node_client::NodeClient<DeadlineChannel>;
 pub struct DeadlineChannel {
     inner: Channel,
     limit: Duration,
+    forget: Forget,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -479,12 +534,22 @@ impl tower::Service<http::Request<tonic::body::Body>> for DeadlineChannel {
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let fut = self.inner.call(req);
         let limit = self.limit;
+        let forget = self.forget.clone();
         Box::pin(async move {
             match tokio::time::timeout(limit, fut).await {
-                Ok(r) => r.map_err(Into::into),
-                Err(_) => Err(Box::new(tonic::Status::deadline_exceeded(format!(
-                    "no answer within {limit:?}"
-                ))) as BoxError),
+                Ok(Ok(r)) => Ok(r),
+                // The transport failed (an answer, even an error status,
+                // is `Ok`): the connection timed out, broke or never opened.
+                Ok(Err(e)) => {
+                    forget.now();
+                    Err(e.into())
+                }
+                Err(_) => {
+                    forget.now();
+                    Err(Box::new(tonic::Status::deadline_exceeded(format!(
+                        "no answer within {limit:?}"
+                    ))) as BoxError)
+                }
             }
         })
     }

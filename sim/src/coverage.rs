@@ -39,6 +39,14 @@ const EVENTS: &[(&str, &str)] = &[
         "chain_links_failed",
     ),
     ("file removed", "files_removed"),
+    (
+        "commit waits for a restarted node to report",
+        "commits_unconfirmed",
+    ),
+    (
+        "a tracker write was lost: the disk had not synced it",
+        "tracker_writes_lost",
+    ),
     ("upload refused: no room", "uploads_refused_room"),
     ("allocation refused: no room", "allocations_refused_room"),
     ("leading the tracker group", "group_leaderships"),
@@ -109,6 +117,8 @@ pub const NAMES: &[&str] = &[
     "upload_retries",
     "chain_links_failed",
     "files_removed",
+    "commits_unconfirmed",
+    "tracker_writes_lost",
     "group_leaderships",
     "group_rejoins",
 ];
@@ -196,12 +206,18 @@ where
             .with_target("p2p_net", tracing::Level::INFO)
             .with_target("p2p_core", tracing::Level::INFO),
     );
-    let printing = std::env::var_os("RUST_LOG").is_some().then(|| {
-        tracing_subscriber::fmt::layer()
-            .with_timer(timer)
-            .with_writer(std::io::stderr)
-            .with_filter(EnvFilter::from_default_env())
-    });
+    // Without a printer, the counting layer alone: an absent (`None`)
+    // layer would take an interest in every callsite at its level, and so
+    // make every INFO span (turmoil enters one per host per step) and
+    // event of every crate be built and dispatched.
+    if std::env::var_os("RUST_LOG").is_none() {
+        let _ = tracing_subscriber::registry().with(counting).try_init();
+        return;
+    }
+    let printing = tracing_subscriber::fmt::layer()
+        .with_timer(timer)
+        .with_writer(std::io::stderr)
+        .with_filter(EnvFilter::from_default_env());
     let _ = tracing_subscriber::registry()
         .with(counting)
         .with(printing)

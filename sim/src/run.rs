@@ -48,7 +48,11 @@ impl Default for SimConfig {
                 connect: Duration::from_millis(300),
                 request: Duration::from_secs(2),
                 piece: Duration::from_secs(1),
-                keepalive: Duration::from_millis(500),
+                // Longer than `dead_after_ms`, as in a real deployment
+                // (10 s and 10 s), so a connection whose segments are lost
+                // outlives the tracker's patience unless the product gives
+                // up on it sooner (heartbeats do, within 1 s).
+                keepalive: Duration::from_millis(2_000),
             },
         }
     }
@@ -1319,7 +1323,10 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     // applied the whole log, and all hold the same records.
     let mut group_states = None;
     if scenario.trackers > 1 && sim_error.is_none() {
-        let until = sim.elapsed() + Duration::from_secs(3);
+        // Keepalive (2 s, and 2 s more for the ping's answer) ends a
+        // member's connection to another whose segments were lost; then it
+        // catches up.
+        let until = sim.elapsed() + Duration::from_secs(6);
         loop {
             let states = crate::trackers::states(&tracker_service, &tracker_disks);
             if crate::trackers::agree(&states) || sim.elapsed() >= until {
@@ -1380,7 +1387,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 .push(format!("{sim_ms:>6}ms tracker group agrees: {line}"));
         } else {
             s.violations.push(format!(
-                "the tracker group's members differ 3s after the run: {line}"
+                "the tracker group's members differ 6s after the run: {line}"
             ));
             s.trace
                 .push(format!("{sim_ms:>6}ms TRACKER GROUP DIFFERS: {line}"));
@@ -1646,7 +1653,10 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
                 sim.crash(host.as_str());
                 tracker.lock().expect("tracker set lock").crashed(&host);
             }
-            *disk.lock().expect("disk lock") = Disk::empty();
+            {
+                let mut disk = disk.lock().expect("disk lock");
+                *disk = Disk::empty(disk.sync);
+            }
             h.deferred
                 .push((h.now + u64::from(*down_ms), Deferred::Restart(host.clone())));
             format!("wipe {host}: crashed, disk lost, back on an empty one in {down_ms}ms")

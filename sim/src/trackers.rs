@@ -49,7 +49,8 @@ pub type Writes = Arc<Mutex<Vec<(u64, u64, u8)>>>;
 /// A tracker's records: a single tracker's own, or a group member's,
 /// written through the group (and noted in [`Writes`]).
 pub enum SimMeta {
-    Single(MemoryMeta),
+    /// A single tracker's records on its disk, whose syncs take `sync`.
+    Single { meta: MemoryMeta, sync: Duration },
     Group {
         member: Arc<Member<MemoryMeta>>,
         me: u8,
@@ -61,14 +62,22 @@ pub enum SimMeta {
 impl MetaStore for SimMeta {
     async fn restore(&self, config: TrackerConfig) -> Result<Tracker, MetaError> {
         match self {
-            SimMeta::Single(m) => m.restore(config).await,
+            SimMeta::Single { meta, .. } => meta.restore(config).await,
             SimMeta::Group { member, .. } => member.store().restore(config).await,
         }
     }
 
     async fn persist(&self, records: Vec<Record>) -> Result<(), MetaError> {
         match self {
-            SimMeta::Single(m) => m.persist(records).await,
+            SimMeta::Single { meta, sync } => {
+                // A write is on the disk once its sync ends: a crash before
+                // (this future dropped with the host's tasks) loses it, as
+                // it loses a redb commit whose fsync had not returned.
+                let unsynced = Unsynced;
+                tokio::time::sleep(*sync).await;
+                std::mem::forget(unsynced);
+                meta.persist(records).await
+            }
             SimMeta::Group { member, me, writes } => {
                 let w = member.write(&records).await.map_err(|e| MetaError::Db {
                     path: "tracker group".into(),
@@ -84,19 +93,32 @@ impl MetaStore for SimMeta {
     }
 }
 
-/// A tracker's disk: the group's log (unused by a single tracker) and the
-/// records.
+/// A tracker write in flight; dropped before its sync ended, it is lost.
+struct Unsynced;
+
+impl Drop for Unsynced {
+    fn drop(&mut self) {
+        crate::coverage::count("tracker_writes_lost");
+    }
+}
+
+/// A tracker's disk: the group's log (unused by a single tracker), the
+/// records, and how long a sync takes.
 #[derive(Clone)]
 pub struct Disk {
     pub log: LogStore,
     pub meta: MemoryMeta,
+    pub sync: Duration,
 }
 
 impl Disk {
-    pub fn empty() -> Self {
+    pub fn empty(sync: Duration) -> Self {
         Self {
-            log: LogStore::in_memory().expect("an in-memory log opens"),
+            log: LogStore::in_memory()
+                .expect("an in-memory log opens")
+                .with_sync_time(sync),
             meta: MemoryMeta::default(),
+            sync,
         }
     }
 }
@@ -195,7 +217,11 @@ pub fn spawn(
         .collect();
     let mut disks = Vec::new();
     for i in 0..setup.trackers {
-        let disk = Arc::new(Mutex::new(Disk::empty()));
+        // 5 to 30 ms a sync (a disk's fsync, give or take): most writes
+        // land in a later simulation step than the one they started in, so
+        // a crash between the two loses them.
+        let sync = Duration::from_millis(5 + (setup.seed >> 8) % 26);
+        let disk = Arc::new(Mutex::new(Disk::empty(sync)));
         disks.push(disk.clone());
         // Each start hands out sessions of its own, and draws its
         // elections from a seed of its own (from the scenario's, not a
@@ -256,7 +282,11 @@ pub fn spawn(
                         up: true,
                     }
                 } else {
-                    let service = TrackerService::open(config, SimMeta::Single(disk.meta)).await?;
+                    let meta = SimMeta::Single {
+                        meta: disk.meta,
+                        sync: disk.sync,
+                    };
+                    let service = TrackerService::open(config, meta).await?;
                     Handle {
                         service,
                         group: None,

@@ -28,11 +28,25 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "purged";
 
+/// A write waiting out a simulated sync: dropped first (its process
+/// crashed), it is lost, and says so (the simulator counts it).
+struct Unsynced;
+
+impl Drop for Unsynced {
+    fn drop(&mut self) {
+        tracing::info!("a tracker write was lost: the disk had not synced it");
+    }
+}
+
 /// The log of one member. Clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<redb::Database>,
     path: PathBuf,
+    /// A simulated disk's sync time: appends and votes wait this long
+    /// before they land, so a crash meanwhile loses them (the simulator's
+    /// disks; zero on a real one, whose fsync takes its own time).
+    sync: std::time::Duration,
 }
 
 impl Debug for LogStore {
@@ -74,7 +88,23 @@ impl LogStore {
         Ok(Self {
             db: Arc::new(db),
             path,
+            sync: std::time::Duration::ZERO,
         })
+    }
+
+    /// This log, with writes that take `sync` to land (see [`LogStore::sync`]).
+    pub fn with_sync_time(mut self, sync: std::time::Duration) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// Wait out a simulated sync, if this disk has one.
+    async fn sync(&self) {
+        if !self.sync.is_zero() {
+            let unsynced = Unsynced;
+            tokio::time::sleep(self.sync).await;
+            std::mem::forget(unsynced);
+        }
     }
 
     fn err(&self, e: impl std::fmt::Display) -> io::Error {
@@ -168,6 +198,7 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> io::Result<()> {
+        self.sync().await;
         self.write_state(VOTE, vote)
     }
 
@@ -184,6 +215,7 @@ impl RaftLogStorage<C> for LogStore {
         I: IntoIterator<Item = EntryOf<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.sync().await;
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut t = txn.open_table(LOG).map_err(|e| self.err(e))?;
