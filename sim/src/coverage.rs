@@ -83,6 +83,7 @@ pub const NAMES: &[&str] = &[
     "crash",
     "crash_tracker",
     "wipe_tracker",
+    "crash_mid_write",
     "partition",
     "loss",
     "latency",

@@ -83,6 +83,10 @@ pub enum Action {
     /// starts again on an empty one after `down_ms` (at most one a
     /// scenario: the others keep a majority with their disks).
     Wipe { tracker: u8, down_ms: u16 },
+    /// Tracker `tracker` crashes in the middle of its next disk write
+    /// (before the write's sync ends: the write is lost), and starts again
+    /// after `down_ms`.
+    CrashMidWrite { tracker: u8, down_ms: u16 },
     /// Every holder of the first chunk of `f{file}` crashes and loses its
     /// disk for good: the file is expected to be lost.
     DestroyHolders { file: u8 },
@@ -271,6 +275,9 @@ fn fault(nodes: u8, kinds: u16) -> BoxedStrategy<Action> {
                 .prop_map(|(tracker, down_ms)| Action::Wipe { tracker, down_ms });
             choices.push((1, wipe.boxed()));
         }
+        let mid_write = (0..trackers, 50u16..1_500)
+            .prop_map(|(tracker, down_ms)| Action::CrashMidWrite { tracker, down_ms });
+        choices.push((1, mid_write.boxed()));
     }
     if kinds & kind::PARTITION != 0 {
         let part = (
@@ -459,6 +466,9 @@ impl fmt::Display for Action {
             Action::Loss { per_mille } => write!(f, "loss({per_mille})"),
             Action::Latency { max_ms } => write!(f, "latency({max_ms})"),
             Action::Wipe { tracker, down_ms } => write!(f, "wipe(tracker{tracker},{down_ms})"),
+            Action::CrashMidWrite { tracker, down_ms } => {
+                write!(f, "crashwrite(tracker{tracker},{down_ms})")
+            }
             Action::DestroyHolders { file } => write!(f, "destroy(f{file})"),
             Action::LoseHolder { file } => write!(f, "lose(f{file})"),
         }
@@ -646,6 +656,13 @@ impl std::str::FromStr for Action {
                 }),
                 _ => Err(format!("bad tracker {t:?}")),
             },
+            ("crashwrite", [t, ms]) => match parse_target(t)? {
+                Target::Tracker(tracker) => Ok(Action::CrashMidWrite {
+                    tracker,
+                    down_ms: parse_num(ms)?,
+                }),
+                _ => Err(format!("bad tracker {t:?}")),
+            },
             ("destroy", [f]) => Ok(Action::DestroyHolders {
                 file: parse_file(f)?,
             }),
@@ -720,7 +737,8 @@ impl std::str::FromStr for Scenario {
                 }
                 | Action::Crash(Target::Tracker(i))
                 | Action::Restart(Target::Tracker(i))
-                | Action::Wipe { tracker: i, .. } => Some(i),
+                | Action::Wipe { tracker: i, .. }
+                | Action::CrashMidWrite { tracker: i, .. } => Some(i),
                 Action::PartitionFor { a, b, .. } | Action::Partition(a, b) => {
                     [a, b].into_iter().find_map(|t| match t {
                         Target::Tracker(i) if i >= trackers => Some(i),

@@ -243,9 +243,14 @@ struct Shared {
     violations: Vec<String>,
     expected_losses: Vec<String>,
     phase: Phase,
+    /// Faults applied so far: a leave checked alone had none meanwhile.
+    faults: u64,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
+
+/// A chunk's intact copies, its factor, and its name's epoch.
+type Copies = (usize, u8, u64);
 
 impl Shared {
     /// Whether name `file` may be lost without a bug: a version it may hold
@@ -353,6 +358,22 @@ impl Shared {
 
     fn count(&mut self, what: &'static str) {
         *self.coverage.entry(what).or_default() += 1;
+    }
+
+    /// Intact copies of each chunk of each acknowledged file (with its
+    /// epoch) on every disk still in the cluster, down or not: what a
+    /// graceful leave must not take below the factor.
+    fn copies(&self, stores: &BTreeMap<String, MemStore>) -> BTreeMap<(u8, usize), Copies> {
+        let (disks, chunks) = live_and_acked(self, stores, &BTreeSet::new(), self.chunk_size);
+        chunks
+            .into_iter()
+            .map(|(file, i, replicas, piece)| {
+                let id = p2p_core::ChunkId::of(piece);
+                let on = disks.iter().filter(|(_, st)| st.holds_intact(&id)).count();
+                let epoch = self.names.get(&file).map_or(0, |r| r.epoch);
+                ((file, i), (on, replicas, epoch))
+            })
+            .collect()
     }
 
     /// Start a put or removal of `file`.
@@ -758,6 +779,10 @@ async fn client_script(
                     );
                     continue;
                 };
+                let before = {
+                    let s = shared.lock().expect("shared lock");
+                    (s.faults, s.copies(&stores))
+                };
                 let r = client
                     .leave_node(&format!("{host}:{PORT}"), force, &|_, _| {})
                     .await;
@@ -766,6 +791,31 @@ async fn client_script(
                         let mut s = shared.lock().expect("shared lock");
                         s.count(if force { "leave_forced_ok" } else { "leave_ok" });
                         s.has_left(&host, force, &stores, &tracker);
+                        // A graceful leave hands every copy over first: with
+                        // no fault meanwhile, it takes no chunk of a file left
+                        // alone below its factor.
+                        if !force && s.faults == before.0 {
+                            let after = s.copies(&stores);
+                            let mut short = Vec::new();
+                            for (k, (had, r, epoch)) in &before.1 {
+                                let want = (*had).min(usize::from(*r));
+                                if let Some((on, _, e)) = after.get(k)
+                                    && e == epoch
+                                    && *on < want
+                                {
+                                    short.push(format!(
+                                        "f{} chunk {}: {on} copies, had {had}, factor {r}",
+                                        k.0, k.1
+                                    ));
+                                }
+                            }
+                            if !short.is_empty() {
+                                s.violations.push(format!(
+                                    "{host} left and took copies with it: {}",
+                                    short.join("; ")
+                                ));
+                            }
+                        }
                         format!("client{me} leave{how} {host} -> left")
                     }
                     Err(e) => {
@@ -960,6 +1010,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         violations: vec![],
         expected_losses: vec![],
         phase: Phase::Running,
+        faults: 0,
     }));
     let mut sim = turmoil::Builder::new()
         .rng_seed(scenario.seed)
@@ -1102,6 +1153,8 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     // The message latency bound in force (a stall returns to it).
     let mut latency_ms: u16 = 3;
     let mut healed = false;
+    // Trackers set to crash in their next write, and for how long.
+    let mut mid_write: BTreeMap<u8, u16> = BTreeMap::new();
     let mut next_convergence_check = 0;
     let mut phantoms_checked = false;
     let mut sim_error = None;
@@ -1128,6 +1181,17 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 Action::Latency { max_ms } => {
                     latency_ms = max_ms;
                     apply_fault(&mut hosts, &step.action, &shared)
+                }
+                Action::CrashMidWrite { tracker, down_ms } => {
+                    let host = crate::trackers::host(tracker);
+                    match tracker_disks.get(usize::from(tracker)) {
+                        Some(disk) if !hosts.down.contains(&host) => {
+                            disk.lock().expect("disk lock").trap.arm(true);
+                            mid_write.insert(tracker, down_ms);
+                            format!("{host} set to crash in its next write")
+                        }
+                        _ => format!("{}: {host} is down", step.action),
+                    }
                 }
                 Action::Stall { ms } => {
                     // Everything sent meanwhile may arrive up to 2.5 s late:
@@ -1163,10 +1227,47 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 }),
                 _ => None,
             };
-            if let Some(kind) = kind {
-                shared.lock().expect("shared lock").count(kind);
+            {
+                let mut s = shared.lock().expect("shared lock");
+                s.faults += 1;
+                if let Some(kind) = kind {
+                    s.count(kind);
+                }
             }
             log(&shared, now, line);
+        }
+        // A write sprang its tracker's trap in the last step: the crash
+        // comes before its sync ends.
+        let sprung: Vec<(u8, u16)> = mid_write
+            .iter()
+            .filter(|(i, _)| {
+                tracker_disks
+                    .get(usize::from(**i))
+                    .is_some_and(|d| d.lock().expect("disk lock").trap.sprung())
+            })
+            .map(|(i, ms)| (*i, *ms))
+            .collect();
+        for (i, down_ms) in sprung {
+            mid_write.remove(&i);
+            let host = crate::trackers::host(i);
+            if down.insert(host.clone()) {
+                sim.crash(host.as_str());
+                tracker_service
+                    .lock()
+                    .expect("tracker set lock")
+                    .crashed(&host);
+                deferred.push((now + u64::from(down_ms), Deferred::Restart(host.clone())));
+                {
+                    let mut s = shared.lock().expect("shared lock");
+                    s.faults += 1;
+                    s.count("crash_mid_write");
+                }
+                log(
+                    &shared,
+                    now,
+                    format!("crash {host} in the middle of a write, for {down_ms}ms"),
+                );
+            }
         }
         if !healed {
             deferred.sort_by_key(|(at, _)| *at);
@@ -1204,6 +1305,11 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         }
         if !healed && now >= u64::from(FAULT_WINDOW_MS) {
             healed = true;
+            for (i, _) in std::mem::take(&mut mid_write) {
+                if let Some(d) = tracker_disks.get(usize::from(i)) {
+                    d.lock().expect("disk lock").trap.arm(false);
+                }
+            }
             for (a, b) in std::mem::take(&mut partitions) {
                 sim.repair(a.as_str(), b.as_str());
             }
@@ -1695,7 +1801,26 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
                                 && st.holds_intact(c)
                         })
                     };
-                    match store.rot(usize::from(*n), elsewhere) {
+                    // A copy of a chunk with more copies than its factor
+                    // first, where there is one: a trim is coming, and must
+                    // check that the copies it keeps are intact.
+                    let surplus: BTreeSet<p2p_core::ChunkId> = {
+                        let (disks, chunks) =
+                            live_and_acked(&s, stores, &BTreeSet::new(), s.chunk_size);
+                        chunks
+                            .into_iter()
+                            .map(|(_, _, r, piece)| (p2p_core::ChunkId::of(piece), r))
+                            .filter(|(id, r)| {
+                                disks.iter().filter(|(_, st)| st.holds_intact(id)).count()
+                                    > usize::from(*r)
+                            })
+                            .map(|(id, _)| id)
+                            .collect()
+                    };
+                    let rotted = store
+                        .rot(usize::from(*n), |c| surplus.contains(c) && elsewhere(c))
+                        .or_else(|| store.rot(usize::from(*n), elsewhere));
+                    match rotted {
                         Some(c) => format!("rot a copy of {} on {host}", &c.to_hex()[..8]),
                         None => format!("{action}: no chunk on {host} has another copy"),
                     }
@@ -1861,6 +1986,8 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
         | Action::Leave { .. } => {
             unreachable!("client operations are not faults")
         }
-        Action::Stall { .. } => unreachable!("applied by the run loop"),
+        Action::Stall { .. } | Action::CrashMidWrite { .. } => {
+            unreachable!("applied by the run loop")
+        }
     }
 }

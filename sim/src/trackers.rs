@@ -4,6 +4,7 @@
 //! the group's own invariants.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,11 +51,16 @@ pub type Writes = Arc<Mutex<Vec<(u64, u64, u8)>>>;
 /// written through the group (and noted in [`Writes`]).
 pub enum SimMeta {
     /// A single tracker's records on its disk, whose syncs take `sync`.
-    Single { meta: MemoryMeta, sync: Duration },
+    Single {
+        meta: MemoryMeta,
+        sync: Duration,
+        trap: Arc<WriteTrap>,
+    },
     Group {
         member: Arc<Member<MemoryMeta>>,
         me: u8,
         writes: Writes,
+        trap: Arc<WriteTrap>,
     },
 }
 
@@ -69,7 +75,8 @@ impl MetaStore for SimMeta {
 
     async fn persist(&self, records: Vec<Record>) -> Result<(), MetaError> {
         match self {
-            SimMeta::Single { meta, sync } => {
+            SimMeta::Single { meta, sync, trap } => {
+                trap.spring();
                 // A write is on the disk once its sync ends: a crash before
                 // (this future dropped with the host's tasks) loses it, as
                 // it loses a redb commit whose fsync had not returned.
@@ -78,7 +85,13 @@ impl MetaStore for SimMeta {
                 std::mem::forget(unsynced);
                 meta.persist(records).await
             }
-            SimMeta::Group { member, me, writes } => {
+            SimMeta::Group {
+                member,
+                me,
+                writes,
+                trap,
+            } => {
+                trap.spring();
                 let w = member.write(&records).await.map_err(|e| MetaError::Db {
                     path: "tracker group".into(),
                     msg: e.to_string(),
@@ -90,6 +103,32 @@ impl MetaStore for SimMeta {
                 Ok(())
             }
         }
+    }
+}
+
+/// Set to crash a tracker in the middle of its next write: the write
+/// springs it, and the run crashes the host before the next step (the
+/// write's sync, longer than a step, has not ended).
+#[derive(Default)]
+pub struct WriteTrap {
+    armed: AtomicBool,
+    sprung: AtomicBool,
+}
+
+impl WriteTrap {
+    pub fn arm(&self, on: bool) {
+        self.armed.store(on, Ordering::Relaxed);
+    }
+
+    fn spring(&self) {
+        if self.armed.swap(false, Ordering::Relaxed) {
+            self.sprung.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a write sprang it since the last call.
+    pub fn sprung(&self) -> bool {
+        self.sprung.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -109,6 +148,7 @@ pub struct Disk {
     pub log: LogStore,
     pub meta: MemoryMeta,
     pub sync: Duration,
+    pub trap: Arc<WriteTrap>,
 }
 
 impl Disk {
@@ -119,6 +159,7 @@ impl Disk {
                 .with_sync_time(sync),
             meta: MemoryMeta::default(),
             sync,
+            trap: Arc::default(),
         }
     }
 }
@@ -217,10 +258,10 @@ pub fn spawn(
         .collect();
     let mut disks = Vec::new();
     for i in 0..setup.trackers {
-        // 5 to 30 ms a sync (a disk's fsync, give or take): most writes
-        // land in a later simulation step than the one they started in, so
-        // a crash between the two loses them.
-        let sync = Duration::from_millis(5 + (setup.seed >> 8) % 26);
+        // 11 to 30 ms a sync (a disk's fsync, give or take): longer than a
+        // simulation step, so a write lands in a later step than the one it
+        // started in, and a crash between the two loses it.
+        let sync = Duration::from_millis(11 + (setup.seed >> 8) % 20);
         let disk = Arc::new(Mutex::new(Disk::empty(sync)));
         disks.push(disk.clone());
         // Each start hands out sessions of its own, and draws its
@@ -271,6 +312,7 @@ pub fn spawn(
                         member: member.clone(),
                         me: i,
                         writes,
+                        trap: disk.trap.clone(),
                     };
                     let service = TrackerService::open(config, meta)
                         .await?
@@ -285,6 +327,7 @@ pub fn spawn(
                     let meta = SimMeta::Single {
                         meta: disk.meta,
                         sync: disk.sync,
+                        trap: disk.trap.clone(),
                     };
                     let service = TrackerService::open(config, meta).await?;
                     Handle {

@@ -381,6 +381,19 @@ const FOUND: &[(&str, &str)] = &[
          2358:put(f1,0,2,client0,v1) 2549:put(f1,0,3,client2,v1) \
          2635:put(f0,876,3,client2) 2760:get(f2,client1) 2762:get(f3,client2)",
     ),
+    (
+        "a forced leave confirmed late (its reply lost) counted a hand-off copy the tracker had since trimmed and the target deleted",
+        "seed=578 nodes=5 capacity=128 94:put(f0,0,3,client0,v0,replace) 170:get(f3,client2) \
+         286:put(f2,32985,3,client0,v0,replace) 319:get(f2,client1) 387:get(f0,client2) \
+         511:put(f1,1352,2,client1,v1,replace) 546:get(f3,client1) \
+         694:put(f1,3376,2,client1,v0,replace) 810:get(f3,client2) 884:get(f0,client0) \
+         932:put(f1,3119,3,client1,v1,replace) 973:put(f1,2509,3,client2) \
+         1009:put(f3,24761,3,client0,v1) 1234:get(f3,client1) 1256:put(f0,32134,3,client1,v1) \
+         1321:put(f1,7255,3,client2,v0,replace) 1374:put(f3,53033,3,client0,v1,replace) \
+         1586:leave(node4,client1,force) 1599:loss(24) 1632:get(f2,client2) \
+         1644:get(f2,client0) 1715:get(f3,client1) 1930:get(f0,client2) 2173:get(f1,client1) \
+         2278:put(f1,1475,3,client0) 2391:put(f0,43087,3,client2,v1) 2970:get(f1,client0)",
+    ),
 ];
 
 #[test]
