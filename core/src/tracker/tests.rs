@@ -211,17 +211,24 @@ fn leave_hands_off_then_removes() {
 // target has reported that copy gone since: the report can be stale (the
 // simulator's seed 578: a forced leave confirmed seconds after its copy was
 // trimmed and deleted). The target's own report counts it if it is there.
-#[test]
-fn a_stale_hand_off_report_does_not_count_a_deleted_copy() {
+/// Four nodes, a one-chunk file on three, n00 leaving: the tracker, the
+/// leaver, the chunk and its hand-off target, which has reported the copy.
+fn handed_over() -> (Tracker, NodeId, ChunkId, NodeId) {
     let mut t = cluster(4);
     put(&mut t, "f", 1, 3);
     while t.poll_record().is_some() {}
     let leaver = nid(0);
     let h = t.begin_leave(&leaver, false, 1).unwrap();
     let (chunk, target) = (h[0].chunk, h[0].target.id.clone());
-    // The copy is made, reported by the target, then deleted again.
     t.heartbeat(&target, vec![chunk], vec![], 2).unwrap();
     assert!(t.holders(&chunk).contains(&target));
+    (t, leaver, chunk, target)
+}
+
+#[test]
+fn a_stale_hand_off_report_does_not_count_a_deleted_copy() {
+    let (mut t, leaver, chunk, target) = handed_over();
+    // The target deletes the copy again (found it rotten, say).
     t.heartbeat(&target, vec![], vec![chunk], 3).unwrap();
     assert!(!t.holders(&chunk).contains(&target));
     let still = t
@@ -238,13 +245,7 @@ fn a_stale_hand_off_report_does_not_count_a_deleted_copy() {
 // its tombstone keeps the stale report from counting it again.
 #[test]
 fn a_stale_hand_off_report_does_not_count_a_copy_the_tracker_deleted() {
-    let mut t = cluster(4);
-    put(&mut t, "f", 1, 3);
-    while t.poll_record().is_some() {}
-    let leaver = nid(0);
-    let h = t.begin_leave(&leaver, false, 1).unwrap();
-    let (chunk, target) = (h[0].chunk, h[0].target.id.clone());
-    t.heartbeat(&target, vec![chunk], vec![], 2).unwrap();
+    let (mut t, leaver, chunk, target) = handed_over();
     t.remove("f").unwrap();
     t.tick(3);
     let told = match t.heartbeat(&target, vec![], vec![], 4).unwrap() {
