@@ -330,8 +330,6 @@ pub fn server_builder(t: &Timeouts) -> Server {
         .http2_keepalive_timeout(Some(t.keepalive))
 }
 
-/// Channels by address, created once and reused: a channel multiplexes
-/// every call to its peer over one HTTP/2 connection.
 /// Cached channels by address, each with the number it was dialled as.
 #[derive(Default)]
 struct ChannelCache {
@@ -363,6 +361,9 @@ impl Forget {
     }
 }
 
+/// Channels by address, created once and reused until a call on one times
+/// out or fails in the transport: a channel multiplexes every call to its
+/// peer over one HTTP/2 connection.
 pub struct Peers<D: Dialer> {
     dialer: D,
     channels: Arc<ChannelCache>,
