@@ -394,6 +394,20 @@ const FOUND: &[(&str, &str)] = &[
          1644:get(f2,client0) 1715:get(f3,client1) 1930:get(f0,client2) 2173:get(f1,client1) \
          2278:put(f1,1475,3,client0) 2391:put(f0,43087,3,client2,v1) 2970:get(f1,client0)",
     ),
+    (
+        "a node crashed during its forced leave and restarted ran again after the leave went through (the checker now stops it, as its operator would)",
+        "seed=2532 nodes=6 trackers=3 fanout zones=3 capacity=320 \
+         73:crashwrite(tracker0,469) 303:get(f1,client1) \
+         586:put(f2,29353,3,client2,v1,replace) 903:put(f0,33108,3,client1,v1) \
+         961:get(f2,client2) 961:get(f1,client2) 1121:put(f1,9653,3,client0) \
+         1275:get(f3,client1) 1415:put(f2,0,3,client0) 1610:get(f1,client0) \
+         1707:get(f0,client0) 1802:leave(node0,client0,force) \
+         1913:put(f2,3794,3,client1,v1,replace) 2029:disk(node0,rot,294) \
+         2172:get(f3,client1) 2199:get(f1,client1) 2292:disk(node0,eio,433) \
+         2428:put(f1,0,3,client2,v1,replace) 2476:get(f1,client1) 2581:crash(node0,162) \
+         2816:put(f1,59502,3,client0,v0,replace) 2913:put(f0,1453,3,client1,v1) \
+         2957:put(f3,1571,1,client1,v1)",
+    ),
 ];
 
 #[test]
