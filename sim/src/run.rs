@@ -1259,25 +1259,27 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             .collect();
         for (i, down_ms) in sprung {
             mid_write.remove(&i);
-            let host = crate::trackers::host(i);
-            if down.insert(host.clone()) {
-                sim.crash(host.as_str());
-                tracker_service
-                    .lock()
-                    .expect("tracker set lock")
-                    .crashed(&host);
-                deferred.push((now + u64::from(down_ms), Deferred::Restart(host.clone())));
-                {
-                    let mut s = shared.lock().expect("shared lock");
-                    s.faults += 1;
-                    s.count("crash_mid_write");
-                }
-                log(
-                    &shared,
-                    now,
-                    format!("crash {host} in the middle of a write, for {down_ms}ms"),
-                );
+            let crash = Action::CrashFor {
+                target: Target::Tracker(i),
+                down_ms,
+            };
+            let mut hosts = Hosts {
+                sim: &mut sim,
+                stores: &stores,
+                down: &mut down,
+                partitions: &mut partitions,
+                deferred: &mut deferred,
+                tracker: &tracker_service,
+                tracker_disks: &tracker_disks,
+                now,
+            };
+            let line = apply_fault(&mut hosts, &crash, &shared);
+            {
+                let mut s = shared.lock().expect("shared lock");
+                s.faults += 1;
+                s.count("crash_mid_write");
             }
+            log(&shared, now, format!("{line}, in the middle of a write"));
         }
         if !healed {
             deferred.sort_by_key(|(at, _)| *at);
