@@ -50,6 +50,10 @@ pub enum Mutant {
     /// The tracker takes every node for a zone of its own: copies of a
     /// chunk may share a zone while others have room.
     IgnoreZones,
+    /// Group members keep a connection to another member until the
+    /// keepalive every other connection uses gives up on it, not within
+    /// an election: after a partition heals, members stay apart.
+    GroupWaitsForKeepalive,
 }
 
 impl Mutant {
@@ -69,6 +73,7 @@ impl Mutant {
         Mutant::RejoinVotesAtOnce,
         Mutant::CommitWithoutReceipt,
         Mutant::IgnoreZones,
+        Mutant::GroupWaitsForKeepalive,
     ];
 
     /// Its name on the command line, kebab-case.
@@ -88,6 +93,7 @@ impl Mutant {
             Mutant::RejoinVotesAtOnce => "rejoin-votes-at-once",
             Mutant::CommitWithoutReceipt => "commit-without-receipt",
             Mutant::IgnoreZones => "ignore-zones",
+            Mutant::GroupWaitsForKeepalive => "group-waits-for-keepalive",
         }
     }
 

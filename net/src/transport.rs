@@ -55,6 +55,8 @@ impl Default for Timeouts {
 pub trait Dialer: Clone + Send + Sync + 'static {
     fn channel(&self, addr: &str) -> Result<Channel, ClientError>;
     fn timeouts(&self) -> &Timeouts;
+    /// The timeouts channels dialled from now on get.
+    fn timeouts_mut(&mut self) -> &mut Timeouts;
 }
 
 /// Dials real TCP; with `tls`, mutual TLS (`https://`).
@@ -88,6 +90,10 @@ impl Dialer for TcpDialer {
 
     fn timeouts(&self) -> &Timeouts {
         &self.timeouts
+    }
+
+    fn timeouts_mut(&mut self) -> &mut Timeouts {
+        &mut self.timeouts
     }
 }
 

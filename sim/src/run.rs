@@ -51,7 +51,8 @@ impl Default for SimConfig {
                 // Longer than `dead_after_ms`, as in a real deployment
                 // (10 s and 10 s), so a connection whose segments are lost
                 // outlives the tracker's patience unless the product gives
-                // up on it sooner (heartbeats do, within 1 s).
+                // up on it sooner (heartbeats do, within 1 s). Scenarios
+                // with a tracker group use `GROUP_KEEPALIVE`.
                 keepalive: Duration::from_millis(2_000),
             },
         }
@@ -993,8 +994,19 @@ fn host_name(t: Target) -> String {
     t.to_string()
 }
 
+/// HTTP/2 keepalive in scenarios with a tracker group: ten times the
+/// group's election timeout, as deployed (10 s and 1 s), so a member's
+/// connection whose segments are lost outlives several elections unless
+/// the product gives up on it sooner (members do, within an election).
+pub const GROUP_KEEPALIVE: Duration = Duration::from_millis(5_000);
+
 /// Run one scenario to completion and check it.
 pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
+    let mut cfg = cfg.clone();
+    if scenario.trackers > 1 {
+        cfg.timeouts.keepalive = cfg.timeouts.keepalive.max(GROUP_KEEPALIVE);
+    }
+    let cfg = &cfg;
     let shared: SharedRef = Arc::new(Mutex::new(Shared {
         trace: vec![],
         names: BTreeMap::new(),

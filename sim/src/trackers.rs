@@ -20,11 +20,12 @@ use crate::transport::{SimDialer, incoming};
 /// The port every simulated service listens on.
 pub const PORT: u16 = 7000;
 
-/// Election timing of a simulated group: a LAN's, halved, so that a
-/// scenario's 3 s of faults see several elections.
+/// Election timing of a simulated group: a LAN's election timeout, halved,
+/// so that a scenario's 3 s of faults see several elections, and its
+/// heartbeat.
 pub fn group_timing() -> Timing {
     Timing {
-        heartbeat: Duration::from_millis(50),
+        heartbeat: Duration::from_millis(100),
         election_min: Duration::from_millis(250),
         election_max: Duration::from_millis(500),
     }

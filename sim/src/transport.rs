@@ -35,6 +35,10 @@ impl Dialer for SimDialer {
     fn timeouts(&self) -> &Timeouts {
         &self.timeouts
     }
+
+    fn timeouts_mut(&mut self) -> &mut Timeouts {
+        &mut self.timeouts
+    }
 }
 
 /// An accepted turmoil stream, as tonic's server wants it.

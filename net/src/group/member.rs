@@ -137,6 +137,17 @@ impl<M: AppliedStore> Member<M> {
         .validate()
         .map_err(|e| GroupError::Config(e.to_string()))?;
         let disk = log.clone();
+        // A member's connection to another whose segments are being lost
+        // (a partition, a dead host) must be given up within about an
+        // election, not after the keepalive everyone else uses (10 s by
+        // default): the library calls again on the same connection, and
+        // until it breaks the two members stay apart after the network
+        // has healed. A ping every election timeout costs nothing.
+        let mut group_dialer = dialer.clone();
+        let keepalive = &mut group_dialer.timeouts_mut().keepalive;
+        if !p2p_core::mutants::on(p2p_core::mutants::Mutant::GroupWaitsForKeepalive) {
+            *keepalive = (*keepalive).min(timing.election_max);
+        }
         // Every task of the library is spawned by `Raft::new` or by those
         // tasks, so all of them draw from this seed.
         let raft = Runtime::scope(
@@ -144,7 +155,7 @@ impl<M: AppliedStore> Member<M> {
             Raft::new(
                 id,
                 Arc::new(config),
-                GroupNetwork::new(dialer.clone()),
+                GroupNetwork::new(group_dialer),
                 log,
                 StateMachine::new(store.clone()),
             ),
