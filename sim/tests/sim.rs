@@ -48,6 +48,10 @@ proptest! {
 }
 
 // The same seed gives the same trace, byte for byte; another seed does not.
+// Seeds 120..140 include tracker groups, where tonic's and openraft's tasks
+// race most: before every host's tokio runtime drew its RNG from the seed
+// (`tokio_unstable`, `.cargo/config.toml`), seed 130 ran differently one
+// time in four.
 #[test]
 fn same_seed_same_trace() {
     let cfg = SimConfig::default();
@@ -57,6 +61,17 @@ fn same_seed_same_trace() {
     assert!(!a.trace.is_empty());
     let c = run(&Scenario::from_seed(8), &cfg);
     assert_ne!(a.trace, c.trace);
+    for seed in 120..140 {
+        let s = Scenario::from_seed(seed);
+        let first = run(&s, &cfg);
+        for _ in 0..2 {
+            assert_eq!(
+                first.trace,
+                run(&s, &cfg).trace,
+                "seed {seed} ran differently twice: cargo run -p p2p-sim --release -- --seed {seed}"
+            );
+        }
+    }
 }
 
 fn at(at_ms: u32, action: Action) -> Step {
