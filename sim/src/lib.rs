@@ -23,6 +23,14 @@
 //! the scenario a function of one number: `cargo run -p p2p-sim --release --
 //! --seed S` replays it and prints its trace.
 
+/// Whether runs are a function of their scenario alone. Each host's tokio
+/// runtime draws its RNG (`tokio::select!` uses it) from the scenario's
+/// seed only when built with `--cfg tokio_unstable`, which
+/// `.cargo/config.toml` sets; a `RUSTFLAGS` in the environment replaces it.
+pub fn deterministic() -> bool {
+    cfg!(tokio_unstable)
+}
+
 pub mod coverage;
 pub mod plan;
 pub mod run;

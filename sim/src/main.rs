@@ -122,6 +122,11 @@ fn main() -> ExitCode {
     // Counts the services' events for the coverage line; RUST_LOG=debug
     // also shows what every host does, stamped with simulated time.
     p2p_sim::coverage::install(SimTime);
+    if !p2p_sim::deterministic() {
+        eprintln!(
+            "warning: built without --cfg tokio_unstable (a RUSTFLAGS in the environment replaces .cargo/config.toml's): the same seed may run differently twice"
+        );
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let get = |flag: &str| {
         args.iter()

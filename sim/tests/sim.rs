@@ -54,6 +54,10 @@ proptest! {
 // time in four.
 #[test]
 fn same_seed_same_trace() {
+    assert!(
+        p2p_sim::deterministic(),
+        "built without --cfg tokio_unstable: a RUSTFLAGS in the environment replaced .cargo/config.toml's"
+    );
     let cfg = SimConfig::default();
     let a = run(&Scenario::from_seed(7), &cfg);
     let b = run(&Scenario::from_seed(7), &cfg);
