@@ -250,8 +250,16 @@ struct Shared {
 
 type SharedRef = Arc<Mutex<Shared>>;
 
-/// A chunk's intact copies, its factor, and its name's epoch.
-type Copies = (usize, u8, u64);
+/// A chunk of an acknowledged file, as the disks hold it.
+struct Copies {
+    id: p2p_core::ChunkId,
+    /// Intact copies on every disk still in the cluster.
+    on: usize,
+    /// Its file's factor.
+    replicas: u8,
+    /// Its name's epoch.
+    epoch: u64,
+}
 
 impl Shared {
     /// Whether name `file` may be lost without a bug: a version it may hold
@@ -372,7 +380,13 @@ impl Shared {
                 let id = p2p_core::ChunkId::of(piece);
                 let on = disks.iter().filter(|(_, st)| st.holds_intact(&id)).count();
                 let epoch = self.names.get(&file).map_or(0, |r| r.epoch);
-                ((file, i), (on, replicas, epoch))
+                let copies = Copies {
+                    id,
+                    on,
+                    replicas,
+                    epoch,
+                };
+                ((file, i), copies)
             })
             .collect()
     }
@@ -798,15 +812,15 @@ async fn client_script(
                         if !force && s.faults == before.0 {
                             let after = s.copies(&stores);
                             let mut short = Vec::new();
-                            for (k, (had, r, epoch)) in &before.1 {
-                                let want = (*had).min(usize::from(*r));
-                                if let Some((on, _, e)) = after.get(k)
-                                    && e == epoch
-                                    && *on < want
+                            for (k, had) in &before.1 {
+                                let want = had.on.min(usize::from(had.replicas));
+                                if let Some(now) = after.get(k)
+                                    && now.epoch == had.epoch
+                                    && now.on < want
                                 {
                                     short.push(format!(
-                                        "f{} chunk {}: {on} copies, had {had}, factor {r}",
-                                        k.0, k.1
+                                        "f{} chunk {}: {} copies, had {}, factor {}",
+                                        k.0, k.1, now.on, had.on, had.replicas
                                     ));
                                 }
                             }
@@ -1167,6 +1181,21 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
     let mut healed = false;
     // Trackers set to crash in their next write, and for how long.
     let mut mid_write: BTreeMap<u8, u16> = BTreeMap::new();
+    // What a fault at time `now` acts on (the borrows of this run's state).
+    macro_rules! hosts {
+        ($now:expr) => {
+            Hosts {
+                sim: &mut sim,
+                stores: &stores,
+                down: &mut down,
+                partitions: &mut partitions,
+                deferred: &mut deferred,
+                tracker: &tracker_service,
+                tracker_disks: &tracker_disks,
+                now: $now,
+            }
+        };
+    }
     let mut next_convergence_check = 0;
     let mut phantoms_checked = false;
     let mut sim_error = None;
@@ -1189,16 +1218,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
             }
         }
         while let Some(step) = faults.next_if(|s| u64::from(s.at_ms) <= now) {
-            let mut hosts = Hosts {
-                sim: &mut sim,
-                stores: &stores,
-                down: &mut down,
-                partitions: &mut partitions,
-                deferred: &mut deferred,
-                tracker: &tracker_service,
-                tracker_disks: &tracker_disks,
-                now,
-            };
+            let mut hosts = hosts!(now);
             let line = match step.action {
                 Action::Latency { max_ms } => {
                     latency_ms = max_ms;
@@ -1275,16 +1295,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 target: Target::Tracker(i),
                 down_ms,
             };
-            let mut hosts = Hosts {
-                sim: &mut sim,
-                stores: &stores,
-                down: &mut down,
-                partitions: &mut partitions,
-                deferred: &mut deferred,
-                tracker: &tracker_service,
-                tracker_disks: &tracker_disks,
-                now,
-            };
+            let mut hosts = hosts!(now);
             let line = apply_fault(&mut hosts, &crash, &shared);
             {
                 let mut s = shared.lock().expect("shared lock");
@@ -1828,19 +1839,12 @@ fn apply_fault(h: &mut Hosts<'_, '_>, action: &Action, shared: &SharedRef) -> St
                     // A copy of a chunk with more copies than its factor
                     // first, where there is one: a trim is coming, and must
                     // check that the copies it keeps are intact.
-                    let surplus: BTreeSet<p2p_core::ChunkId> = {
-                        let (disks, chunks) =
-                            live_and_acked(&s, stores, &BTreeSet::new(), s.chunk_size);
-                        chunks
-                            .into_iter()
-                            .map(|(_, _, r, piece)| (p2p_core::ChunkId::of(piece), r))
-                            .filter(|(id, r)| {
-                                disks.iter().filter(|(_, st)| st.holds_intact(id)).count()
-                                    > usize::from(*r)
-                            })
-                            .map(|(id, _)| id)
-                            .collect()
-                    };
+                    let surplus: BTreeSet<p2p_core::ChunkId> = s
+                        .copies(stores)
+                        .into_values()
+                        .filter(|c| c.on > usize::from(c.replicas))
+                        .map(|c| c.id)
+                        .collect();
                     let rotted = store
                         .rot(usize::from(*n), |c| surplus.contains(c) && elsewhere(c))
                         .or_else(|| store.rot(usize::from(*n), elsewhere));
