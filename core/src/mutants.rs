@@ -54,6 +54,12 @@ pub enum Mutant {
     /// keepalive every other connection uses gives up on it, not within
     /// an election: after a partition heals, members stay apart.
     GroupWaitsForKeepalive,
+    /// The tracker lets a node leave counting other holders it has not
+    /// heard from since the leave began (one may have crashed just before).
+    LeaveTrustsSilentHolders,
+    /// The tracker counts a copy handed over by a leaving node before its
+    /// target has read it back intact.
+    CountUnverifiedHandoff,
 }
 
 impl Mutant {
@@ -74,6 +80,8 @@ impl Mutant {
         Mutant::CommitWithoutReceipt,
         Mutant::IgnoreZones,
         Mutant::GroupWaitsForKeepalive,
+        Mutant::LeaveTrustsSilentHolders,
+        Mutant::CountUnverifiedHandoff,
     ];
 
     /// Its name on the command line, kebab-case.
@@ -94,6 +102,8 @@ impl Mutant {
             Mutant::CommitWithoutReceipt => "commit-without-receipt",
             Mutant::IgnoreZones => "ignore-zones",
             Mutant::GroupWaitsForKeepalive => "group-waits-for-keepalive",
+            Mutant::LeaveTrustsSilentHolders => "leave-trusts-silent-holders",
+            Mutant::CountUnverifiedHandoff => "count-unverified-handoff",
         }
     }
 

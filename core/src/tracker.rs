@@ -211,6 +211,9 @@ struct NodeEntry {
     last_seen_ms: u64,
     alive: bool,
     leaving: bool,
+    /// When its leave's latest round began (soft state, like liveness):
+    /// the other holders must be heard from after that for it to go.
+    leave_began_ms: Option<u64>,
     /// Known only from records (after a restart): ask for a full report.
     needs_full_report: bool,
     /// A full report under way: the chunks it named so far.
@@ -616,6 +619,7 @@ impl Tracker {
                         last_seen_ms: 0,
                         alive: false,
                         leaving: false,
+                        leave_began_ms: None,
                         needs_full_report: false,
                         report: None,
                         next_full_report_ms: 0,
@@ -639,6 +643,7 @@ impl Tracker {
                     self.nodes[nx as usize] = None;
                     self.node_ix.remove(id);
                     self.heal.forget_node(id);
+                    self.heal.forget_handoffs(nx);
                 }
             }
             Record::FileCommitted { manifest, holders } => {
@@ -1116,9 +1121,11 @@ impl Tracker {
         } else {
             0
         };
+        self.heal.forget_handoffs_of(nx);
         let n = self.node_mut(nx);
         n.needs_full_report = false;
         n.leaving = false;
+        n.leave_began_ms = None;
         n.last_seen_ms = now_ms;
         n.session = session;
         n.last_seq = 0;
@@ -1996,8 +2003,14 @@ impl Tracker {
         self.health.under.iter().map(RoaringBitmap::len).sum()
     }
 
-    /// Chunks of `node` that would drop below their factor without it.
-    fn dependent_chunks(&self, node: &NodeId) -> Vec<(ChunkId, usize, u32, u64)> {
+    /// Chunks of `node` that would drop below their factor without it,
+    /// counting only the other holders `counts` accepts (alive and not
+    /// leaving, always).
+    fn dependent_chunks(
+        &self,
+        node: &NodeId,
+        counts: impl Fn(ChunkIx, NodeIx) -> bool,
+    ) -> Vec<(ChunkId, usize, u32, u64)> {
         let Some(&me) = self.node_ix.get(node) else {
             return Vec::new();
         };
@@ -2012,7 +2025,9 @@ impl Tracker {
                 let others = rec
                     .holders
                     .iter()
-                    .filter(|&&h| h != me && self.alive(h) && !self.node(h).leaving)
+                    .filter(|&&h| {
+                        h != me && self.alive(h) && !self.node(h).leaving && counts(cx, h)
+                    })
                     .count();
                 (others < rec.factor as usize).then_some((
                     rec.id,
@@ -2022,6 +2037,24 @@ impl Tracker {
                 ))
             })
             .collect()
+    }
+
+    /// Whether holder `h` was heard from after `since_ms`, by a heartbeat
+    /// sent after it: half an interval later, which a heartbeat in flight
+    /// when `since_ms` came takes less than.
+    fn heard_since(&self, h: NodeIx, since_ms: u64) -> bool {
+        let margin = self.config.heartbeat_interval_ms / 2;
+        self.node(h).last_seen_ms >= since_ms.saturating_add(margin)
+            || mutants::on(Mutant::LeaveTrustsSilentHolders)
+    }
+
+    /// Whether holder `h` was heard from within two heartbeats (the trim's
+    /// freshness): one that crashed a moment ago still counts as live
+    /// until it is declared dead, and must not be counted on.
+    fn fresh(&self, h: NodeIx, now_ms: u64) -> bool {
+        let fresh = self.config.heartbeat_interval_ms.saturating_mul(2);
+        now_ms.saturating_sub(self.node(h).last_seen_ms) <= fresh
+            || mutants::on(Mutant::LeaveTrustsSilentHolders)
     }
 
     /// A node asks to leave: it stops receiving new chunks, and the reply
@@ -2043,10 +2076,16 @@ impl Tracker {
         let n = self.node_mut(nx);
         n.last_seen_ms = now_ms;
         n.leaving = true;
+        // Each round of a leave starts its wait for the other holders
+        // afresh (see `finish_leave`).
+        n.leave_began_ms = Some(now_ms);
         let mut handoffs = Vec::new();
         let mut extra_load: BTreeMap<NodeId, u64> = BTreeMap::new();
         let mut extra_bytes: BTreeMap<NodeIx, u64> = BTreeMap::new();
-        for (chunk, others, replicas, size_bytes) in self.dependent_chunks(node) {
+        // Holders silent for two heartbeats are not counted on: the copy
+        // is handed over rather than left to one that may be gone.
+        let dependent = self.dependent_chunks(node, |_, h| self.fresh(h, now_ms));
+        for (chunk, others, replicas, size_bytes) in dependent {
             let mut exclude = self.holders(&chunk);
             exclude.extend(self.deleting_nodes(&chunk));
             // The zones of the copies that stay.
@@ -2059,7 +2098,9 @@ impl Tracker {
                 .get(cx)
                 .holders
                 .iter()
-                .filter(|&&h| h != nx && self.alive(h) && !self.node(h).leaving)
+                .filter(|&&h| {
+                    h != nx && self.alive(h) && !self.node(h).leaving && self.fresh(h, now_ms)
+                })
                 .map(|&h| self.zone_key(h))
                 .collect();
             let mut candidates: Vec<(u64, NodeIx)> = self
@@ -2079,7 +2120,9 @@ impl Tracker {
                 .collect();
             let missing = replicas as usize - others;
             if candidates.len() < missing && !force {
-                self.node_mut(nx).leaving = false;
+                let n = self.node_mut(nx);
+                n.leaving = false;
+                n.leave_began_ms = None;
                 return Err(TrackerError::NotEnoughNodes {
                     wanted: replicas,
                     available: others + candidates.len(),
@@ -2115,22 +2158,30 @@ impl Tracker {
     /// A leaving node reports the copies it made. If no chunk depends on it
     /// any more (or `force`) it is removed and the result is empty;
     /// otherwise the result lists the chunks that still do, and the node
-    /// stays.
+    /// stays: it asks again a heartbeat or so later (see below).
+    ///
+    /// A holder counts only once heard from after the round began (one
+    /// that crashed just before the leave is silent since), and a copy
+    /// handed over only once its target has read it back intact, asked
+    /// after this report: a copy that rotted at once would otherwise leave
+    /// the leaving node's copy the last intact one as it goes.
     pub fn finish_leave(
         &mut self,
         node: &NodeId,
         handed: Vec<(ChunkId, NodeId)>,
         force: bool,
+        now_ms: u64,
     ) -> Result<Vec<ChunkId>, TrackerError> {
-        if !self.node_ix.contains_key(node) {
+        let Some(&me) = self.node_ix.get(node) else {
             return Err(TrackerError::UnknownNode(node.clone()));
-        }
+        };
         // A copy handed over counts on the leaving node's word unless its
         // target was told to delete it or reported it gone: the report may
         // be older than that (a leave asked again after its reply was
         // lost, long after the copy was made, trimmed and deleted). A
         // target that holds it still says so itself, with its next
         // heartbeat.
+        // Either way the copy waits for its target to read it back.
         for (chunk, target) in handed {
             if !self.heal.deleting(&chunk, &target)
                 && self.heal.tombstone(&chunk, &target).is_none()
@@ -2138,9 +2189,19 @@ impl Tracker {
             {
                 self.link_id(&target, chunk);
             }
+            if let (Some(cx), Some(&tx)) = (self.chunks.find(&chunk), self.node_ix.get(&target)) {
+                self.heal.handed(cx, (tx, &target), me, now_ms);
+            }
         }
+        self.heal
+            .ask_handoffs_again(me, now_ms, self.config.repair_timeout_ms);
+        // A round begun by another leader (liveness is not in the log)
+        // begins its wait now.
+        let since = *self.node_mut(me).leave_began_ms.get_or_insert(now_ms);
         let still: Vec<ChunkId> = self
-            .dependent_chunks(node)
+            .dependent_chunks(node, |cx, h| {
+                self.heard_since(h, since) && self.heal.handoff_settled(cx, h)
+            })
             .into_iter()
             .map(|d| d.0)
             .collect();

@@ -824,6 +824,9 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         let tracker_err = |s| self.tracker_err(s);
         let mut still = 0;
         const ROUNDS: usize = 3;
+        // Heartbeats a round waits for the chunks still needed to drop
+        // before it starts the next (two: the tracker's freshness window).
+        const LEAVE_IDLE_WAITS_MAX: u32 = 3;
         for round in 0..ROUNDS {
             let handoffs = self
                 .tracker_client()?
@@ -863,9 +866,23 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 done += 1;
                 progress(done, total);
             }
-            let still_needed = self
-                .finish_leave(handed, force && round + 1 == ROUNDS)
-                .await?;
+            let last = force && round + 1 == ROUNDS;
+            let mut still_needed = self.finish_leave(handed, last).await?;
+            // The tracker counts another holder only once it has heard
+            // from it since this round began (one may have crashed just
+            // before), and a copy handed over once its target has read it
+            // back intact: ask again every heartbeat while that goes on,
+            // then start a round that hands over what is still needed.
+            let (mut fewest, mut idle) = (still_needed.len(), 0);
+            while !still_needed.is_empty() && idle < LEAVE_IDLE_WAITS_MAX {
+                tokio::time::sleep(self.inner.config.heartbeat_interval).await;
+                still_needed = self.finish_leave(Vec::new(), last).await?;
+                if still_needed.len() < fewest {
+                    (fewest, idle) = (still_needed.len(), 0);
+                } else {
+                    idle += 1;
+                }
+            }
             if still_needed.is_empty() {
                 tracing::info!(node = %self.inner.id, "left the network");
                 let _ = self.inner.shutdown.send(true);

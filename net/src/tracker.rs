@@ -907,7 +907,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let id = convert::node_id(&req.node_id)?;
         let handed = convert::handed_from_pb(&req.handed)?;
         let still = self
-            .mutate(|t, _| t.finish_leave(&id, handed, req.force))
+            .mutate(|t, now| t.finish_leave(&id, handed, req.force, now))
             .await?;
         if still.is_empty() {
             tracing::info!(node = %id, "node left");

@@ -427,6 +427,90 @@ const FOUND: &[(&str, &str)] = &[
          2816:put(f1,59502,3,client0,v0,replace) 2913:put(f0,1453,3,client1,v1) \
          2957:put(f3,1571,1,client1,v1)",
     ),
+    (
+        "a graceful leave counted a holder that had crashed just before it (not yet declared dead) and took a copy the chunk needed",
+        "seed=5000924 nodes=6 trackers=3 fanout zones=3 capacity=320 55:get(f3,client1) \
+         152:get(f2,client1) 162:put(f1,1090,3,client2) 210:disk(node5,slow43,407) \
+         268:get(f0,client0) 381:get(f2,client0) 435:put(f3,1258,1,client2,v1) \
+         485:put(f1,54655,3,client1) 505:put(f0,2940,3,client0) 707:put(f0,0,3,client0) \
+         715:put(f1,33981,1,client1) 729:get(f1,client0) 759:get(f3,client1) \
+         779:put(f1,32493,3,client0) 878:lose(f2) 930:get(f2,client2) \
+         1165:get(f3,client2) 1207:put(f0,903,2,client0,v1) \
+         1236:put(f0,3933,3,client0,v1) 1327:disk(node4,rot,157) 1333:get(f1,client1) \
+         1341:put(f3,517,2,client2) 1368:put(f2,736,1,client0) 1394:disk(node1,eio,1496) \
+         1486:put(f2,0,3,client2) 1491:put(f1,810,1,client0,v1) 1562:get(f2,client1) \
+         1584:put(f3,44597,3,client1) 1659:get(f3,client2) 1944:put(f3,11253,3,client0) \
+         2151:put(f3,0,3,client2) 2160:leave(node5,client0,force) \
+         2177:put(f2,2243,3,client1) 2245:put(f1,2153,2,client0) 2299:lose(f0) \
+         2305:put(f3,52448,1,client2,v1) 2496:leave(node2,client2) 2514:get(f1,client1) \
+         2618:get(f0,client0) 2808:get(f3,client2) 2824:get(f1,client2) \
+         2840:put(f2,1817,3,client1,v1)",
+    ),
+    (
+        "a graceful leave counted a holder that had crashed just before it, three chunks of two files short after",
+        "seed=9000841 nodes=4 zones=2 capacity=192 5:put(f2,28867,3,client0,v0,replace) \
+         20:put(f1,9,3,client1,v1) 86:put(f1,19499,3,client2,v1) 117:crash(node3,493) \
+         345:disk(node1,full,553) 398:get(f1,client1) \
+         489:put(f2,55919,2,client2,v1,replace) 503:put(f3,58566,1,client0,v1,replace) \
+         509:put(f0,3015,2,client2,v1,replace) 661:put(f2,56273,3,client1,v1) \
+         706:rm(f3,client0) 749:get(f1,client1) 764:put(f1,5678,3,client0,v1) \
+         1049:get(f1,client1) 1477:put(f1,171,3,client1,v1,replace) 1524:get(f2,client0) \
+         1692:ls(client0) 1701:put(f2,21406,3,client0,v0,replace) 1850:ls(client1) \
+         1916:put(f3,7233,3,client2) 2055:lose(f2) 2086:leave(node2,client1) \
+         2466:put(f3,28375,3,client1,v1,replace) 2506:put(f0,21012,3,client1,v1) \
+         2647:lose(f2) 2672:put(f3,1040,3,client2,v1,replace) 2688:leave(node0,client1) \
+         2728:forge(x3,client0) 2969:get(f1,client2)",
+    ),
+    (
+        "a graceful leave counted a holder that had crashed just before it, every chunk of a file short after",
+        "seed=9001040 nodes=4 fanout capacity=128 81:put(f3,1237,3,client1) \
+         146:put(f1,44228,3,client0,v1) 205:rm(f3,client1) \
+         265:partition(tracker0,node2,607) 415:get(f1,client1) \
+         539:put(f2,235,3,client2,v1) 572:rm(f3,client2) 668:rm(f2,client1) \
+         746:get(f1,client0) 766:put(f1,17087,2,client0) 934:get(f0,client1) \
+         950:put(f2,1912,3,client2,v1) 988:put(f0,7472,2,client2,v1) 1196:get(f1,client0) \
+         1259:put(f0,3088,3,client1) 1457:partition(node0,node1,918) 1548:get(f0,client0) \
+         1608:partition(node0,node3,1110) 1623:put(f0,26423,2,client0) \
+         1656:put(f1,94,1,client0,v1) 1664:put(f3,3476,2,client1,v1) 1755:get(f2,client2) \
+         1815:put(f3,2103,3,client2) 1844:put(f2,19731,2,client0,v1) 2017:ls(client0) \
+         2076:lose(f0) 2092:leave(node2,client2) 2137:forge(x2,client1) \
+         2264:put(f3,49408,1,client2) 2399:forge(x0,client1) 2464:put(f1,17972,3,client0) \
+         2511:forge(x3,client0) 2544:put(f0,2412,1,client0,v1) 2570:get(f3,client0) \
+         2641:put(f2,0,3,client1) 2763:forge(x3,client2) 2813:put(f2,0,3,client1) \
+         2881:ls(client0) 2966:get(f1,client2)",
+    ),
+    (
+        "a graceful leave counted a holder that had crashed just before it, chunks of three files short after",
+        "seed=9001221 nodes=5 33:ls(client1) 40:partition(client2,node0,888) \
+         89:leave(node2,client2) 92:get(f1,client1) 131:ls(client0) 139:get(f2,client2) \
+         317:put(f0,1135,3,client0,v1) 400:put(f2,1357,1,client0,v1) 511:get(f3,client2) \
+         591:put(f2,0,3,client2,v1) 809:put(f3,41967,3,client0) 865:put(f1,282,2,client2) \
+         956:ls(client0) 959:get(f3,client2) 1017:forge(x3,client0) \
+         1042:put(f1,0,3,client1,v1) 1263:put(f1,0,2,client1,v1) 1423:forge(x1,client1) \
+         1554:forge(x1,client0) 1562:ls(client0) 1572:put(f3,3238,3,client2,v1) \
+         1624:put(f1,31639,3,client1) 1907:forge(x3,client0) \
+         1969:put(f2,11351,3,client2,v1) 1991:forge(x0,client1) 1998:forge(x1,client2) \
+         2019:put(f3,45009,2,client0) 2071:get(f2,client1) 2087:get(f1,client1) \
+         2099:get(f0,client0) 2389:put(f3,58467,1,client0,v1) 2404:lose(f2) \
+         2444:put(f0,12,2,client2,v1) 2567:put(f0,2939,3,client0) \
+         2608:leave(node2,client0) 2625:put(f3,43925,2,client0,v1) 2710:lose(f3) \
+         2794:rm(f0,client2) 2851:ls(client1) 2874:forge(x3,client0)",
+    ),
+    (
+        "a leave counted its hand-over copy, which rotted at once, and took the last intact copy of a file of factor 1 with it (an acknowledged file lost)",
+        "seed=9001730 nodes=5 capacity=320 49:put(f2,32687,1,client2,v1) \
+         195:leave(node0,client2) 210:put(f3,1323,1,client1) 319:disk(node4,rot,426) \
+         729:disk(node3,slow11,1314) 892:put(f3,3952,3,client0) 995:ls(client2) \
+         1098:get(f3,client1) 1107:disk(node0,eio,899) 1371:put(f2,44821,3,client2) \
+         1523:disk(node0,slow40,522) 1573:put(f0,65271,2,client1) 1604:forge(x0,client1) \
+         1848:get(f2,client0) 1874:put(f3,44788,3,client0,v1) 2010:get(f3,client2) \
+         2030:leave(node2,client0) 2050:disk(node1,eio,1160) 2078:forge(x3,client2) \
+         2122:get(f1,client0) 2273:get(f1,client0) 2323:put(f1,58229,2,client2,v1) \
+         2403:ls(client0) 2538:put(f0,754,1,client2) 2582:forge(x0,client2) \
+         2713:put(f1,0,3,client0,v1) 2717:get(f2,client1) 2779:get(f1,client2) \
+         2800:put(f1,1166,3,client1,v1) 2862:put(f0,1783,1,client1) \
+         2949:put(f0,940,3,client0)",
+    ),
 ];
 
 #[test]

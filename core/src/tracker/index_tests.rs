@@ -113,7 +113,7 @@ proptest! {
                 }
                 Step::Leave(n, force) => {
                     if t.begin_leave(&nid(*n), *force, now).is_ok() {
-                        let _ = t.finish_leave(&nid(*n), vec![], *force);
+                        let _ = t.finish_leave(&nid(*n), vec![], *force, now);
                     }
                 }
                 Step::Begin(n) => {

@@ -91,6 +91,9 @@ pub struct HealCounters {
     pub handoffs: u64,
     /// Keepers' copies verified intact on request before a trim.
     pub keepers_verified: u64,
+    /// Handed-over copies their targets read back intact on request
+    /// before the leave they were made for went through.
+    pub handoffs_verified: u64,
     /// Extra copies planned to spread a chunk over more zones (the copy in
     /// the crowded zone is trimmed once the new one is in).
     pub spread_moves: u64,
@@ -105,6 +108,24 @@ struct TrimCheck {
     keepers: Vec<(NodeIx, Option<Stamp>, bool)>,
     /// When the surplus was chosen: asked again if the answers take longer
     /// than the repair timeout (a reply or a report was lost).
+    began_ms: u64,
+}
+
+/// A copy a leaving node handed over, waiting for its target to read it
+/// back intact before it counts for the leave: the leaving node's copy may
+/// be the last intact one once the new copy rots (seed 9001730 lost a file
+/// of factor 1 that way).
+#[derive(Debug, Clone)]
+struct HandoffCheck {
+    /// The leaving node it was made for, and the target's id.
+    leaver: NodeIx,
+    target: NodeId,
+    /// The heartbeat of the target whose reply asked it to verify (`None`
+    /// until the request is sent), and whether it answered that intact.
+    asked: Option<Stamp>,
+    intact: bool,
+    /// When it was reported (or asked again): asked again if the answer
+    /// takes longer than the repair timeout (a reply or a report was lost).
     began_ms: u64,
 }
 
@@ -123,6 +144,9 @@ pub(crate) struct HealState {
     /// Surplus copies chosen to go, waiting for every keeper to verify
     /// its copy.
     trim_checks: BTreeMap<ChunkIx, TrimCheck>,
+    /// Copies handed over by leaving nodes, by chunk and target, waiting
+    /// for the target to verify them.
+    handoff_checks: BTreeMap<(ChunkIx, NodeIx), HandoffCheck>,
     /// Verifications waiting for the keeper's next heartbeat.
     verifies: BTreeMap<NodeId, BTreeSet<ChunkIx>>,
     /// Orphans (held, referenced by no file) the planner has seen, and
@@ -216,6 +240,13 @@ impl HealState {
     /// Keeper `nx` found its copy of `cx` intact, asked by the reply to
     /// heartbeat `asked`.
     pub(crate) fn verified(&mut self, cx: ChunkIx, nx: NodeIx, asked: Stamp) {
+        if let Some(h) = self.handoff_checks.get_mut(&(cx, nx))
+            && h.asked == Some(asked)
+            && !h.intact
+        {
+            h.intact = true;
+            self.counters.handoffs_verified += 1;
+        }
         let Some(check) = self.trim_checks.get_mut(&cx) else {
             return;
         };
@@ -225,6 +256,67 @@ impl HealState {
                 self.counters.keepers_verified += 1;
             }
         }
+    }
+
+    /// `leaver` says it handed `cx` to `target`: the copy counts for the
+    /// leave once `target` has read it back intact, asked from now on.
+    pub(crate) fn handed(
+        &mut self,
+        cx: ChunkIx,
+        target: (NodeIx, &NodeId),
+        leaver: NodeIx,
+        now_ms: u64,
+    ) {
+        self.handoff_checks.insert(
+            (cx, target.0),
+            HandoffCheck {
+                leaver,
+                target: target.1.clone(),
+                asked: None,
+                intact: false,
+                began_ms: now_ms,
+            },
+        );
+        self.verifies
+            .entry(target.1.clone())
+            .or_default()
+            .insert(cx);
+    }
+
+    /// `leaver`'s hand-over checks unanswered for `timeout_ms`: asked
+    /// again.
+    pub(crate) fn ask_handoffs_again(&mut self, leaver: NodeIx, now_ms: u64, timeout_ms: u64) {
+        for (&(cx, _), h) in &mut self.handoff_checks {
+            if h.leaver == leaver && !h.intact && now_ms.saturating_sub(h.began_ms) > timeout_ms {
+                h.asked = None;
+                h.began_ms = now_ms;
+                self.verifies
+                    .entry(h.target.clone())
+                    .or_default()
+                    .insert(cx);
+            }
+        }
+    }
+
+    /// Whether `holder`'s copy of `cx` may count for a leave: it is not a
+    /// handed-over copy still waiting for its verification.
+    pub(crate) fn handoff_settled(&self, cx: ChunkIx, holder: NodeIx) -> bool {
+        self.handoff_checks
+            .get(&(cx, holder))
+            .is_none_or(|h| h.intact || mutants::on(Mutant::CountUnverifiedHandoff))
+    }
+
+    /// A new round of `leaver`'s leave: its earlier hand-overs are
+    /// reported again, or not counted.
+    pub(crate) fn forget_handoffs_of(&mut self, leaver: NodeIx) {
+        self.handoff_checks.retain(|_, h| h.leaver != leaver);
+    }
+
+    /// `nx` left: the checks of its hand-overs, and of copies handed to
+    /// it, go.
+    pub(crate) fn forget_handoffs(&mut self, nx: NodeIx) {
+        self.handoff_checks
+            .retain(|&(_, target), h| h.leaver != nx && target != nx);
     }
 
     /// `node` reported `chunk` gone in heartbeat `at`: a deletion not sent
@@ -857,13 +949,24 @@ impl Tracker {
                 let Some(cx) = asked.pop_first() else {
                     break;
                 };
-                // Only for a trim still waiting on this keeper.
-                let Some(check) = self.heal.trim_checks.get_mut(&cx) else {
+                // Only for a trim still waiting on this keeper, or a leave
+                // on this target's hand-over copy.
+                let mut waiting = false;
+                if let Some(h) = self.heal.handoff_checks.get_mut(&(cx, nx))
+                    && !h.intact
+                {
+                    h.asked = Some(stamp);
+                    waiting = true;
+                }
+                if let Some(check) = self.heal.trim_checks.get_mut(&cx) {
+                    for k in check.keepers.iter_mut().filter(|k| k.0 == nx) {
+                        k.1 = Some(stamp);
+                        k.2 = false;
+                    }
+                    waiting = true;
+                }
+                if !waiting {
                     continue;
-                };
-                for k in check.keepers.iter_mut().filter(|k| k.0 == nx) {
-                    k.1 = Some(stamp);
-                    k.2 = false;
                 }
                 out.push(NodeCommand::Verify {
                     chunk: self.chunks.get(cx).id,

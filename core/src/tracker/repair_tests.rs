@@ -364,7 +364,7 @@ fn forced_leave_goes_anyway() {
     w.put("f", "f", 1, 3);
     assert!(w.t.begin_leave(&nid(0), false, 1).is_err());
     assert_eq!(w.t.begin_leave(&nid(0), true, 1).unwrap(), vec![]);
-    assert_eq!(w.t.finish_leave(&nid(0), vec![], true).unwrap(), vec![]);
+    assert_eq!(w.t.finish_leave(&nid(0), vec![], true, 1).unwrap(), vec![]);
     assert_eq!(w.t.status(1).nodes.len(), 2);
     assert_eq!(w.t.status(1).under_replicated, 1);
 }
