@@ -81,6 +81,8 @@ pub const NAMES: &[&str] = &[
     "leave_ok",
     "leave_forced_ok",
     "leave_refused",
+    "leave_aimed_crash",
+    "leave_aimed_rot",
     "crash",
     "crash_tracker",
     "wipe_tracker",

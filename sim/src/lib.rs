@@ -35,5 +35,6 @@ pub mod coverage;
 pub mod plan;
 pub mod run;
 pub mod store;
+pub mod sweep;
 pub mod trackers;
 pub mod transport;

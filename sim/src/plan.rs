@@ -55,7 +55,14 @@ pub enum Action {
     Forge { file: u8, client: u8 },
     /// Client `client` asks node `node` to hand its chunks over and leave
     /// for good; with `force`, it leaves even if some cannot be handed over.
-    Leave { node: u8, client: u8, force: bool },
+    /// `aim` puts a fault where a graceful leave must wait (see
+    /// [`LeaveAim`]).
+    Leave {
+        node: u8,
+        client: u8,
+        force: bool,
+        aim: Option<LeaveAim>,
+    },
     /// The host stops at once (its disk survives) and starts again after
     /// `down_ms` (or at the heal, whichever comes first).
     CrashFor { target: Target, down_ms: u16 },
@@ -94,6 +101,20 @@ pub enum Action {
     /// that acknowledged it, while any is left) crashes and loses its disk
     /// for good. Self-healing must make the copy again elsewhere.
     LoseHolder { file: u8 },
+}
+
+/// A fault aimed at the two waits of a graceful leave. Neither excuses the
+/// leave from its promise: the chunks it held end at their factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveAim {
+    /// Just before the leave, a node sharing one of its chunks loses its
+    /// disk for good: the tracker still counts it live, and the leave
+    /// must not count on it.
+    Crash,
+    /// The first copy the leave hands over rots as soon as the tracker
+    /// hears of it: the leave must not count it before its target has
+    /// read it back.
+    Rot,
 }
 
 impl Action {
@@ -320,12 +341,24 @@ fn fault(nodes: u8, kinds: u16) -> BoxedStrategy<Action> {
         choices.push((3, disk.boxed()));
     }
     if kinds & kind::LEAVE != 0 {
-        let leave =
-            (0..nodes, 0..CLIENTS, any::<bool>()).prop_map(|(node, client, force)| Action::Leave {
+        // One u32 draw, as `any::<bool>()` makes: `force` is the same bit
+        // it was before aims existed, so older seeds keep their scenarios
+        // but for the aims of half their graceful leaves.
+        let leave = (0..nodes, 0..CLIENTS, any::<u32>()).prop_map(|(node, client, bits)| {
+            let force = (bits as i32) < 0;
+            let aim = match bits % 4 {
+                _ if force => None,
+                0 => Some(LeaveAim::Crash),
+                1 => Some(LeaveAim::Rot),
+                _ => None,
+            };
+            Action::Leave {
                 node,
                 client,
                 force,
-            });
+                aim,
+            }
+        });
         choices.push((1, leave.boxed()));
     }
     weighted(choices)
@@ -443,9 +476,15 @@ impl fmt::Display for Action {
                 node,
                 client,
                 force,
+                aim,
             } => {
                 write!(f, "leave(node{node},client{client}")?;
-                f.write_str(if *force { ",force)" } else { ")" })
+                f.write_str(match (force, aim) {
+                    (true, _) => ",force)",
+                    (false, Some(LeaveAim::Crash)) => ",crash)",
+                    (false, Some(LeaveAim::Rot)) => ",rot)",
+                    (false, None) => ")",
+                })
             }
             Action::CrashFor { target, down_ms } => write!(f, "crash({target},{down_ms})"),
             Action::PartitionFor { a, b, ms } => write!(f, "partition({a},{b},{ms})"),
@@ -625,10 +664,12 @@ impl std::str::FromStr for Action {
                 client: parse_client(c)?,
             }),
             ("leave", [n, c, more @ ..]) if more.len() <= 1 => {
-                let force = match more.first() {
-                    Some(&"force") => true,
+                let (force, aim) = match more.first() {
+                    Some(&"force") => (true, None),
+                    Some(&"crash") => (false, Some(LeaveAim::Crash)),
+                    Some(&"rot") => (false, Some(LeaveAim::Rot)),
                     Some(w) => return Err(format!("bad leave option {w:?}")),
-                    None => false,
+                    None => (false, None),
                 };
                 let node = match parse_target(n)? {
                     Target::Node(i) => i,
@@ -638,6 +679,7 @@ impl std::str::FromStr for Action {
                     node,
                     client: parse_client(c)?,
                     force,
+                    aim,
                 })
             }
             ("restart", [t]) => Ok(Action::Restart(parse_target(t)?)),

@@ -13,7 +13,7 @@ use p2p_net::node::{NodeConfig, NodeService};
 use p2p_net::transport::{Timeouts, server_builder};
 use rand::{RngCore, SeedableRng};
 
-use crate::plan::{Action, CLIENTS, DiskAction, FAULT_WINDOW_MS, Scenario, Target};
+use crate::plan::{Action, CLIENTS, DiskAction, FAULT_WINDOW_MS, LeaveAim, Scenario, Target};
 use crate::store::{DiskFault, MemSink, MemStore};
 use crate::trackers::{Disk, PORT, TrackerRef};
 use crate::transport::{SimDialer, incoming};
@@ -246,6 +246,23 @@ struct Shared {
     phase: Phase,
     /// Faults applied so far: a leave checked alone had none meanwhile.
     faults: u64,
+    /// A fault a leave's script asked the run loop for (see [`LeaveAim`]);
+    /// not counted in `faults`: the leave must cope with it.
+    aimed: Option<Aimed>,
+}
+
+/// A fault aimed at a graceful leave, applied by the run loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Aimed {
+    /// Destroy this node at once.
+    Lose(String),
+    /// Rot the first copy of a chunk of `leaver`'s that lands on a node
+    /// which did not hold it when the leave began (`had`): a hand-over
+    /// copy, as soon as it is written.
+    RotHandoff {
+        leaver: String,
+        had: BTreeSet<(String, p2p_core::ChunkId)>,
+    },
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -774,7 +791,9 @@ async fn client_script(
                 }
                 s.trace.push(format!("{:>6}ms {line}", sim_ms()));
             }
-            Action::Leave { node, force, .. } => {
+            Action::Leave {
+                node, force, aim, ..
+            } => {
                 let host = {
                     let s = shared.lock().expect("shared lock");
                     let live = stores
@@ -798,9 +817,39 @@ async fn client_script(
                     let s = shared.lock().expect("shared lock");
                     (s.faults, s.copies(&stores))
                 };
+                // The chunks the leave is held to: all, or with a holder
+                // destroyed just before it, the leaving node's.
+                let mut held_to: Option<BTreeSet<p2p_core::ChunkId>> = None;
+                match aim {
+                    Some(LeaveAim::Crash) => {
+                        if let Some(victim) = sharing_holder(&shared, &stores, &host) {
+                            held_to = Some(stores[&host].ids().into_iter().collect());
+                            shared.lock().expect("shared lock").aimed = Some(Aimed::Lose(victim));
+                            // The run loop takes it at its next step.
+                            for _ in 0..50 {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                if shared.lock().expect("shared lock").aimed.is_none() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Some(LeaveAim::Rot) => {
+                        let had = stores
+                            .iter()
+                            .flat_map(|(h, st)| st.ids().into_iter().map(|c| (h.clone(), c)))
+                            .collect();
+                        shared.lock().expect("shared lock").aimed = Some(Aimed::RotHandoff {
+                            leaver: host.clone(),
+                            had,
+                        });
+                    }
+                    None => {}
+                }
                 let r = client
                     .leave_node(&format!("{host}:{PORT}"), force, &|_, _| {})
                     .await;
+                shared.lock().expect("shared lock").aimed = None;
                 let line = match r {
                     Ok(()) => {
                         let mut s = shared.lock().expect("shared lock");
@@ -813,6 +862,9 @@ async fn client_script(
                             let after = s.copies(&stores);
                             let mut short = Vec::new();
                             for (k, had) in &before.1 {
+                                if held_to.as_ref().is_some_and(|h| !h.contains(&had.id)) {
+                                    continue;
+                                }
                                 let want = had.on.min(usize::from(had.replicas));
                                 if let Some(now) = after.get(k)
                                     && now.epoch == had.epoch
@@ -1016,6 +1068,7 @@ pub const GROUP_KEEPALIVE: Duration = Duration::from_millis(5_000);
 
 /// Run one scenario to completion and check it.
 pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
+    align_task_ids();
     let mut cfg = cfg.clone();
     if scenario.trackers > 1 {
         cfg.timeouts.keepalive = cfg.timeouts.keepalive.max(GROUP_KEEPALIVE);
@@ -1037,6 +1090,7 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
         expected_losses: vec![],
         phase: Phase::Running,
         faults: 0,
+        aimed: None,
     }));
     let mut sim = turmoil::Builder::new()
         .rng_seed(scenario.seed)
@@ -1215,6 +1269,15 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                         "{now:>6}ms {h} left while restarted: stopped for good"
                     ));
                 }
+            }
+        }
+        let aimed = shared.lock().expect("shared lock").aimed.clone();
+        if let Some(aimed) = aimed {
+            let mut hosts = hosts!(now);
+            if let Some(line) = apply_aimed(&mut hosts, &aimed, &shared) {
+                let mut s = shared.lock().expect("shared lock");
+                s.aimed = None;
+                s.trace.push(format!("{now:>6}ms {line}"));
             }
         }
         while let Some(step) = faults.next_if(|s| u64::from(s.at_ms) <= now) {
@@ -1758,6 +1821,99 @@ fn resolve(t: Target, stores: &BTreeMap<String, MemStore>, s: &Shared) -> Option
                 .find(|h| !gone(h))
         }
         t => Some(host_name(t)),
+    }
+}
+
+/// Tokio numbers tasks from one counter for the whole process, and a
+/// runtime shuts its tasks down (a crashed host's) shard by shard, a task's
+/// shard being its number modulo the shard count (4 on a current-thread
+/// runtime): the order in which a crashed host's connections close, and
+/// so the run, depended on how many tasks the process had spawned before.
+/// Seed 424256 ran differently after seeds 424251..424256 than alone.
+/// Every run starts the counter at a multiple of this, so a scenario runs
+/// the same first or after others in the process (not while another
+/// thread spawns tasks: sweeps run in parallel in processes of their own).
+const TASK_ID_ALIGN: u64 = 64;
+
+fn align_task_ids() {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    rt.block_on(async {
+        for _ in 0..TASK_ID_ALIGN {
+            let task = tokio::spawn(async {});
+            let id: u64 = task.id().to_string().parse().unwrap_or(0);
+            let _ = task.await;
+            if (id + 1) % TASK_ID_ALIGN == 0 {
+                break;
+            }
+        }
+    });
+}
+
+/// A live node other than `leaver` holding an intact copy of a chunk
+/// `leaver` holds intact, while at least four nodes are live (the leave
+/// still has somewhere to go).
+fn sharing_holder(
+    shared: &SharedRef,
+    stores: &BTreeMap<String, MemStore>,
+    leaver: &str,
+) -> Option<String> {
+    let s = shared.lock().expect("shared lock");
+    let gone = |h: &str| s.destroyed.contains(h) || s.left.contains(h);
+    let live = stores.keys().filter(|h| !gone(h)).count();
+    if live < 4 {
+        return None;
+    }
+    let held: Vec<p2p_core::ChunkId> = stores[leaver]
+        .ids()
+        .into_iter()
+        .filter(|c| stores[leaver].holds_intact(c))
+        .collect();
+    stores
+        .iter()
+        .filter(|(h, _)| h.as_str() != leaver && !gone(h))
+        .find(|(_, st)| held.iter().any(|c| st.holds_intact(c)))
+        .map(|(h, _)| h.clone())
+}
+
+/// Apply a fault a leave asked for; `None` while it must wait (no copy
+/// handed over yet).
+fn apply_aimed(h: &mut Hosts<'_, '_>, aimed: &Aimed, shared: &SharedRef) -> Option<String> {
+    match aimed {
+        Aimed::Lose(victim) => {
+            if let Some(store) = h.stores.get(victim) {
+                store.wipe();
+            }
+            if h.down.insert(victim.clone()) {
+                h.sim.crash(victim.as_str());
+            }
+            let mut s = shared.lock().expect("shared lock");
+            s.destroyed.insert(victim.clone());
+            s.mark_gone(h.stores, h.tracker);
+            s.count("leave_aimed_crash");
+            Some(format!(
+                "lose {victim} (aimed: it shares a chunk with a node about to leave; crashed, disk lost)"
+            ))
+        }
+        Aimed::RotHandoff { leaver, had } => {
+            let mine = h.stores.get(leaver)?.ids();
+            let (target, chunk) = h
+                .stores
+                .iter()
+                .filter(|(t, _)| t.as_str() != leaver.as_str())
+                .find_map(|(t, st)| {
+                    mine.iter()
+                        .find(|c| !had.contains(&(t.clone(), **c)) && st.holds_intact(c))
+                        .map(|c| (t.clone(), *c))
+                })?;
+            h.stores[&target].rot(0, |c| *c == chunk)?;
+            shared.lock().expect("shared lock").count("leave_aimed_rot");
+            Some(format!(
+                "rot the copy of {} {leaver} handed to {target} (aimed, as soon as it is written)",
+                &chunk.to_hex()[..8]
+            ))
+        }
     }
 }
 

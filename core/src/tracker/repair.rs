@@ -267,6 +267,9 @@ impl HealState {
         leaver: NodeIx,
         now_ms: u64,
     ) {
+        if mutants::on(Mutant::CountUnverifiedHandoff) {
+            return;
+        }
         self.handoff_checks.insert(
             (cx, target.0),
             HandoffCheck {
@@ -303,7 +306,7 @@ impl HealState {
     pub(crate) fn handoff_settled(&self, cx: ChunkIx, holder: NodeIx) -> bool {
         self.handoff_checks
             .get(&(cx, holder))
-            .is_none_or(|h| h.intact || mutants::on(Mutant::CountUnverifiedHandoff))
+            .is_none_or(|h| h.intact)
     }
 
     /// A new round of `leaver`'s leave: its earlier hand-overs are
