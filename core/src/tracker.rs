@@ -2222,6 +2222,18 @@ impl Tracker {
             .unwrap_or_default()
     }
 
+    /// Copies leaving nodes handed over that their targets have not read
+    /// back intact yet, as (chunk, leaving node, target).
+    pub fn unverified_handoffs(&self) -> Vec<(ChunkId, NodeId, NodeId)> {
+        self.heal
+            .unverified_handoffs()
+            .filter_map(|(cx, leaver, target)| {
+                let leaver = self.nodes.get(leaver as usize)?.as_ref()?.id.clone();
+                Some((self.chunks.get(cx).id, leaver, target.clone()))
+            })
+            .collect()
+    }
+
     /// Whether `node` is registered and counted alive.
     pub fn is_alive(&self, node: &NodeId) -> bool {
         self.node_ix.get(node).is_some_and(|&nx| self.alive(nx))
@@ -2274,6 +2286,8 @@ mod chaos_tests;
 mod index;
 #[cfg(test)]
 mod index_tests;
+#[cfg(test)]
+mod leave_tests;
 #[cfg(test)]
 mod lifecycle_tests;
 mod placement;

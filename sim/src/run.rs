@@ -256,13 +256,9 @@ struct Shared {
 enum Aimed {
     /// Destroy this node at once.
     Lose(String),
-    /// Rot the first copy of a chunk of `leaver`'s that lands on a node
-    /// which did not hold it when the leave began (`had`): a hand-over
-    /// copy, as soon as it is written.
-    RotHandoff {
-        leaver: String,
-        had: BTreeSet<(String, p2p_core::ChunkId)>,
-    },
+    /// Rot the first copy `leaver` hands over, as soon as the tracker
+    /// hears of it and before its target reads it back.
+    RotHandoff { leaver: String },
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -820,6 +816,9 @@ async fn client_script(
                 // The chunks the leave is held to: all, or with a holder
                 // destroyed just before it, the leaving node's.
                 let mut held_to: Option<BTreeSet<p2p_core::ChunkId>> = None;
+                // Only while faults may happen: after the heal, the run
+                // waits for repair to converge.
+                let aim = aim.filter(|_| sim_ms() < u64::from(FAULT_WINDOW_MS));
                 match aim {
                     Some(LeaveAim::Crash) => {
                         if let Some(victim) = sharing_holder(&shared, &stores, &host) {
@@ -835,13 +834,8 @@ async fn client_script(
                         }
                     }
                     Some(LeaveAim::Rot) => {
-                        let had = stores
-                            .iter()
-                            .flat_map(|(h, st)| st.ids().into_iter().map(|c| (h.clone(), c)))
-                            .collect();
                         shared.lock().expect("shared lock").aimed = Some(Aimed::RotHandoff {
                             leaver: host.clone(),
-                            had,
                         });
                     }
                     None => {}
@@ -1896,21 +1890,22 @@ fn apply_aimed(h: &mut Hosts<'_, '_>, aimed: &Aimed, shared: &SharedRef) -> Opti
                 "lose {victim} (aimed: it shares a chunk with a node about to leave; crashed, disk lost)"
             ))
         }
-        Aimed::RotHandoff { leaver, had } => {
-            let mine = h.stores.get(leaver)?.ids();
-            let (target, chunk) = h
-                .stores
-                .iter()
-                .filter(|(t, _)| t.as_str() != leaver.as_str())
-                .find_map(|(t, st)| {
-                    mine.iter()
-                        .find(|c| !had.contains(&(t.clone(), **c)) && st.holds_intact(c))
-                        .map(|c| (t.clone(), *c))
-                })?;
+        Aimed::RotHandoff { leaver } => {
+            let service = h.tracker.lock().expect("tracker set lock").current()?;
+            let pending = service.try_inspect(|t| t.unverified_handoffs())?;
+            let (chunk, target) = pending
+                .into_iter()
+                .find(|(c, l, t)| {
+                    l.as_str() == leaver.as_str()
+                        && h.stores
+                            .get(t.as_str())
+                            .is_some_and(|st| st.holds_intact(c))
+                })
+                .map(|(c, _, t)| (c, t.to_string()))?;
             h.stores[&target].rot(0, |c| *c == chunk)?;
             shared.lock().expect("shared lock").count("leave_aimed_rot");
             Some(format!(
-                "rot the copy of {} {leaver} handed to {target} (aimed, as soon as it is written)",
+                "rot the copy of {} {leaver} handed to {target} (aimed, before its target reads it back)",
                 &chunk.to_hex()[..8]
             ))
         }

@@ -267,9 +267,6 @@ impl HealState {
         leaver: NodeIx,
         now_ms: u64,
     ) {
-        if mutants::on(Mutant::CountUnverifiedHandoff) {
-            return;
-        }
         self.handoff_checks.insert(
             (cx, target.0),
             HandoffCheck {
@@ -280,10 +277,12 @@ impl HealState {
                 began_ms: now_ms,
             },
         );
-        self.verifies
-            .entry(target.1.clone())
-            .or_default()
-            .insert(cx);
+        if !mutants::on(Mutant::CountUnverifiedHandoff) {
+            self.verifies
+                .entry(target.1.clone())
+                .or_default()
+                .insert(cx);
+        }
     }
 
     /// `leaver`'s hand-over checks unanswered for `timeout_ms`: asked
@@ -306,7 +305,15 @@ impl HealState {
     pub(crate) fn handoff_settled(&self, cx: ChunkIx, holder: NodeIx) -> bool {
         self.handoff_checks
             .get(&(cx, holder))
-            .is_none_or(|h| h.intact)
+            .is_none_or(|h| h.intact || mutants::on(Mutant::CountUnverifiedHandoff))
+    }
+
+    /// Hand-over copies not yet read back intact: (chunk, leaver, target).
+    pub(crate) fn unverified_handoffs(&self) -> impl Iterator<Item = (ChunkIx, NodeIx, &NodeId)> {
+        self.handoff_checks
+            .iter()
+            .filter(|(_, h)| !h.intact)
+            .map(|(&(cx, _), h)| (cx, h.leaver, &h.target))
     }
 
     /// A new round of `leaver`'s leave: its earlier hand-overs are
