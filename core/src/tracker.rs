@@ -2152,6 +2152,26 @@ impl Tracker {
         for (h, bytes) in extra_bytes {
             self.expect_bytes(h, bytes);
         }
+        // The copies the leave counts on are read back before it goes, as
+        // a trim's keepers are.
+        let kept: Vec<(ChunkIx, NodeIx)> = self
+            .node(nx)
+            .chunks
+            .iter()
+            .flat_map(|cx| {
+                self.chunks
+                    .get(cx)
+                    .holders
+                    .iter()
+                    .filter(|&&h| h != nx && self.alive(h) && !self.node(h).leaving)
+                    .map(move |&h| (cx, h))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (cx, h) in kept {
+            let id = self.node(h).id.clone();
+            self.heal.kept(cx, (h, &id), nx, now_ms);
+        }
         Ok(handoffs)
     }
 

@@ -1168,6 +1168,10 @@ pub fn run(scenario: &Scenario, cfg: &SimConfig) -> Report {
                 trackers.clone(),
             );
             async move {
+                // A process starting: one that had left and stopped may
+                // be running again (a restart fault brought it back; seed
+                // 1750681496), and the run stops it for good below.
+                exited.lock().expect("shared lock").exited.remove(&name);
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 let id = NodeId::new(name.clone())?;
                 let node = NodeService::open(
@@ -1838,7 +1842,7 @@ fn align_task_ids() {
             let task = tokio::spawn(async {});
             let id: u64 = task.id().to_string().parse().unwrap_or(0);
             let _ = task.await;
-            if (id + 1) % TASK_ID_ALIGN == 0 {
+            if (id + 1).is_multiple_of(TASK_ID_ALIGN) {
                 break;
             }
         }

@@ -1,7 +1,8 @@
 //! The leave rule as a property, without the simulator: a leave driven as
 //! a node drives it (rounds of begin, hand-overs, finish asked again every
-//! heartbeat), in a cluster where a holder may have crashed a moment before
-//! and the first copy handed over may rot at once, never goes through while
+//! heartbeat), in a cluster where a holder may have crashed a moment before,
+//! another's copy may have rotted unnoticed and the first copy handed over
+//! may rot at once, never goes through while
 //! a chunk the leaving node held has fewer intact copies elsewhere than its
 //! factor, and goes through when the others have room.
 
@@ -35,6 +36,9 @@ struct Case {
     leave_after_ms: u64,
     /// The first copy handed over rots as soon as it is written.
     rot_first: bool,
+    /// Another holder's copy of the first chunk rotted before the leave,
+    /// unnoticed.
+    rot_kept: bool,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -45,15 +49,17 @@ fn case() -> impl Strategy<Value = Case> {
         proptest::option::of(0u64..HB_MS),
         0u64..3 * HB_MS,
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(replicas, chunks, surplus, crash_ms, leave_after_ms, rot_first)| Case {
+            |(replicas, chunks, surplus, crash_ms, leave_after_ms, rot_first, rot_kept)| Case {
                 replicas,
                 chunks,
                 surplus,
                 crash_ms,
                 leave_after_ms,
                 rot_first,
+                rot_kept,
             },
         )
 }
@@ -176,6 +182,16 @@ fn drive(case: &Case) -> Result<bool, TestCaseError> {
         .map(|(c, _)| *c)
         .collect();
     let victim = w.real[&chunks[0]].iter().find(|n| **n != leaver).cloned();
+    if case.rot_kept {
+        let keeper = w.real[&chunks[0]]
+            .iter()
+            .find(|n| **n != leaver && Some(*n) != victim.as_ref())
+            .cloned();
+        if let Some(k) = keeper {
+            w.real.get_mut(&chunks[0]).unwrap().remove(&k);
+            w.rotten.insert((chunks[0], k));
+        }
+    }
     let crash_at = case.crash_ms.filter(|_| victim.is_some());
     let begin_at = crash_at.unwrap_or(0) + case.leave_after_ms + STEP_MS;
     let mut next = (begin_at, Next::Begin { round: 0 });

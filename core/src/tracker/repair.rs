@@ -91,9 +91,9 @@ pub struct HealCounters {
     pub handoffs: u64,
     /// Keepers' copies verified intact on request before a trim.
     pub keepers_verified: u64,
-    /// Handed-over copies their targets read back intact on request
-    /// before the leave they were made for went through.
-    pub handoffs_verified: u64,
+    /// Copies a leave counted on (handed over, or kept by another holder)
+    /// read back intact on request before the leave went through.
+    pub leave_copies_verified: u64,
     /// Extra copies planned to spread a chunk over more zones (the copy in
     /// the crowded zone is trimmed once the new one is in).
     pub spread_moves: u64,
@@ -111,12 +111,15 @@ struct TrimCheck {
     began_ms: u64,
 }
 
-/// A copy a leaving node handed over, waiting for its target to read it
-/// back intact before it counts for the leave: the leaving node's copy may
-/// be the last intact one once the new copy rots (seed 9001730 lost a file
-/// of factor 1 that way).
+/// A copy a leave counts on, waiting for its holder to read it back intact:
+/// a copy the leaving node handed over (seed 9001730 lost a file of factor
+/// 1 when one rotted at once and the leaving node took the last intact
+/// copy away), or one another holder kept (seed 1750681844: a keeper's copy
+/// had rotted unnoticed). A leave, like a trim, takes a copy away.
 #[derive(Debug, Clone)]
 struct HandoffCheck {
+    /// A copy handed over (not one its holder had before the leave).
+    handed: bool,
     /// The leaving node it was made for, and the target's id.
     leaver: NodeIx,
     target: NodeId,
@@ -245,7 +248,7 @@ impl HealState {
             && !h.intact
         {
             h.intact = true;
-            self.counters.handoffs_verified += 1;
+            self.counters.leave_copies_verified += 1;
         }
         let Some(check) = self.trim_checks.get_mut(&cx) else {
             return;
@@ -267,16 +270,15 @@ impl HealState {
         leaver: NodeIx,
         now_ms: u64,
     ) {
-        self.handoff_checks.insert(
-            (cx, target.0),
-            HandoffCheck {
-                leaver,
-                target: target.1.clone(),
-                asked: None,
-                intact: false,
-                began_ms: now_ms,
-            },
-        );
+        let check = HandoffCheck {
+            handed: true,
+            leaver,
+            target: target.1.clone(),
+            asked: None,
+            intact: false,
+            began_ms: now_ms,
+        };
+        self.handoff_checks.insert((cx, target.0), check);
         if !mutants::on(Mutant::CountUnverifiedHandoff) {
             self.verifies
                 .entry(target.1.clone())
@@ -285,8 +287,37 @@ impl HealState {
         }
     }
 
-    /// `leaver`'s hand-over checks unanswered for `timeout_ms`: asked
-    /// again.
+    /// `leaver`'s leave counts on `holder`'s copy of `cx`: it counts once
+    /// `holder` has read it back intact, asked from now on (unless already
+    /// asked in this leave).
+    pub(crate) fn kept(
+        &mut self,
+        cx: ChunkIx,
+        holder: (NodeIx, &NodeId),
+        leaver: NodeIx,
+        now_ms: u64,
+    ) {
+        if self.handoff_checks.contains_key(&(cx, holder.0)) {
+            return;
+        }
+        let check = HandoffCheck {
+            handed: false,
+            leaver,
+            target: holder.1.clone(),
+            asked: None,
+            intact: false,
+            began_ms: now_ms,
+        };
+        self.handoff_checks.insert((cx, holder.0), check);
+        if !mutants::on(Mutant::LeaveTrustsSilentHolders) {
+            self.verifies
+                .entry(holder.1.clone())
+                .or_default()
+                .insert(cx);
+        }
+    }
+
+    /// `leaver`'s checks unanswered for `timeout_ms`: asked again.
     pub(crate) fn ask_handoffs_again(&mut self, leaver: NodeIx, now_ms: u64, timeout_ms: u64) {
         for (&(cx, _), h) in &mut self.handoff_checks {
             if h.leaver == leaver && !h.intact && now_ms.saturating_sub(h.began_ms) > timeout_ms {
@@ -300,19 +331,21 @@ impl HealState {
         }
     }
 
-    /// Whether `holder`'s copy of `cx` may count for a leave: it is not a
-    /// handed-over copy still waiting for its verification.
+    /// Whether `holder`'s copy of `cx` may count for a leave: it was read
+    /// back intact since the leave counted on it.
     pub(crate) fn handoff_settled(&self, cx: ChunkIx, holder: NodeIx) -> bool {
-        self.handoff_checks
-            .get(&(cx, holder))
-            .is_none_or(|h| h.intact || mutants::on(Mutant::CountUnverifiedHandoff))
+        match self.handoff_checks.get(&(cx, holder)) {
+            Some(h) if h.intact => true,
+            Some(h) if h.handed => mutants::on(Mutant::CountUnverifiedHandoff),
+            _ => mutants::on(Mutant::LeaveTrustsSilentHolders),
+        }
     }
 
     /// Hand-over copies not yet read back intact: (chunk, leaver, target).
     pub(crate) fn unverified_handoffs(&self) -> impl Iterator<Item = (ChunkIx, NodeIx, &NodeId)> {
         self.handoff_checks
             .iter()
-            .filter(|(_, h)| !h.intact)
+            .filter(|(_, h)| h.handed && !h.intact)
             .map(|(&(cx, _), h)| (cx, h.leaver, &h.target))
     }
 
