@@ -270,21 +270,8 @@ impl HealState {
         leaver: NodeIx,
         now_ms: u64,
     ) {
-        let check = HandoffCheck {
-            handed: true,
-            leaver,
-            target: target.1.clone(),
-            asked: None,
-            intact: false,
-            began_ms: now_ms,
-        };
-        self.handoff_checks.insert((cx, target.0), check);
-        if !mutants::on(Mutant::CountUnverifiedHandoff) {
-            self.verifies
-                .entry(target.1.clone())
-                .or_default()
-                .insert(cx);
-        }
+        let ask = !mutants::on(Mutant::CountUnverifiedHandoff);
+        self.read_back(cx, target, leaver, true, ask, now_ms);
     }
 
     /// `leaver`'s leave counts on `holder`'s copy of `cx`: it counts once
@@ -297,11 +284,25 @@ impl HealState {
         leaver: NodeIx,
         now_ms: u64,
     ) {
-        if self.handoff_checks.contains_key(&(cx, holder.0)) {
-            return;
+        if !self.handoff_checks.contains_key(&(cx, holder.0)) {
+            let ask = !mutants::on(Mutant::LeaveTrustsSilentHolders);
+            self.read_back(cx, holder, leaver, false, ask, now_ms);
         }
+    }
+
+    /// Record that `leaver`'s leave waits for `holder` to read its copy of
+    /// `cx` back, and (unless a planted bug skips it) ask it to.
+    fn read_back(
+        &mut self,
+        cx: ChunkIx,
+        holder: (NodeIx, &NodeId),
+        leaver: NodeIx,
+        handed: bool,
+        ask: bool,
+        now_ms: u64,
+    ) {
         let check = HandoffCheck {
-            handed: false,
+            handed,
             leaver,
             target: holder.1.clone(),
             asked: None,
@@ -309,7 +310,7 @@ impl HealState {
             began_ms: now_ms,
         };
         self.handoff_checks.insert((cx, holder.0), check);
-        if !mutants::on(Mutant::LeaveTrustsSilentHolders) {
+        if ask {
             self.verifies
                 .entry(holder.1.clone())
                 .or_default()
