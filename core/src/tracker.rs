@@ -643,7 +643,7 @@ impl Tracker {
                     self.nodes[nx as usize] = None;
                     self.node_ix.remove(id);
                     self.heal.forget_node(id);
-                    self.heal.forget_handoffs(nx);
+                    self.heal.forget_leave_checks(nx);
                 }
             }
             Record::FileCommitted { manifest, holders } => {
@@ -1121,7 +1121,7 @@ impl Tracker {
         } else {
             0
         };
-        self.heal.forget_handoffs_of(nx);
+        self.heal.forget_leave_of(nx);
         let n = self.node_mut(nx);
         n.needs_full_report = false;
         n.leaving = false;
@@ -2048,13 +2048,17 @@ impl Tracker {
             || mutants::on(Mutant::LeaveTrustsSilentHolders)
     }
 
-    /// Whether holder `h` was heard from within two heartbeats (the trim's
-    /// freshness): one that crashed a moment ago still counts as live
-    /// until it is declared dead, and must not be counted on.
+    /// Whether node `h` was heard from within two heartbeats: one that
+    /// crashed a moment ago still counts as live until it is declared
+    /// dead, and a trim or a leave must not count on its copies.
+    fn heard_lately(&self, h: NodeIx, now_ms: u64) -> bool {
+        let fresh_ms = self.config.heartbeat_interval_ms.saturating_mul(2);
+        now_ms.saturating_sub(self.node(h).last_seen_ms) <= fresh_ms
+    }
+
+    /// [`Tracker::heard_lately`], for a leave.
     fn fresh(&self, h: NodeIx, now_ms: u64) -> bool {
-        let fresh = self.config.heartbeat_interval_ms.saturating_mul(2);
-        now_ms.saturating_sub(self.node(h).last_seen_ms) <= fresh
-            || mutants::on(Mutant::LeaveTrustsSilentHolders)
+        self.heard_lately(h, now_ms) || mutants::on(Mutant::LeaveTrustsSilentHolders)
     }
 
     /// A node asks to leave: it stops receiving new chunks, and the reply
@@ -2154,22 +2158,15 @@ impl Tracker {
         }
         // The copies the leave counts on are read back before it goes, as
         // a trim's keepers are.
-        let kept: Vec<(ChunkIx, NodeIx)> = self
-            .node(nx)
-            .chunks
-            .iter()
-            .flat_map(|cx| {
-                self.chunks
-                    .get(cx)
-                    .holders
-                    .iter()
-                    .filter(|&&h| h != nx && self.alive(h) && !self.node(h).leaving)
-                    .map(move |&h| (cx, h))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for (cx, h) in kept {
-            let id = self.node(h).id.clone();
+        let mut kept: Vec<(ChunkIx, NodeIx, NodeId)> = Vec::new();
+        for cx in &self.node(nx).chunks {
+            for &h in &self.chunks.get(cx).holders {
+                if h != nx && self.alive(h) && !self.node(h).leaving {
+                    kept.push((cx, h, self.node(h).id.clone()));
+                }
+            }
+        }
+        for (cx, h, id) in kept {
             self.heal.kept(cx, (h, &id), nx, now_ms);
         }
         Ok(handoffs)
@@ -2214,13 +2211,13 @@ impl Tracker {
             }
         }
         self.heal
-            .ask_handoffs_again(me, now_ms, self.config.repair_timeout_ms);
+            .ask_leave_checks_again(me, now_ms, self.config.repair_timeout_ms);
         // A round begun by another leader (liveness is not in the log)
         // begins its wait now.
         let since = *self.node_mut(me).leave_began_ms.get_or_insert(now_ms);
         let still: Vec<ChunkId> = self
             .dependent_chunks(node, |cx, h| {
-                self.heard_since(h, since) && self.heal.handoff_settled(cx, h)
+                self.heard_since(h, since) && self.heal.read_back_intact(cx, h)
             })
             .into_iter()
             .map(|d| d.0)

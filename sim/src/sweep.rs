@@ -10,7 +10,6 @@
 //! shows for each seed.
 
 use std::collections::BTreeSet;
-use std::ops::Range;
 use std::sync::Mutex;
 
 use crate::coverage::{Counts, NAMES};
@@ -177,9 +176,4 @@ impl Totals {
         }
         t
     }
-}
-
-/// Run the scenarios of `seeds` one after another in this process.
-pub fn sweep_here(seeds: Range<u64>, cfg: &SimConfig) -> Vec<Outcome> {
-    seeds.map(|seed| Outcome::run(seed, cfg)).collect()
 }

@@ -117,13 +117,13 @@ struct TrimCheck {
 /// copy away), or one another holder kept (seed 1750681844: a keeper's copy
 /// had rotted unnoticed). A leave, like a trim, takes a copy away.
 #[derive(Debug, Clone)]
-struct HandoffCheck {
+struct LeaveCheck {
     /// A copy handed over (not one its holder had before the leave).
     handed: bool,
-    /// The leaving node it was made for, and the target's id.
+    /// The leaving node it was made for, and the holder's id.
     leaver: NodeIx,
-    target: NodeId,
-    /// The heartbeat of the target whose reply asked it to verify (`None`
+    holder: NodeId,
+    /// The heartbeat of the holder whose reply asked it to verify (`None`
     /// until the request is sent), and whether it answered that intact.
     asked: Option<Stamp>,
     intact: bool,
@@ -147,9 +147,9 @@ pub(crate) struct HealState {
     /// Surplus copies chosen to go, waiting for every keeper to verify
     /// its copy.
     trim_checks: BTreeMap<ChunkIx, TrimCheck>,
-    /// Copies handed over by leaving nodes, by chunk and target, waiting
-    /// for the target to verify them.
-    handoff_checks: BTreeMap<(ChunkIx, NodeIx), HandoffCheck>,
+    /// Copies leaves count on (handed over, or kept by other holders), by
+    /// chunk and holder, waiting for the holder to verify them.
+    leave_checks: BTreeMap<(ChunkIx, NodeIx), LeaveCheck>,
     /// Verifications waiting for the keeper's next heartbeat.
     verifies: BTreeMap<NodeId, BTreeSet<ChunkIx>>,
     /// Orphans (held, referenced by no file) the planner has seen, and
@@ -243,7 +243,7 @@ impl HealState {
     /// Keeper `nx` found its copy of `cx` intact, asked by the reply to
     /// heartbeat `asked`.
     pub(crate) fn verified(&mut self, cx: ChunkIx, nx: NodeIx, asked: Stamp) {
-        if let Some(h) = self.handoff_checks.get_mut(&(cx, nx))
+        if let Some(h) = self.leave_checks.get_mut(&(cx, nx))
             && h.asked == Some(asked)
             && !h.intact
         {
@@ -284,7 +284,7 @@ impl HealState {
         leaver: NodeIx,
         now_ms: u64,
     ) {
-        if !self.handoff_checks.contains_key(&(cx, holder.0)) {
+        if !self.leave_checks.contains_key(&(cx, holder.0)) {
             let ask = !mutants::on(Mutant::LeaveTrustsSilentHolders);
             self.read_back(cx, holder, leaver, false, ask, now_ms);
         }
@@ -301,15 +301,15 @@ impl HealState {
         ask: bool,
         now_ms: u64,
     ) {
-        let check = HandoffCheck {
+        let check = LeaveCheck {
             handed,
             leaver,
-            target: holder.1.clone(),
+            holder: holder.1.clone(),
             asked: None,
             intact: false,
             began_ms: now_ms,
         };
-        self.handoff_checks.insert((cx, holder.0), check);
+        self.leave_checks.insert((cx, holder.0), check);
         if ask {
             self.verifies
                 .entry(holder.1.clone())
@@ -319,13 +319,13 @@ impl HealState {
     }
 
     /// `leaver`'s checks unanswered for `timeout_ms`: asked again.
-    pub(crate) fn ask_handoffs_again(&mut self, leaver: NodeIx, now_ms: u64, timeout_ms: u64) {
-        for (&(cx, _), h) in &mut self.handoff_checks {
+    pub(crate) fn ask_leave_checks_again(&mut self, leaver: NodeIx, now_ms: u64, timeout_ms: u64) {
+        for (&(cx, _), h) in &mut self.leave_checks {
             if h.leaver == leaver && !h.intact && now_ms.saturating_sub(h.began_ms) > timeout_ms {
                 h.asked = None;
                 h.began_ms = now_ms;
                 self.verifies
-                    .entry(h.target.clone())
+                    .entry(h.holder.clone())
                     .or_default()
                     .insert(cx);
             }
@@ -334,8 +334,8 @@ impl HealState {
 
     /// Whether `holder`'s copy of `cx` may count for a leave: it was read
     /// back intact since the leave counted on it.
-    pub(crate) fn handoff_settled(&self, cx: ChunkIx, holder: NodeIx) -> bool {
-        match self.handoff_checks.get(&(cx, holder)) {
+    pub(crate) fn read_back_intact(&self, cx: ChunkIx, holder: NodeIx) -> bool {
+        match self.leave_checks.get(&(cx, holder)) {
             Some(h) if h.intact => true,
             Some(h) if h.handed => mutants::on(Mutant::CountUnverifiedHandoff),
             _ => mutants::on(Mutant::LeaveTrustsSilentHolders),
@@ -344,22 +344,22 @@ impl HealState {
 
     /// Hand-over copies not yet read back intact: (chunk, leaver, target).
     pub(crate) fn unverified_handoffs(&self) -> impl Iterator<Item = (ChunkIx, NodeIx, &NodeId)> {
-        self.handoff_checks
+        self.leave_checks
             .iter()
             .filter(|(_, h)| h.handed && !h.intact)
-            .map(|(&(cx, _), h)| (cx, h.leaver, &h.target))
+            .map(|(&(cx, _), h)| (cx, h.leaver, &h.holder))
     }
 
     /// A new round of `leaver`'s leave: its earlier hand-overs are
     /// reported again, or not counted.
-    pub(crate) fn forget_handoffs_of(&mut self, leaver: NodeIx) {
-        self.handoff_checks.retain(|_, h| h.leaver != leaver);
+    pub(crate) fn forget_leave_of(&mut self, leaver: NodeIx) {
+        self.leave_checks.retain(|_, h| h.leaver != leaver);
     }
 
     /// `nx` left: the checks of its hand-overs, and of copies handed to
     /// it, go.
-    pub(crate) fn forget_handoffs(&mut self, nx: NodeIx) {
-        self.handoff_checks
+    pub(crate) fn forget_leave_checks(&mut self, nx: NodeIx) {
+        self.leave_checks
             .retain(|&(_, target), h| h.leaver != nx && target != nx);
     }
 
@@ -657,7 +657,6 @@ impl Tracker {
             scan(&self.health.over, &mut self.heal.over_cursor)
         };
         let mut trims: Vec<(NodeId, ChunkId)> = Vec::new();
-        let fresh = self.config.heartbeat_interval_ms.saturating_mul(2);
         for cx in over {
             let rec = self.chunks.get(cx);
             let want = rec.factor as usize;
@@ -703,9 +702,7 @@ impl Tracker {
                 .copied()
                 .filter(|nx| !victims.iter().any(|v| v.1 == *nx))
                 .collect();
-            let keepers_fresh = keepers
-                .iter()
-                .all(|&nx| now_ms.saturating_sub(self.node(nx).last_seen_ms) <= fresh);
+            let keepers_fresh = keepers.iter().all(|&nx| self.heard_lately(nx, now_ms));
             // A keeper's copy may have rotted unnoticed, or been found
             // rotten and removed since its last heartbeat: trim only once
             // every keeper has read its copy back intact, asked after this
@@ -996,7 +993,7 @@ impl Tracker {
                 // Only for a trim still waiting on this keeper, or a leave
                 // on this target's hand-over copy.
                 let mut waiting = false;
-                if let Some(h) = self.heal.handoff_checks.get_mut(&(cx, nx))
+                if let Some(h) = self.heal.leave_checks.get_mut(&(cx, nx))
                     && !h.intact
                 {
                     h.asked = Some(stamp);
