@@ -2239,6 +2239,15 @@ impl Tracker {
             .unwrap_or_default()
     }
 
+    /// The holders of `chunk` that count toward its live copies now (alive:
+    /// heard from since the tracker started and not declared dead).
+    pub fn live_holders(&self, chunk: &ChunkId) -> Vec<NodeId> {
+        self.chunks
+            .find(chunk)
+            .map(|cx| self.live_holder_ids(cx))
+            .unwrap_or_default()
+    }
+
     /// Copies leaving nodes handed over that their targets have not read
     /// back intact yet, as (chunk, leaving node, target).
     pub fn unverified_handoffs(&self) -> Vec<(ChunkId, NodeId, NodeId)> {

@@ -91,6 +91,7 @@ pub const NAMES: &[&str] = &[
     "loss",
     "latency",
     "stall",
+    "lag",
     "lose_holder",
     "disk_rot",
     "disk_full",

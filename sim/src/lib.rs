@@ -32,6 +32,7 @@ pub fn deterministic() -> bool {
 }
 
 pub mod coverage;
+pub mod lag;
 pub mod plan;
 pub mod run;
 pub mod store;

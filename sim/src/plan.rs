@@ -71,6 +71,13 @@ pub enum Action {
     /// For `ms`, messages may take up to 2.5 s: requests time out and
     /// arrive after newer ones (late heartbeats, overtaken reports).
     Stall { ms: u16 },
+    /// Aimed at the tracker's heartbeat sequencing: once node `node` next
+    /// stores a chunk, what it sends the trackers for the next second takes
+    /// `ms` to arrive (its heartbeat times out and the next goes on a new
+    /// connection), and the new chunk rots, so the scrubber removes it and
+    /// a fresh heartbeat reports that before the held one, which still
+    /// reports the chunk added, arrives overtaken.
+    Lag { node: u8, ms: u16 },
     /// Node `node`'s disk misbehaves (see [`DiskAction`]); `n` is how long
     /// (ms), or which chunk rots.
     Disk { node: u8, what: DiskAction, n: u16 },
@@ -178,6 +185,10 @@ pub struct Scenario {
 
 /// Faults stop and heal by this time; then the checker runs.
 pub const FAULT_WINDOW_MS: u32 = 3_000;
+
+/// A lag holds a node's messages back longer than its heartbeat waits for
+/// an answer (1 s), so the next heartbeat overtakes the held one.
+pub const LAG_MIN_MS: u16 = 1_300;
 
 /// A tracker or a node: what crashes. Trackers get their share in a
 /// group, where they are several.
@@ -319,7 +330,18 @@ fn fault(nodes: u8, kinds: u16) -> BoxedStrategy<Action> {
     if kinds & kind::LATENCY != 0 {
         let lat = (4u16..80).prop_map(|max_ms| Action::Latency { max_ms });
         choices.push((1, lat.boxed()));
-        let stall = (50u16..600).prop_map(|ms| Action::Stall { ms });
+        // Half the stalls are lags: the same draw, so other seeds keep
+        // their scenarios.
+        let stall = (50u16..600).prop_map(move |ms| {
+            if ms % 2 == 0 {
+                Action::Lag {
+                    node: ((ms / 2) % u16::from(nodes)) as u8,
+                    ms: LAG_MIN_MS + (ms * 7) % 1_000,
+                }
+            } else {
+                Action::Stall { ms }
+            }
+        });
         choices.push((1, stall.boxed()));
     }
     if kinds & kind::LOSE_HOLDER != 0 {
@@ -489,6 +511,7 @@ impl fmt::Display for Action {
             Action::CrashFor { target, down_ms } => write!(f, "crash({target},{down_ms})"),
             Action::PartitionFor { a, b, ms } => write!(f, "partition({a},{b},{ms})"),
             Action::Stall { ms } => write!(f, "stall({ms})"),
+            Action::Lag { node, ms } => write!(f, "lag(node{node},{ms})"),
             Action::Disk { node, what, n } => {
                 let what = match what {
                     DiskAction::Rot => "rot".to_string(),
@@ -653,6 +676,13 @@ impl std::str::FromStr for Action {
                 })
             }
             ("stall", [ms]) => Ok(Action::Stall { ms: parse_num(ms)? }),
+            ("lag", [n, ms]) => match parse_target(n)? {
+                Target::Node(node) => Ok(Action::Lag {
+                    node,
+                    ms: parse_num(ms)?,
+                }),
+                _ => Err(format!("bad node {n:?}")),
+            },
             ("ls", [c]) => Ok(Action::Ls {
                 client: parse_client(c)?,
             }),

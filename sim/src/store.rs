@@ -37,6 +37,9 @@ pub struct MemStore {
     capacity: Option<u64>,
     /// The fault in force, and until when (simulated milliseconds).
     fault: Arc<Mutex<Option<(DiskFault, u64)>>>,
+    /// Copies the node removed since the checker last looked, each with
+    /// whether it was intact.
+    removed: Arc<Mutex<Vec<(ChunkId, bool)>>>,
 }
 
 fn io_error(op: &'static str, kind: std::io::ErrorKind) -> StoreError {
@@ -132,6 +135,12 @@ impl MemStore {
         self.map().get(id).is_some_and(|b| ChunkId::of(b) == *id)
     }
 
+    /// Copies the node removed since the last call, each with whether it
+    /// was intact (a wipe is not a removal).
+    pub fn take_removed(&self) -> Vec<(ChunkId, bool)> {
+        std::mem::take(&mut *self.removed.lock().expect("removed lock"))
+    }
+
     /// Lose the whole disk (a node that never comes back with its data).
     pub fn wipe(&self) {
         self.map().clear();
@@ -159,8 +168,13 @@ impl ChunkStore for MemStore {
     }
 
     async fn remove(&self, id: &ChunkId) -> Result<(), StoreError> {
-        if self.map().remove(id).is_some() {
+        if let Some(b) = self.map().remove(id) {
             crate::coverage::count("chunks_removed");
+            let intact = ChunkId::of(&b) == *id;
+            self.removed
+                .lock()
+                .expect("removed lock")
+                .push((*id, intact));
         }
         Ok(())
     }

@@ -235,6 +235,15 @@ impl HealState {
         has(&self.deletes) || has(&self.unconfirmed)
     }
 
+    /// Whether a deletion of `chunk` is pending or unconfirmed on any node
+    /// (what is, whatever a planted bug makes of it).
+    pub(crate) fn any_deleting(&self, chunk: &ChunkId) -> bool {
+        self.deletes
+            .values()
+            .chain(self.unconfirmed.values())
+            .any(|d| d.contains(chunk))
+    }
+
     /// Whether a trim of `cx` is waiting for its keepers' verifications.
     pub(crate) fn trimming(&self, cx: ChunkIx) -> bool {
         self.trim_checks.contains_key(&cx)
@@ -552,6 +561,13 @@ impl Tracker {
         self.chunks
             .find(chunk)
             .is_some_and(|cx| self.heal.trimming(cx))
+    }
+
+    /// Whether a node has been or will be told to delete its copy of
+    /// `chunk` and has not confirmed it yet: the copies that stay were
+    /// checked before, so the simulator does not rot one now.
+    pub fn deletion_pending(&self, chunk: &ChunkId) -> bool {
+        self.heal.any_deleting(chunk)
     }
 
     /// Nodes with a deletion of `chunk` pending or unconfirmed.
@@ -948,6 +964,32 @@ impl Tracker {
         )
     }
 
+    /// Whether deleting a copy of `chunk` now (a copy no longer counted)
+    /// would leave fewer copies than its factor on live nodes that stay,
+    /// heard from lately and not told to delete theirs. Always false for
+    /// a chunk no file references.
+    fn keepers_short(&self, chunk: &ChunkId, now_ms: u64) -> bool {
+        if mutants::on(Mutant::TrimWithoutFreshness) {
+            return false;
+        }
+        let Some(cx) = self.chunks.find(chunk) else {
+            return false;
+        };
+        let rec = self.chunks.get(cx);
+        let staying = rec
+            .holders
+            .iter()
+            .filter(|&&nx| {
+                let n = self.node(nx);
+                self.alive(nx)
+                    && !n.leaving
+                    && self.heard_lately(nx, now_ms)
+                    && !self.heal.deleting(chunk, &n.id)
+            })
+            .count();
+        staying < usize::from(rec.factor)
+    }
+
     /// The commands for `node`, taken at its heartbeat.
     pub(crate) fn take_commands(&mut self, node: &NodeId, now_ms: u64) -> Vec<NodeCommand> {
         let mut out = Vec::new();
@@ -959,11 +1001,20 @@ impl Tracker {
                 seq: n.last_seq,
             }
         });
-        if let Some(chunks) = self.heal.deletes.get_mut(node) {
+        if let Some(mut chunks) = self.heal.deletes.remove(node) {
             while out.len() < COMMANDS_PER_REPLY {
                 let Some(chunk) = chunks.pop_first() else {
                     break;
                 };
+                if self.keepers_short(&chunk, now_ms) {
+                    // A keeper left, died or fell silent since this copy
+                    // was chosen to go (seed 6286624963: one left with
+                    // --force first): it stays and counts again; a later
+                    // pass trims afresh if the surplus is still there.
+                    self.heal.counters.deletes_cancelled += 1;
+                    self.link_id(node, chunk);
+                    continue;
+                }
                 self.heal
                     .tombstones
                     .insert((chunk, node.clone()), (now_ms, stamp));
@@ -978,8 +1029,8 @@ impl Tracker {
                     .insert(chunk);
                 out.push(NodeCommand::Delete { chunk });
             }
-            if chunks.is_empty() {
-                self.heal.deletes.remove(node);
+            if !chunks.is_empty() {
+                self.heal.deletes.insert(node.clone(), chunks);
             }
         }
         if let Some(&nx) = self.node_ix.get(node)
