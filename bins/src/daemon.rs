@@ -16,7 +16,7 @@ use p2p_net::group::{GroupMeta, Leading, LogStore, Member, Timing};
 use p2p_net::http::{node_routes, tracker_routes};
 use p2p_net::meta::{MetaStore, RedbMeta};
 use p2p_net::metrics::RpcMetrics;
-use p2p_net::node::{NodeConfig, NodeService};
+use p2p_net::node::{Ended, NodeConfig, NodeService};
 use p2p_net::store::DiskStore;
 use p2p_net::tls::{Ca, Credentials};
 use p2p_net::tracker::TrackerService;
@@ -325,6 +325,40 @@ pub struct NodeOptions {
     pub zone: Option<String>,
     /// The most it stores (`None`: what its disk has free, less a reserve).
     pub capacity_bytes: Option<u64>,
+    /// It left the network before and joins again (`--rejoin`).
+    pub rejoin: bool,
+}
+
+/// The mark a node that left keeps in its data directory: it does not
+/// start again unless told to rejoin.
+pub const LEFT_MARK: &str = "left";
+
+/// Refuse to start a node that left, unless it rejoins (then forget the
+/// mark: the tracker is asked to take it back at registration).
+fn check_left_mark(data: &Path, id: &NodeId, rejoin: bool) -> anyhow::Result<()> {
+    let mark = data.join(LEFT_MARK);
+    match std::fs::read_to_string(&mark) {
+        Ok(said) if !rejoin => anyhow::bail!(
+            "node {id} left the network ({}); it stays out: start it with --rejoin to join again (its chunks then count again, and surplus copies are trimmed)",
+            said.trim()
+        ),
+        Ok(_) => {
+            std::fs::remove_file(&mark).with_context(|| format!("cannot remove {}", mark.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", mark.display())),
+    }
+}
+
+/// Keep the mark of a node that left (see [`LEFT_MARK`]).
+fn write_left_mark(data: &Path) -> anyhow::Result<()> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mark = data.join(LEFT_MARK);
+    std::fs::write(&mark, format!("left at unix time {since}\n"))
+        .with_context(|| format!("cannot write {}", mark.display()))
 }
 
 /// The node's stable id, created on first start in `<data>/node-id`.
@@ -382,6 +416,7 @@ pub async fn run_node(
     let bound = listener.local_addr().context("listener has no address")?;
     let addr = opts.advertise.clone().unwrap_or_else(|| bound.to_string());
     let id = node_id(&opts.data)?;
+    check_left_mark(&opts.data, &id, opts.rejoin)?;
     let tls_dir = opts.data.join("tls");
     let mut creds = Credentials::load(&tls_dir).with_context(|| {
         format!(
@@ -416,6 +451,7 @@ pub async fn run_node(
         scrub_every: opts.scrub_every,
         zone: opts.zone.clone(),
         capacity_bytes: opts.capacity_bytes,
+        rejoin: opts.rejoin,
         ..NodeConfig::default()
     };
     let service = NodeService::open(id, addr, opts.tracker.clone(), store, dialer, config).await?;
@@ -440,6 +476,8 @@ pub async fn run_node(
     let check = checking(service.revoked(), false);
     let rpc = RpcMetrics::default();
     let http = spawn_http(http, || node_routes(service.clone(), rpc.clone()));
+    let how = service.clone();
+    let data = opts.data.clone();
     let server = tokio::spawn(async move {
         let r = builder
             .layer(rpc.layer())
@@ -450,7 +488,15 @@ pub async fn run_node(
         if let Some(h) = http {
             h.abort();
         }
-        r
+        r?;
+        match how.ended() {
+            Some(Ended::Left) => write_left_mark(&data),
+            Some(Ended::Refused(why)) => Err(anyhow::anyhow!(
+                "the tracker refused this node: {why} (or remove {} to start afresh)",
+                data.display()
+            )),
+            None => Ok(()),
+        }
     });
     Ok(RunningNode {
         service,

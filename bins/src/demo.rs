@@ -138,6 +138,7 @@ pub async fn run(opts: DemoOptions, dir: &Path) -> anyhow::Result<()> {
                 join: Some(token(Role::Node)),
                 zone: None,
                 capacity_bytes: None,
+                rejoin: false,
             },
         )
         .await?;

@@ -153,6 +153,12 @@ enum Cmd {
         /// anyone who reaches the port can read and write its chunks).
         #[arg(long)]
         insecure: bool,
+        /// Join again after this node left the network (a node that left
+        /// refuses to start, and the tracker refuses it, without this). Its
+        /// chunks on disk count again; copies above their factor are
+        /// trimmed.
+        #[arg(long)]
+        rejoin: bool,
     },
     /// Make the cluster's certificate authority in the tracker's data
     /// directory: the tracker then serves only mutual TLS.
@@ -224,6 +230,10 @@ enum Cmd {
     Status {
         #[arg(long)]
         json: bool,
+        /// List at most this many files at risk, fewest copies first (the
+        /// total is always given; the tracker lists 10000 at most).
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        at_risk: u32,
         /// Answer instead which files would be lost, and which would drop
         /// below their factor, if these nodes (ids or addresses,
         /// comma-separated) died now.
@@ -525,6 +535,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_shell,
             ref join,
             insecure,
+            rejoin,
         } => {
             let (l, addr) = daemon::bind(listen).await?;
             let data = data
@@ -561,6 +572,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 scrub_every: scrub_interval,
                 zone: zone.clone(),
                 capacity_bytes: capacity,
+                rejoin,
             };
             let (http_l, http_addr) = bind_http(http.as_deref()).await?;
             let node = daemon::run_node(l, http_l, opts).await?;
@@ -658,6 +670,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status {
             json,
             what_if: Some(ref nodes),
+            ..
         } => {
             let w = client(CHUNK_SIZE_DEFAULT_BYTES).what_if(nodes).await?;
             if json {
@@ -668,9 +681,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Status {
             json,
+            at_risk,
             what_if: None,
         } => {
-            let s = client(CHUNK_SIZE_DEFAULT_BYTES).status().await?;
+            let s = client(CHUNK_SIZE_DEFAULT_BYTES)
+                .status_listing(at_risk.max(1))
+                .await?;
             if json {
                 print_json(&output::status_json(&s));
             } else {

@@ -209,6 +209,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "repairs_in_flight": s.repairs_in_flight,
         "deletes_pending": s.deletes_pending,
         "at_risk": ls_json(&s.at_risk),
+        "at_risk_total": s.at_risk_total,
         "trackers": s.trackers.iter().map(|t| json!({
             "addr": t.addr,
             "role": t.role,
@@ -216,6 +217,11 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "warnings": s.warnings,
     })
+}
+
+/// `n` and the noun, singular for one.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 pub fn what_if_json(w: &pb::WhatIfResponse) -> serde_json::Value {
@@ -281,17 +287,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn status_text(s: &pb::StatusResponse) -> String {
     let alive = s.nodes.iter().filter(|n| n.alive).count();
     let mut out = format!(
-        "{} nodes ({} alive), {} files, {} chunks, {} under-replicated, {} with no live copy\n",
-        s.nodes.len(),
+        "{} ({} alive), {}, {}, {} under-replicated, {} with no live copy\n",
+        plural(s.nodes.len() as u64, "node", "nodes"),
         alive,
-        s.files,
-        s.chunks,
+        plural(s.files, "file", "files"),
+        plural(s.chunks, "chunk", "chunks"),
         s.under_replicated,
         s.lost
     );
     out += &format!(
-        "repair: {} chunks queued, {} copies in flight, {} deletions pending\n",
-        s.repair_queue, s.repairs_in_flight, s.deletes_pending
+        "repair: {} queued, {} in flight, {} pending\n",
+        plural(s.repair_queue, "chunk", "chunks"),
+        plural(s.repairs_in_flight, "copy", "copies"),
+        plural(s.deletes_pending, "deletion", "deletions")
     );
     if !s.trackers.is_empty() {
         let members: Vec<String> = s
@@ -303,6 +311,14 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
     }
     for f in &s.at_risk {
         out += &format!("file {}: {}\n", f.name, health(f));
+    }
+    let unlisted = s.at_risk_total.saturating_sub(s.at_risk.len() as u64);
+    if unlisted > 0 {
+        out += &format!(
+            "and {unlisted} more {} at risk ({} in all; --at-risk N lists more)\n",
+            if unlisted == 1 { "file" } else { "files" },
+            s.at_risk_total
+        );
     }
     for w in &s.warnings {
         out += &format!("warning: {w}\n");
@@ -327,4 +343,52 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
         );
     }
     out.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A status lists what the tracker sent, says how many more are at risk,
+    // and counts in words that agree with their numbers.
+    #[test]
+    fn status_text_says_how_many_more_files_are_at_risk() {
+        let s = pb::StatusResponse {
+            nodes: vec![pb::NodeStatus {
+                id: "n1".into(),
+                addr: "127.0.0.1:7001".into(),
+                alive: true,
+                chunks: 1,
+                ..Default::default()
+            }],
+            files: 1,
+            chunks: 1,
+            under_replicated: 1,
+            repairs_in_flight: 1,
+            at_risk: vec![pb::FileInfo {
+                name: "f".into(),
+                replicas: 3,
+                chunks: 1,
+                under_replicated: 1,
+                min_copies: 1,
+                ..Default::default()
+            }],
+            at_risk_total: 3,
+            ..Default::default()
+        };
+        let text = status_text(&s);
+        assert!(
+            text.starts_with("1 node (1 alive), 1 file, 1 chunk, 1 under-replicated"),
+            "{text}"
+        );
+        assert!(text.contains("0 chunks queued, 1 copy in flight, 0 deletions pending"));
+        assert!(text.contains("file f: "), "{text}");
+        assert!(
+            text.contains("and 2 more files at risk (3 in all;"),
+            "{text}"
+        );
+        let json = status_json(&s);
+        assert_eq!(json["at_risk_total"], 3);
+        assert_eq!(json["at_risk"].as_array().map(Vec::len), Some(1));
+    }
 }

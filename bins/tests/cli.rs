@@ -62,6 +62,7 @@ fn sample_status() -> pb::StatusResponse {
         repairs_in_flight: 4,
         deletes_pending: 0,
         at_risk: vec![sample_file(2)],
+        at_risk_total: 3,
         trackers: vec![
             pb::TrackerMember {
                 addr: "10.0.0.1:50051".into(),

@@ -158,6 +158,9 @@ pub enum TrackerError {
     /// The node is not registered (it should register again).
     #[error("unknown node {0}")]
     UnknownNode(NodeId),
+    /// The node left the network: it joins again only if it asks to.
+    #[error("node {0} left the network; it joins again only when started with --rejoin")]
+    Departed(NodeId),
     /// No file by that name.
     #[error("no such file: {0:?}")]
     UnknownFile(String),
@@ -191,6 +194,12 @@ pub enum TrackerError {
     /// Part of a full report arrived without its beginning.
     #[error("node {0} sent part of a report it did not begin")]
     NoReport(NodeId),
+    /// The node has not reported its inventory to this tracker (it was
+    /// restarted, or took over the group): what it holds is not known yet.
+    #[error(
+        "node {0} has not reported its chunks to this tracker since it started; try again in a moment"
+    )]
+    Unreported(NodeId),
     /// An enrollment token was refused.
     #[error(transparent)]
     Token(#[from] crate::enroll::TokenError),
@@ -440,8 +449,11 @@ pub struct Status {
     pub repairs_in_flight: u64,
     /// Copies above their factor or of removed files, still to delete.
     pub deletes_pending: u64,
-    /// Files with at least one under-replicated chunk, fewest copies first.
+    /// Files with at least one under-replicated chunk, fewest copies first
+    /// (at most as many as asked: see [`Tracker::status_capped`]).
     pub at_risk: Vec<FileSummary>,
+    /// How many files are at risk, listed or not.
+    pub at_risk_total: u64,
     pub warnings: Vec<Warning>,
 }
 
@@ -522,6 +534,9 @@ pub struct Tracker {
     used_tokens: BTreeMap<[u8; 16], u64>,
     /// Identities whose certificates were revoked.
     revoked: BTreeSet<String>,
+    /// Nodes that left: their registration is refused (see
+    /// [`Tracker::rejoin`]). Durable, from the records that said they left.
+    departed: BTreeSet<NodeId>,
     /// Zone names nodes gave, indexed by `NodeEntry::zone`.
     zone_names: Vec<String>,
     zone_ix: BTreeMap<String, u32>,
@@ -608,6 +623,16 @@ impl Tracker {
     }
 
     fn apply(&mut self, record: Record) {
+        match &record {
+            Record::NodeJoined { id, .. } | Record::NodeLeft { id } => {
+                if matches!(record, Record::NodeLeft { .. }) {
+                    self.departed.insert(id.clone());
+                } else {
+                    self.departed.remove(id);
+                }
+            }
+            _ => {}
+        }
         match &record {
             Record::NodeJoined { id, addr } => match self.node_ix.get(id) {
                 Some(&nx) => self.node_mut(nx).addr = addr.clone(),
@@ -1019,6 +1044,19 @@ impl Tracker {
         self.end_report(&id, now_ms)
     }
 
+    /// Node `id` left and asks to join again (`p2p node --rejoin`): its next
+    /// registration is taken, and recorded as a join, which the group
+    /// remembers. Until then a node that left is refused: one restarted by
+    /// its service manager after its leave would undo the leave unseen.
+    pub fn rejoin(&mut self, id: &NodeId) {
+        self.departed.remove(id);
+    }
+
+    /// Whether node `id` left and has not joined again.
+    pub fn departed(&self, id: &NodeId) -> bool {
+        self.departed.contains(id)
+    }
+
     /// A node starts a full inventory report, to be sent in parts of any
     /// number (a node may hold far more chunk ids than one message can
     /// carry). Until [`Tracker::end_report`] the node counts as alive and
@@ -1033,6 +1071,9 @@ impl Tracker {
     ) -> Result<(), TrackerError> {
         if addr.is_empty() || addr.len() > ADDR_MAX_BYTES {
             return Err(TrackerError::Addr(addr));
+        }
+        if self.departed.contains(&id) {
+            return Err(TrackerError::Departed(id));
         }
         let known_addr = self.node_ix.get(&id).map(|&nx| self.node(nx).addr.clone());
         if known_addr.as_deref() != Some(addr.as_str()) {
@@ -1853,8 +1894,17 @@ impl Tracker {
     }
 
     /// Nodes and durability counters; costs the nodes plus the files at
-    /// risk, never a walk of the chunks.
+    /// risk, never a walk of the chunks. Every file at risk is listed: see
+    /// [`Tracker::status_capped`].
     pub fn status(&self, now_ms: u64) -> Status {
+        self.status_capped(now_ms, usize::MAX)
+    }
+
+    /// [`Tracker::status`] listing at most `at_risk_max` files at risk, those
+    /// with the fewest copies first (`at_risk_total` counts them all): a
+    /// big node's death may put every file at risk, and an answer must stay
+    /// small enough to read.
+    pub fn status_capped(&self, now_ms: u64, at_risk_max: usize) -> Status {
         let nodes = self
             .node_ix
             .iter()
@@ -1879,6 +1929,8 @@ impl Tracker {
             .map(|&fx| self.summary(self.file(fx)))
             .collect();
         at_risk.sort_by(|a, b| (a.min_copies, &a.name).cmp(&(b.min_copies, &b.name)));
+        let at_risk_total = at_risk.len() as u64;
+        at_risk.truncate(at_risk_max);
         let (queued, in_flight) = self.repair_backlog();
         Status {
             nodes,
@@ -1890,6 +1942,7 @@ impl Tracker {
             repairs_in_flight: in_flight as u64,
             deletes_pending: self.heal.deletes_pending() as u64,
             at_risk,
+            at_risk_total,
             warnings: self.warnings(),
         }
     }
@@ -2076,6 +2129,12 @@ impl Tracker {
             .node_ix
             .get(node)
             .ok_or_else(|| TrackerError::UnknownNode(node.clone()))?;
+        // A tracker restarted from its records knows what the node held
+        // then, not now (seed 22395094654: a forced leave made a node that
+        // had not reported count again with copies it had deleted).
+        if self.node(nx).needs_full_report {
+            return Err(TrackerError::Unreported(node.clone()));
+        }
         self.set_alive(nx, true);
         let n = self.node_mut(nx);
         n.last_seen_ms = now_ms;
@@ -2263,6 +2322,15 @@ impl Tracker {
     /// Whether `node` is registered and counted alive.
     pub fn is_alive(&self, node: &NodeId) -> bool {
         self.node_ix.get(node).is_some_and(|&nx| self.alive(nx))
+    }
+
+    /// Whether `node` is sending a full report: until it ends, the node
+    /// counts as holding what it was believed to hold (from the records,
+    /// after a restart) plus what the report named so far.
+    pub fn reporting(&self, node: &NodeId) -> bool {
+        self.node_ix
+            .get(node)
+            .is_some_and(|&nx| self.node(nx).report.is_some())
     }
 
     /// Chunk records in the table (referenced, or held by some node).

@@ -1038,10 +1038,23 @@ impl<D: Dialer> Client<D> {
         Ok(all)
     }
 
+    /// The cluster's state, with the tracker's default number of files at
+    /// risk (see [`Client::status_listing`]).
     pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
-        self.tracker_call(|mut t| async move { t.status(pb::StatusRequest {}).await })
+        self.status_listing(0).await
+    }
+
+    /// The cluster's state, listing at most `at_risk` files at risk (0:
+    /// the tracker's default); `at_risk_total` counts them all.
+    pub async fn status_listing(&self, at_risk: u32) -> Result<pb::StatusResponse, ClientError> {
+        self.tracker_call(|mut t| async move {
+            t.status(pb::StatusRequest {
+                at_risk_limit: at_risk,
+            })
             .await
-            .map_err(|s| self.tracker_err(s))
+        })
+        .await
+        .map_err(|s| self.tracker_err(s))
     }
 
     /// Which files would be lost, and which would drop below their factor,
@@ -1159,10 +1172,39 @@ impl<D: Dialer> Client<D> {
             .await
             .map_err(|s| (err(s), false))?
             .into_inner();
-        while let Some(p) = stream.message().await.map_err(|s| (err(s), true))? {
-            progress(p.done, p.total);
+        // The node says where it stands every few seconds (see
+        // `node::LEAVE_PROGRESS_EVERY`); a stream quiet for longer than a
+        // stream's gap is given up on, saying what was known.
+        let gap = self.peers.timeouts().piece;
+        let mut last: Option<(u64, u64)> = None;
+        loop {
+            let next = match tokio::time::timeout(gap, stream.message()).await {
+                Ok(r) => r.map_err(|s| (err(s), true))?,
+                Err(_) => {
+                    let known = match last {
+                        Some((done, total)) if total > 0 => {
+                            format!("it had handed over {done} of {total} chunks")
+                        }
+                        _ => "it had not begun handing chunks over".to_string(),
+                    };
+                    return Err((
+                        ClientError::Node {
+                            addr: addr.to_string(),
+                            msg: format!(
+                                "said nothing about its leave for {gap:?} ({known}); it may still leave: p2p status shows whether it is listed"
+                            ),
+                        },
+                        true,
+                    ));
+                }
+            };
+            let Some(p) = next else { break };
             if p.finished {
                 return Ok(());
+            }
+            if last != Some((p.done, p.total)) {
+                last = Some((p.done, p.total));
+                progress(p.done, p.total);
             }
         }
         Err((

@@ -39,3 +39,7 @@ pub mod tracker;
 pub mod transport;
 
 pub use error::ClientError;
+
+/// Metadata key on a tracker's refusal of a node that left the network
+/// (and did not ask to join again): the node stops rather than retry.
+pub const DEPARTED_KEY: &str = "p2p-departed";

@@ -32,6 +32,8 @@ const APPLIED: TableDefinition<&str, &[u8]> = TableDefinition::new("group_applie
 const TOKENS: TableDefinition<&[u8], u64> = TableDefinition::new("used_tokens");
 /// Identities whose certificates were revoked (`p2p revoke`).
 const REVOKED: TableDefinition<&str, ()> = TableDefinition::new("revoked");
+/// Nodes that left and have not joined again (refused if they register).
+const DEPARTED: TableDefinition<&str, ()> = TableDefinition::new("departed");
 const APPLIED_KEY: &str = "applied";
 /// redb's page cache.
 const DB_CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -175,6 +177,7 @@ impl RedbMeta {
         txn.open_table(APPLIED).map_err(|e| err(&e))?;
         txn.open_table(TOKENS).map_err(|e| err(&e))?;
         txn.open_table(REVOKED).map_err(|e| err(&e))?;
+        txn.open_table(DEPARTED).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
         Ok(Self {
             db: Arc::new(db),
@@ -240,6 +243,12 @@ impl RedbMeta {
             each(Record::Revoked {
                 id: k.value().to_string(),
             });
+        }
+        let departed = txn.open_table(DEPARTED).map_err(|e| err(&e))?;
+        for row in departed.iter().map_err(|e| err(&e))? {
+            let (k, _) = row.map_err(|e| err(&e))?;
+            let id = NodeId::new(k.value()).map_err(|e| damaged(k.value(), e.to_string()))?;
+            each(Record::NodeLeft { id });
         }
         Ok(())
     }
@@ -344,6 +353,8 @@ impl RedbMeta {
             t.retain(|_, _| false).map_err(|e| err(&e))?;
             let mut t = txn.open_table(REVOKED).map_err(|e| err(&e))?;
             t.retain(|_, _| false).map_err(|e| err(&e))?;
+            let mut t = txn.open_table(DEPARTED).map_err(|e| err(&e))?;
+            t.retain(|_, _| false).map_err(|e| err(&e))?;
         }
         {
             let mut nodes = txn.open_table(NODES).map_err(|e| err(&e))?;
@@ -351,15 +362,18 @@ impl RedbMeta {
             let mut files = txn.open_table(FILES_V2).map_err(|e| err(&e))?;
             let mut tokens = txn.open_table(TOKENS).map_err(|e| err(&e))?;
             let mut revoked = txn.open_table(REVOKED).map_err(|e| err(&e))?;
+            let mut departed = txn.open_table(DEPARTED).map_err(|e| err(&e))?;
             for r in records {
                 match r {
                     Record::NodeJoined { id, addr } => {
                         nodes
                             .insert(id.as_str(), addr.as_str())
                             .map_err(|e| err(&e))?;
+                        departed.remove(id.as_str()).map_err(|e| err(&e))?;
                     }
                     Record::NodeLeft { id } => {
                         nodes.remove(id.as_str()).map_err(|e| err(&e))?;
+                        departed.insert(id.as_str(), ()).map_err(|e| err(&e))?;
                     }
                     Record::FileCommitted { manifest, holders } => {
                         let bytes = encode_stored(manifest, holders).encode_to_vec();
@@ -569,13 +583,16 @@ impl MemoryMeta {
         let mut files = std::collections::BTreeMap::new();
         let mut tokens = std::collections::BTreeMap::new();
         let mut revoked = std::collections::BTreeMap::new();
+        let mut departed = std::collections::BTreeMap::new();
         for r in all {
             match r {
                 Record::NodeJoined { ref id, .. } => {
+                    departed.remove(id);
                     nodes.insert(id.clone(), r);
                 }
-                Record::NodeLeft { id } => {
-                    nodes.remove(&id);
+                Record::NodeLeft { ref id } => {
+                    nodes.remove(id);
+                    departed.insert(id.clone(), r);
                 }
                 Record::FileCommitted { ref manifest, .. } => {
                     files.insert(manifest.name.clone(), r);
@@ -596,6 +613,7 @@ impl MemoryMeta {
             .chain(files.into_values())
             .chain(tokens.into_values())
             .chain(revoked.into_values())
+            .chain(departed.into_values())
             .collect()
     }
 }
@@ -686,8 +704,10 @@ mod tests {
                 },
                 Record::FileCommitted {
                     manifest: m,
-                    holders: vec![vec![a, b]]
+                    holders: vec![vec![a, b.clone()]]
                 },
+                // A node that left stays out after a restart.
+                Record::NodeLeft { id: b },
             ]
         );
     }

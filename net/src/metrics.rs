@@ -262,7 +262,7 @@ pub fn cluster(
         r,
         "p2p_files_at_risk",
         "Files with a chunk below its factor",
-        s.at_risk.len() as i64,
+        i64_of(s.at_risk_total),
     );
     gauge(r, "p2p_chunks", "Chunks files reference", i64_of(s.chunks));
     gauge(

@@ -61,6 +61,10 @@ pub struct NodeConfig {
     /// Bytes of its disk a node leaves free ([`DISK_RESERVE_BYTES`], or a
     /// twentieth of a smaller disk).
     pub disk_reserve_bytes: u64,
+    /// The node left the network before and joins again (`p2p node
+    /// --rejoin`): its first registration asks the tracker to take it back.
+    /// Without it the tracker refuses a node that left, and the node stops.
+    pub rejoin: bool,
 }
 
 /// Bytes of its disk a node leaves free when it is not told a capacity.
@@ -78,6 +82,7 @@ impl Default for NodeConfig {
             zone: None,
             capacity_bytes: None,
             disk_reserve_bytes: DISK_RESERVE_BYTES,
+            rejoin: false,
         }
     }
 }
@@ -125,6 +130,11 @@ struct Inner<S: ChunkStore, D: Dialer> {
     /// tracker would count it (and place chunks on it) after it has left.
     leaving: std::sync::atomic::AtomicBool,
     shutdown: watch::Sender<bool>,
+    /// Its next registration asks to join again (see `NodeConfig::rejoin`).
+    rejoin: std::sync::atomic::AtomicBool,
+    /// How it stopped, if it did: it left, or the tracker refused it
+    /// because it had left before.
+    ended: std::sync::Mutex<Option<Ended>>,
     /// What `/metrics` shows.
     counters: crate::metrics::NodeCounters,
     /// Copies found corrupt since the last heartbeat, which reports them.
@@ -178,6 +188,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
     ) -> Result<Self, StoreError> {
         let held = store.list().await?;
         let (shutdown, _) = watch::channel(false);
+        let rejoin = config.rejoin;
         Ok(Self {
             inner: Arc::new(Inner {
                 id,
@@ -199,6 +210,8 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                 config,
                 leave_lock: tokio::sync::Mutex::new(()),
                 leaving: std::sync::atomic::AtomicBool::new(false),
+                rejoin: std::sync::atomic::AtomicBool::new(rejoin),
+                ended: std::sync::Mutex::new(None),
                 shutdown,
                 counters: Default::default(),
                 corrupt_unreported: Default::default(),
@@ -223,9 +236,20 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         self.inventory().contains(id)
     }
 
-    /// Becomes `true` when the node has left and should stop serving.
+    /// Becomes `true` when the node has left (or was refused for having
+    /// left before) and should stop serving.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()
+    }
+
+    /// Why the node stopped, once it has (see [`Ended`]).
+    pub fn ended(&self) -> Option<Ended> {
+        self.inner.ended.lock().expect("ended lock").clone()
+    }
+
+    fn end(&self, how: Ended) {
+        *self.inner.ended.lock().expect("ended lock") = Some(how);
+        let _ = self.inner.shutdown.send(true);
     }
 
     fn inventory(&self) -> std::sync::MutexGuard<'_, Inventory> {
@@ -295,6 +319,10 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
                     }
                 })
             };
+            if *shutdown.borrow() {
+                // Refused for good (it had left): nothing to retry.
+                return;
+            }
             match result {
                 Ok(()) if failing => {
                     tracing::info!("tracker reachable again");
@@ -402,11 +430,23 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         }
         parts[0].zone = self.inner.config.zone.clone().unwrap_or_default();
         parts[0].space = self.space();
-        let resp = self
+        parts[0].rejoin = self.inner.rejoin.load(std::sync::atomic::Ordering::SeqCst);
+        let resp = match self
             .tracker_client()?
             .report(tokio_stream::iter(parts))
             .await
-            .map_err(|s| self.tracker_err(s))?;
+        {
+            Ok(r) => r,
+            Err(s) if s.metadata().contains_key(crate::DEPARTED_KEY) => {
+                tracing::error!(node = %self.inner.id, "{}", s.message());
+                self.end(Ended::Refused(s.message().to_string()));
+                return Err(self.tracker_err(s));
+            }
+            Err(s) => return Err(self.tracker_err(s)),
+        };
+        self.inner
+            .rejoin
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(node = %self.inner.id, chunks = all.len(), "registered with the tracker");
         let resp = resp.into_inner();
         // A key of the wrong length (a tracker that sends none) makes
@@ -885,7 +925,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             }
             if still_needed.is_empty() {
                 tracing::info!(node = %self.inner.id, "left the network");
-                let _ = self.inner.shutdown.send(true);
+                self.end(Ended::Left);
                 return Ok(());
             }
             still = still_needed.len();
@@ -895,6 +935,20 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
         )))
     }
 }
+
+/// Why a node stopped by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It left the network: its chunks were handed over.
+    Left,
+    /// The tracker refused it: it had left before and did not ask to join
+    /// again (the tracker's words).
+    Refused(String),
+}
+
+/// A leave's progress stream carries a message at least this often (more
+/// often with a shorter heartbeat interval).
+pub const LEAVE_PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 type PieceStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkPiece, Status>> + Send>>;
 type LeaveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaveProgress, Status>> + Send>>;
@@ -1084,14 +1138,42 @@ impl<S: ChunkStore, D: Dialer> pb::node_server::Node for NodeService<S, D> {
         let node = self.clone();
         tokio::spawn(async move {
             let progress_tx = tx.clone();
+            let latest = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+            let seen = latest.clone();
             let progress = move |done, total| {
+                *seen.lock().expect("progress lock") = (done, total);
                 let _ = progress_tx.try_send(Ok(pb::LeaveProgress {
                     done,
                     total,
                     finished: false,
                 }));
             };
-            let last = match node.leave(force, &progress).await {
+            // The client gives up on a stream that stays quiet (see
+            // `Client::leave_node`): say where the leave stands at least
+            // this often, also while it waits for the tracker.
+            let every = node
+                .inner
+                .config
+                .heartbeat_interval
+                .min(LEAVE_PROGRESS_EVERY);
+            let mut beat = tokio::time::interval(every);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let leave = node.leave(force, &progress);
+            tokio::pin!(leave);
+            let r = loop {
+                tokio::select! {
+                    r = &mut leave => break r,
+                    _ = beat.tick() => {
+                        let (done, total) = *latest.lock().expect("progress lock");
+                        let _ = tx.try_send(Ok(pb::LeaveProgress {
+                            done,
+                            total,
+                            finished: false,
+                        }));
+                    }
+                }
+            };
+            let last = match r {
                 Ok(()) => Ok(pb::LeaveProgress {
                     done: 0,
                     total: 0,

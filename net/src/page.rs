@@ -82,11 +82,11 @@ pub fn cluster_page(status: &Status, journal: &Journal, now_ms: u64) -> String {
          <meta http-equiv=refresh content={REFRESH_S}>\
          <meta name=viewport content='width=device-width'>\
          <title>p2p cluster</title><style>{STYLE}</style></head><body>\
-         <header><h1>p2p cluster</h1><div class=summary>{} nodes ({alive} alive) · {} files · {} chunks · \
+         <header><h1>p2p cluster</h1><div class=summary>{} ({alive} alive) · {} · {} · \
          <span id=under>{} under-replicated</span> · <span id=lost>{} with no live copy</span></div></header>",
-        s.nodes.len(),
-        s.files,
-        s.chunks,
+        plural(s.nodes.len() as u64, "node", "nodes"),
+        plural(s.files, "file", "files"),
+        plural(s.chunks, "chunk", "chunks"),
         s.under_replicated,
         s.lost
     );
@@ -193,6 +193,15 @@ fn at_risk(out: &mut String, s: &Status) {
             );
         }
         out.push_str("</table>");
+        let more = s.at_risk_total.saturating_sub(s.at_risk.len() as u64);
+        if more > 0 {
+            let _ = write!(
+                out,
+                "<p>and {more} more {} ({} in all; <code>p2p status --at-risk N</code> lists more)</p>",
+                if more == 1 { "file" } else { "files" },
+                s.at_risk_total
+            );
+        }
     }
     out.push_str("</section>");
 }
@@ -283,6 +292,7 @@ mod tests {
             repairs_in_flight: 0,
             deletes_pending: 0,
             at_risk: vec![],
+            at_risk_total: 0,
             warnings: vec![],
         };
         let mut journal = Journal::default();
@@ -291,6 +301,10 @@ mod tests {
             .push_back((1000, "node n2 declared dead".into()));
         journal.queue.extend([(0, 0), (2000, 5), (4000, 0)]);
         let html = cluster_page(&status, &journal, 3000);
+        assert!(
+            html.contains("2 nodes (1 alive) · 1 file · 3 chunks"),
+            "{html}"
+        );
         assert!(html.contains("zone &lt;a&gt;"), "{html}");
         assert!(!html.contains("<a>"));
         assert!(html.contains("no zone (each node its own)"));
@@ -298,5 +312,24 @@ mod tests {
         assert!(html.contains("class='full' style='width:95%'"));
         assert!(html.contains("2 s ago</time>node n2 declared dead"));
         assert!(html.contains("<polyline"));
+
+        // Only the files at risk the tracker listed, and how many more.
+        let risky = p2p_core::tracker::FileSummary {
+            name: "f".into(),
+            size_bytes: 10,
+            replicas: 3,
+            chunks: 1,
+            hash: p2p_core::ManifestHash([0; 32]),
+            under_replicated: 1,
+            min_copies: 2,
+            lost: 0,
+        };
+        let capped = Status {
+            at_risk: vec![risky],
+            at_risk_total: 2,
+            ..status
+        };
+        let html = cluster_page(&capped, &journal, 3000);
+        assert!(html.contains("and 1 more file (2 in all"), "{html}");
     }
 }

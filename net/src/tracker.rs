@@ -53,6 +53,12 @@ pub const LEADER_KEY: &str = "p2p-leader";
 pub const RETRY_KEY: &str = "p2p-retry";
 
 /// `s`, asking to be asked again soon.
+/// Files at risk a status lists unless asked for another number.
+pub const AT_RISK_LISTED: usize = 20;
+
+/// Files at risk a status lists at most, however many are asked for.
+pub const AT_RISK_LISTED_MAX: usize = 10_000;
+
 fn retry_soon_status(mut s: Status) -> Status {
     s.metadata_mut()
         .insert(RETRY_KEY, tonic::metadata::MetadataValue::from_static("1"));
@@ -222,6 +228,15 @@ fn to_status(e: TrackerError) -> Status {
             retry_soon_status(Status::failed_precondition(e.to_string()))
         }
         TrackerError::UnknownNode(_) => Status::not_found(e.to_string()),
+        TrackerError::Unreported(_) => retry_soon_status(Status::unavailable(e.to_string())),
+        TrackerError::Departed(_) => {
+            let mut s = Status::failed_precondition(e.to_string());
+            s.metadata_mut().insert(
+                crate::DEPARTED_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            s
+        }
         TrackerError::UnknownFile(_) => Status::not_found(e.to_string()),
         TrackerError::FileExists(_) => Status::already_exists(e.to_string()),
         TrackerError::NotEnoughHolders { .. } => Status::failed_precondition(e.to_string()),
@@ -397,13 +412,14 @@ impl<M: MetaStore> TrackerService<M> {
         self.journal.lock().expect("journal lock").clone()
     }
 
-    /// The tracker's view as `status` shows it, its decisions so far, and
-    /// how long this tracker has run (the journal's clock); `None` while it
-    /// cannot serve (a group member that does not lead).
+    /// The tracker's view as `status` shows it (with the default number
+    /// of files at risk), its decisions so far, and how long this tracker
+    /// has run (the journal's clock); `None` while it cannot serve (a group
+    /// member that does not lead).
     pub async fn snapshot(&self) -> Option<(p2p_core::tracker::Status, HealCounters, u64)> {
         let t = self.read().await.ok()?;
         let now = self.now_ms();
-        Some((t.status(now), t.heal_counters(), now))
+        Some((t.status_capped(now, AT_RISK_LISTED), t.heal_counters(), now))
     }
 
     /// Whether this tracker can serve: its database has not failed.
@@ -495,6 +511,9 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         let space = convert::space_from_pb(req.space.as_ref());
         let (session, key) = self
             .mutate(|t, now| {
+                if req.rejoin {
+                    t.rejoin(&id);
+                }
                 let s = t.register(id.clone(), req.addr.clone(), chunks, now)?;
                 describe(t, &id, &req.zone, space)?;
                 Ok((s, t.receipt_key(&id)))
@@ -534,13 +553,17 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         )?;
         let id = convert::node_id(&first.node_id)?;
         let addr = first.addr.clone();
-        let (zone, space) = (
+        let (zone, space, rejoin) = (
             first.zone.clone(),
             convert::space_from_pb(first.space.as_ref()),
+            first.rejoin,
         );
         let was_alive = self
             .mutate(|t, now| {
                 let was_alive = t.is_alive(&id);
+                if rejoin {
+                    t.rejoin(&id);
+                }
                 t.begin_report(id.clone(), addr.clone(), now)?;
                 describe(t, &id, &zone, space)?;
                 Ok(was_alive)
@@ -825,7 +848,11 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         allow(&caller(&req), Call::Status)?;
-        let s = self.read().await?.status(self.now_ms());
+        let limit = match req.get_ref().at_risk_limit {
+            0 => AT_RISK_LISTED,
+            n => (n as usize).min(AT_RISK_LISTED_MAX),
+        };
+        let s = self.read().await?.status_capped(self.now_ms(), limit);
         Ok(Response::new(pb::StatusResponse {
             nodes: s
                 .nodes
@@ -852,6 +879,7 @@ impl<M: MetaStore> pb::tracker_server::Tracker for TrackerService<M> {
             repairs_in_flight: s.repairs_in_flight,
             deletes_pending: s.deletes_pending,
             at_risk: s.at_risk.iter().map(convert::file_info_to_pb).collect(),
+            at_risk_total: s.at_risk_total,
             trackers: self.gate.as_ref().map(|g| g.members()).unwrap_or_default(),
             warnings: s.warnings.iter().map(ToString::to_string).collect(),
         }))

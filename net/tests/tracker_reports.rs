@@ -57,7 +57,11 @@ async fn an_inventory_larger_than_a_message_registers_in_parts() {
         .into_inner()
         .session;
     assert_ne!(session, 0);
-    let status = t.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    let status = t
+        .status(pb::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.nodes.len(), 1);
     assert_eq!(status.nodes[0].chunks, n as u64);
     assert!(status.nodes[0].alive);

@@ -15,6 +15,10 @@
 //! - no panic, no host failure, no hang (the run ends within a simulated bound);
 //! - after faults heal, every chunk is back at R, and the tracker counts no
 //!   copy that is on no disk;
+//! - no node removes an intact copy of an acknowledged file's chunk if that
+//!   leaves it below its factor (outside 3 s of a destroyed disk), and the
+//!   tracker never counts among a chunk's live copies one a node deleted
+//!   as told (see [`lag`] for a fault aimed at the tracker's sequencing);
 //! - in a tracker group: no two members commit writes in the same term, and
 //!   after the run every member has applied the same log to the same
 //!   records (a digest of each compared), a wiped member included.

@@ -551,6 +551,40 @@ const FOUND: &[(&str, &str)] = &[
          2665:get(f1,client2) 2671:put(f0,0,1,client1,v1,replace) \
          2793:leave(node2,client1,force) 2962:put(f0,50988,3,client1)",
     ),
+    (
+        "a forced leave on a tracker just restarted made the node count again, with copies it had deleted, before it reported (begin_leave now waits for its report)",
+        "seed=22395094654 nodes=5 zones=3 capacity=320 155:ls(client2) \
+         163:put(f0,179,2,client1,v1) 297:ls(client0) 633:put(f2,1972,3,client2,v1) \
+         768:put(f0,23811,3,client1,v1) 926:put(f2,903,1,client1,v0,replace) \
+         1094:get(f1,client2) 1313:forge(x2,client2) \
+         1446:put(f2,23212,2,client1,v1,replace) 1461:rm(f2,client1) 1553:ls(client2) \
+         1633:ls(client1) 1890:put(f3,2380,3,client2) 2110:get(f1,client0) \
+         2189:get(f2,client2) 2241:get(f1,client1) \
+         2269:put(f1,29666,3,client2,v0,replace) 2297:leave(node0,client2,force) \
+         2359:put(f0,48343,3,client2,v1,replace) 2377:put(f0,3681,3,client2) \
+         2380:forge(x3,client2) 2506:crashwrite(tracker0,463) 2517:rm(f0,client0) \
+         2916:loss(40) 2972:get(f0,client0) 2979:put(f1,30021,3,client2,v1)",
+    ),
+    (
+        "a forced leave of the node a hand-over went to took copies while a graceful leave went on (the checker was wrong: a forced leave is a fault to every leave under way)",
+        "seed=22395034525 nodes=4 zones=3 capacity=256 55:put(f0,0,3,client0) \
+         197:get(f2,client0) 249:put(f3,3932,3,client0) 389:put(f0,513,2,client0,v1) \
+         468:crash(tracker0,1232) 483:forge(x2,client1) 547:put(f1,1271,3,client0,v1) \
+         572:crash(node0,1376) 580:put(f0,22714,3,client1) 606:get(f3,client2) \
+         608:put(f2,3864,2,client2,v1) 723:get(f3,client1) 765:put(f2,2735,3,client1) \
+         798:put(f1,34917,2,client2) 824:put(f0,2587,1,client2) \
+         869:put(f3,32495,2,client0) 904:put(f1,12792,1,client1,v1) \
+         1063:put(f3,50755,1,client2) 1162:get(f2,client1) 1234:get(f3,client2) \
+         1372:put(f2,16385,2,client0) 1427:crash(node1,766) 1428:forge(x2,client1) \
+         1514:put(f2,3477,2,client1) 1561:get(f1,client2) 1776:put(f2,1194,3,client0,v1) \
+         1792:get(f3,client0) 1939:crash(node1,650) 1950:put(f1,50620,3,client1,v1) \
+         2060:put(f1,33250,3,client1,v1) 2083:put(f3,0,3,client2) \
+         2094:put(f2,0,2,client2,v1) 2203:get(f2,client1) 2230:put(f3,26178,3,client2) \
+         2391:ls(client0) 2494:crashwrite(tracker0,1351) 2563:ls(client1) \
+         2578:put(f0,41411,3,client2) 2640:ls(client2) 2695:put(f0,2325,3,client1,v1) \
+         2834:leave(node3,client0,rot) 2850:leave(node0,client1,force) \
+         2925:get(f2,client2) 2938:put(f0,43256,2,client2)",
+    ),
 ];
 
 #[test]

@@ -463,9 +463,16 @@ impl Cluster {
 
     /// Start node `i` again on its address and data directory.
     pub fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        self.restart_node_with(i, &[])
+    }
+
+    /// Start node `i` again with more flags this time only (`--rejoin`);
+    /// its log is `node{i}.restart.log` in [`Cluster::path`].
+    pub fn restart_node_with(&mut self, i: usize, more: &[&str]) -> anyhow::Result<()> {
         let (addr, data) = (self.nodes[i].addr.clone(), self.nodes[i].data.clone());
         let log = self.dir.path().join(format!("node{i}.restart.log"));
-        let extra = self.nodes[i].extra.clone();
+        let mut extra = self.nodes[i].extra.clone();
+        extra.extend(more.iter().map(|s| s.to_string()));
         let child = self.spawn_node(&addr, &data, &log, None, &extra)?;
         self.nodes[i].child = Some(child);
         Ok(())

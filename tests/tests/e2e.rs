@@ -289,6 +289,40 @@ fn leave_hands_chunks_over() {
     c.p2p_ok(&["get", "f.bin", "-o", out.to_str().unwrap()])
         .unwrap();
     assert!(same_bytes(&input, &out).unwrap());
+
+    // Started again (a service manager restarting it), the node that left
+    // refuses to run, in one line; with its mark gone (a data directory
+    // restored from a backup), the tracker refuses it; with --rejoin it
+    // joins again and its chunks count.
+    let log_path = c.path("node0.restart.log");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(c.nodes[0].data.join("left").exists());
+    c.restart_node(0).unwrap();
+    let exit = c.nodes[0].wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(!exit.success());
+    let said = log();
+    assert!(
+        said.contains("left the network") && said.contains("--rejoin"),
+        "{said}"
+    );
+    std::fs::remove_file(c.nodes[0].data.join("left")).unwrap();
+    c.restart_node(0).unwrap();
+    let exit = c.nodes[0].wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(!exit.success());
+    let said = log();
+    assert!(said.contains("the tracker refused this node"), "{said}");
+    assert_eq!(c.status().unwrap()["nodes"].as_array().unwrap().len(), 3);
+    c.restart_node_with(0, &["--rejoin"]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.status().unwrap()["nodes"].as_array().unwrap().len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not rejoin: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.nodes[0].is_running());
 }
 
 fn assert_one_line_error(out: &std::process::Output, contains: &str) {

@@ -117,7 +117,10 @@ proptest! {
                     }
                 }
                 Step::Begin(n) => {
-                    t.begin_report(nid(*n), format!("a{n}"), now).unwrap();
+                    // Refused only for a node that left (it stays out).
+                    if let Err(e) = t.begin_report(nid(*n), format!("a{n}"), now) {
+                        assert_eq!(e, TrackerError::Departed(nid(*n)));
+                    }
                 }
                 Step::Part(n, tags) => {
                     let tags: Vec<ChunkId> = tags.iter().map(|&c| chunk(c)).collect();

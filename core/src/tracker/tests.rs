@@ -177,6 +177,28 @@ fn status_counts_under_replicated_and_lost() {
     );
 }
 
+// A status lists at most the files at risk asked for, fewest copies first,
+// and counts them all: a big node's death must not make it unreadable.
+#[test]
+fn status_lists_at_most_the_files_at_risk_asked_for() {
+    let mut t = cluster(3);
+    for name in ["e", "d", "c", "b", "a"] {
+        put(&mut t, name, 1, 3);
+    }
+    for i in 0..2 {
+        t.heartbeat(&nid(i), vec![], vec![], 11_000).unwrap();
+    }
+    t.tick(11_000);
+    let all = t.status(11_000);
+    assert_eq!(all.at_risk_total, 5);
+    assert_eq!(all.at_risk.len(), 5);
+    let few = t.status_capped(11_000, 2);
+    assert_eq!(few.at_risk_total, 5);
+    let names: Vec<&str> = few.at_risk.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(t.status_capped(11_000, 0).at_risk, vec![]);
+}
+
 /// `id` heartbeats at `now_ms` reporting `added`, and reads back intact
 /// every copy the reply asks it to verify (its answer, as a node's, comes
 /// with the next heartbeat: given at once here).
@@ -243,9 +265,42 @@ fn leave_hands_off_then_removes() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(t.poll_record(), Some(Record::NodeLeft { id: leaver }));
+    assert_eq!(
+        t.poll_record(),
+        Some(Record::NodeLeft { id: leaver.clone() })
+    );
     assert_eq!(t.status(2_000).under_replicated, 0);
     assert_eq!(t.status(2_000).nodes.len(), 3);
+
+    // Started again, the node that left is refused, by this tracker and by
+    // one restored from its records, until it asks to join again.
+    let again =
+        |t: &mut Tracker| t.register(leaver.clone(), "127.0.0.1:7000".into(), vec![], 3_000);
+    assert_eq!(again(&mut t), Err(TrackerError::Departed(leaver.clone())));
+    let records = vec![
+        Record::NodeJoined {
+            id: leaver.clone(),
+            addr: "127.0.0.1:7000".into(),
+        },
+        Record::NodeLeft { id: leaver.clone() },
+    ];
+    let mut restored = Tracker::restore(TrackerConfig::default(), records);
+    assert!(restored.departed(&leaver));
+    assert_eq!(
+        again(&mut restored),
+        Err(TrackerError::Departed(leaver.clone()))
+    );
+    t.rejoin(&leaver);
+    assert!(again(&mut t).is_ok());
+    assert_eq!(
+        t.poll_record(),
+        Some(Record::NodeJoined {
+            id: leaver.clone(),
+            addr: "127.0.0.1:7000".into()
+        })
+    );
+    assert!(!t.departed(&leaver));
+    assert_eq!(t.status(3_000).nodes.len(), 4);
 }
 
 // A holder that crashed just before a leave began still counts as live
