@@ -252,7 +252,10 @@ async fn heartbeats(
 }
 
 async fn status(c: &Client) -> anyhow::Result<pb::StatusResponse> {
-    Ok(c.clone().status(pb::StatusRequest::default()).await?.into_inner())
+    Ok(c.clone()
+        .status(pb::StatusRequest::default())
+        .await?
+        .into_inner())
 }
 
 #[tokio::main]
