@@ -186,6 +186,25 @@ pub struct Cluster {
     pub tracker_http: Option<String>,
 }
 
+/// Wait until the node whose output goes to `log` says it listens (its
+/// process back), or exits (what it said instead).
+fn listening(mut child: Child, log: &Path) -> anyhow::Result<Result<Child, String>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let said = std::fs::read_to_string(log).unwrap_or_default();
+        if said.contains("listening on") {
+            return Ok(Ok(child));
+        }
+        if child.try_wait()?.is_some() {
+            return Ok(Err(said));
+        }
+        if std::time::Instant::now() > deadline {
+            return Ok(Ok(child));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Child> {
     let log_file = std::fs::File::create(log)?;
     Command::new(p2p_bin())
@@ -443,7 +462,6 @@ impl Cluster {
     pub fn add_node_with(&mut self, data: PathBuf, extra: &[&str]) -> anyhow::Result<usize> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let i = self.nodes.len();
-        let addr = free_addr();
         let log = self.dir.path().join(format!("node{i}.log"));
         // A node of a TLS cluster enrolls on its first start.
         let token = if self.tls {
@@ -451,7 +469,19 @@ impl Cluster {
         } else {
             None
         };
-        let child = self.spawn_node(&addr, &data, &log, token.as_deref(), &extra)?;
+        // A port found free may be taken by another test before the node
+        // binds it (CI saw "Address already in use"): try another.
+        let mut tries = 0;
+        let (addr, child) = loop {
+            tries += 1;
+            let addr = free_addr();
+            let child = self.spawn_node(&addr, &data, &log, token.as_deref(), &extra)?;
+            match listening(child, &log)? {
+                Ok(child) => break (addr, child),
+                Err(said) if said.contains("Address already in use") && tries < 5 => continue,
+                Err(said) => anyhow::bail!("node {i} did not start: {said}"),
+            }
+        };
         self.nodes.push(NodeProc {
             addr,
             data,
