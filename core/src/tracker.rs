@@ -227,6 +227,9 @@ struct NodeEntry {
     needs_full_report: bool,
     /// A full report under way: the chunks it named so far.
     report: Option<RoaringBitmap>,
+    /// Chunks the report under way named whose deletion is still to be
+    /// sent: not counted, but still there to delete.
+    report_deleting: Vec<ChunkId>,
     /// When its next full report is due (see
     /// [`TrackerConfig::full_report_interval_ms`]); 0 before the first.
     next_full_report_ms: u64,
@@ -647,6 +650,7 @@ impl Tracker {
                         leave_began_ms: None,
                         needs_full_report: false,
                         report: None,
+                        report_deleting: Vec::new(),
                         next_full_report_ms: 0,
                         chunks: RoaringBitmap::new(),
                         session: 0,
@@ -1089,6 +1093,7 @@ impl Tracker {
         self.set_alive(nx, true);
         let n = self.node_mut(nx);
         n.report = Some(RoaringBitmap::new());
+        n.report_deleting.clear();
         n.last_seen_ms = now_ms;
         // No heartbeat of an earlier registration applies any more.
         n.session = 0;
@@ -1108,16 +1113,19 @@ impl Tracker {
             return Err(TrackerError::NoReport(id.clone()));
         }
         let mut seen = Vec::with_capacity(chunks.len());
+        let mut deleting = Vec::new();
         for &c in chunks {
             if self.heal.deleting(&c, id) {
+                deleting.push(c);
                 continue;
             }
             let cx = self.chunks.find_or_insert(c);
             self.link(nx, cx);
             seen.push(cx);
         }
-        let report = self.node_mut(nx).report.as_mut().expect("checked above");
-        report.extend(seen);
+        let n = self.node_mut(nx);
+        n.report.as_mut().expect("checked above").extend(seen);
+        n.report_deleting.extend(deleting);
         Ok(())
     }
 
@@ -1149,6 +1157,14 @@ impl Tracker {
         for cx in &gone {
             self.unlink(nx, cx);
         }
+        // A deletion still to be sent of a copy the report did not name has
+        // nothing left to delete: dropped, or a commit that cancels it
+        // would count the copy again (seed 22395057073: a rotten copy the
+        // node had removed while down, counted from then on).
+        let named: BTreeSet<ChunkId> = std::mem::take(&mut self.node_mut(nx).report_deleting)
+            .into_iter()
+            .collect();
+        self.heal.keep_queued_deletes(id, |c| named.contains(c));
         // Never 0, which no registration has.
         self.last_session = self.last_session.wrapping_add(1).max(1);
         let session = self.last_session;

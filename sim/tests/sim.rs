@@ -585,6 +585,19 @@ const FOUND: &[(&str, &str)] = &[
          2834:leave(node3,client0,rot) 2850:leave(node0,client1,force) \
          2925:get(f2,client2) 2938:put(f0,43256,2,client2)",
     ),
+    (
+        "a deletion still queued for a copy a node had removed (rotten, while down) was cancelled by a commit of the same bytes, and the tracker counted the copy again",
+        "seed=22395057073 nodes=5 fanout 35:crash(tracker0,176) 42:get(f3,client2) \
+         58:put(f0,28959,2,client0) 448:get(f2,client2) 837:put(f2,1043,2,client0,v1) \
+         971:get(f1,client1) 999:disk(node3,slow43,765) \
+         1215:put(f0,6124,2,client2,v1,replace) 1238:get(f0,client1) \
+         1380:put(f2,3761,3,client2,v1) 1438:disk(node2,rot,528) 1496:forge(x3,client0) \
+         1572:crash(node2,1719) 1771:forge(x2,client1) 1874:get(f1,client0) \
+         1927:ls(client0) 1927:get(f2,client0) 1971:ls(client1) 1986:get(f0,client2) \
+         2077:rm(f0,client0) 2091:forge(x3,client2) 2139:put(f2,0,1,client1,v1) \
+         2695:put(f3,34863,3,client1,v0,replace) 2954:put(f0,44373,3,client1,v1) \
+         2969:disk(node0,rot,208)",
+    ),
 ];
 
 #[test]

@@ -205,6 +205,17 @@ impl HealState {
         had
     }
 
+    /// Keep only the deletions still to be sent to `node` that `keep` says
+    /// still have a copy to delete.
+    pub(crate) fn keep_queued_deletes(&mut self, node: &NodeId, keep: impl Fn(&ChunkId) -> bool) {
+        if let Some(d) = self.deletes.get_mut(node) {
+            d.retain(|c| keep(c));
+            if d.is_empty() {
+                self.deletes.remove(node);
+            }
+        }
+    }
+
     /// Nodes with a deletion of `chunk` not sent yet.
     pub(crate) fn pending_deletes(&self, chunk: &ChunkId) -> Vec<NodeId> {
         self.deletes
