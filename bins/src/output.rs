@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 pub use p2p_core::tracker::human_bytes;
 use p2p_net::client::{GetReport, Progress, PutReport};
+use p2p_net::page::plural;
 use p2p_proto as pb;
 use serde_json::json;
 
@@ -217,11 +218,6 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "warnings": s.warnings,
     })
-}
-
-/// `n` and the noun, singular for one.
-pub fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 pub fn what_if_json(w: &pb::WhatIfResponse) -> serde_json::Value {

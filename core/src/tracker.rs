@@ -627,12 +627,11 @@ impl Tracker {
 
     fn apply(&mut self, record: Record) {
         match &record {
-            Record::NodeJoined { id, .. } | Record::NodeLeft { id } => {
-                if matches!(record, Record::NodeLeft { .. }) {
-                    self.departed.insert(id.clone());
-                } else {
-                    self.departed.remove(id);
-                }
+            Record::NodeJoined { id, .. } => {
+                self.departed.remove(id);
+            }
+            Record::NodeLeft { id } => {
+                self.departed.insert(id.clone());
             }
             _ => {}
         }

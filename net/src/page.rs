@@ -30,7 +30,7 @@ fn esc(s: &str) -> String {
 }
 
 /// `n` and its noun, singular or plural.
-fn plural(n: u64, one: &str, many: &str) -> String {
+pub fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
