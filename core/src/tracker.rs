@@ -337,7 +337,11 @@ fn class(live: u8, factor: u8, held: bool) -> Class {
     }
 }
 
-/// Where to fetch one chunk: live holders first, then holders believed dead.
+/// Unreported nodes a `locate` names for a chunk with no live holder known.
+const UNREPORTED_CANDIDATES: usize = 8;
+
+/// Where to fetch one chunk: live holders first, then holders believed dead
+/// (and, for a chunk with no live holder, nodes yet to report in full).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkLocation {
     pub live: Vec<NodeRef>,
@@ -1748,7 +1752,12 @@ impl Tracker {
             let mut unconfirmed = 0;
             for (n, a) in h {
                 let Some(&nx) = self.node_ix.get(&n) else {
-                    unconfirmed += 1;
+                    // A node that left has no report to come (seed
+                    // 22395016538: a put waited out its 10 s on a holder
+                    // that had left with --force, then failed).
+                    if !self.departed.contains(&n) {
+                        unconfirmed += 1;
+                    }
                     continue;
                 };
                 let session = self.node(nx).session;
@@ -1780,9 +1789,20 @@ impl Tracker {
                             .heal
                             .tombstone(chunk, &n)
                             .is_none_or(|sent| ack::survives(stamp, sent, session)));
+                // Not counted, but the node's report may still count it:
+                // it acknowledged before registering (session 0) or in a
+                // registration the tracker has not seen, or it has not
+                // reported in full since. A node whose full report since
+                // did not name the copy will not.
+                let awaiting = {
+                    let e = self.node(nx);
+                    e.needs_full_report || e.report.is_some()
+                };
                 if counts {
                     set.insert(n);
-                } else if stamp.session != session {
+                } else if stamp.session != session
+                    && (awaiting || stamp.session == 0 || stamp.session > session)
+                {
                     unconfirmed += 1;
                 }
             }
@@ -1849,21 +1869,50 @@ impl Tracker {
             .get(name)
             .ok_or_else(|| TrackerError::UnknownFile(name.to_string()))?;
         let f = self.file(fx);
+        // Until a node has reported in full, the tracker knows its copies
+        // only as its records left them (after a restart: as of each
+        // chunk's last commit): a chunk with no live holder known may be on
+        // one of them (seed 22395001669: a repaired copy, read before its
+        // holder's report got through). The reader verifies what it gets,
+        // so asking a node that lacks it costs one round trip.
+        let unreported: Vec<NodeIx> = (0..self.nodes.len() as NodeIx)
+            .filter(|&nx| {
+                self.nodes[nx as usize].as_ref().is_some_and(|n| {
+                    (n.needs_full_report || n.report.is_some())
+                        && !n.leaving
+                        && !self.departed.contains(&n.id)
+                })
+            })
+            .collect();
         let locations = f
             .chunks
             .iter()
-            .map(|&cx| {
+            .enumerate()
+            .map(|(i, &cx)| {
                 let mut loc = ChunkLocation {
                     live: Vec::new(),
                     suspect: Vec::new(),
                 };
-                for &nx in &self.chunks.get(cx).holders {
+                let holders = &self.chunks.get(cx).holders;
+                for &nx in holders {
                     let r = self.node_ref_at(nx);
                     if self.alive(nx) {
                         loc.live.push(r);
                     } else {
                         loc.suspect.push(r);
                     }
+                }
+                if loc.live.is_empty() && !unreported.is_empty() {
+                    // A few, starting at a different one for each chunk, so
+                    // a big cluster's answer stays small and readers spread.
+                    let start = i % unreported.len();
+                    let candidates = unreported[start..]
+                        .iter()
+                        .chain(&unreported[..start])
+                        .filter(|nx| !holders.contains(nx))
+                        .take(UNREPORTED_CANDIDATES);
+                    loc.suspect
+                        .extend(candidates.map(|&nx| self.node_ref_at(nx)));
                 }
                 loc
             })

@@ -598,6 +598,73 @@ const FOUND: &[(&str, &str)] = &[
          2695:put(f3,34863,3,client1,v0,replace) 2954:put(f0,44373,3,client1,v1) \
          2969:disk(node0,rot,208)",
     ),
+    (
+        "a get after a tracker restart found no holder of a repaired copy whose node had not yet reported (now: locate names nodes still to report)",
+        "seed=22395001669 nodes=5 fanout zones=2 capacity=256 \
+         277:put(f3,65350,2,client1,v1,replace) 333:put(f3,30770,3,client0,v0,replace) \
+         346:put(f0,50400,1,client1,v1,replace) 400:put(f0,1041,3,client1,v1,replace) \
+         683:put(f1,1885,3,client1,v1) 777:put(f2,0,3,client0,v1) \
+         1078:put(f2,0,3,client0) 1082:crash(node0,549) 1113:crash(node4,905) \
+         1344:put(f3,13072,2,client0,v1) 1397:put(f2,54167,3,client2,v1,replace) \
+         1452:put(f3,10762,1,client1,v1,replace) 1578:crash(node3,626) \
+         1670:put(f2,2409,3,client2,v1,replace) 1982:loss(39) 2182:crash(tracker0,190) \
+         2215:get(f2,client1) 2356:put(f0,1016,3,client2,v1) 2359:get(f1,client1) \
+         2465:loss(40) 2518:get(f1,client2) 2531:get(f1,client2)",
+    ),
+    (
+        "rot of the hand-off's copy while its leaving node still held the other was allowed as survivable (checker: a leaving node's copy does not count)",
+        "seed=22395030325 nodes=4 trackers=3 zones=2 188:get(f1,client1) \
+         213:rm(f1,client1) 270:get(f0,client2) 275:put(f3,29860,3,client1) \
+         474:put(f0,57752,2,client0) 623:rm(f1,client1) 692:put(f3,34187,1,client2,v1) \
+         695:put(f1,0,3,client2,v1) 733:get(f2,client1) 792:put(f3,1227,3,client0,v1) \
+         1006:get(f1,client1) 1181:put(f1,3107,2,client0,v1) 1185:rm(f3,client2) \
+         1460:rm(f2,client2) 1734:disk(node3,full,804) 1829:disk(node2,rot,614) \
+         1834:disk(node3,rot,1239) 1998:get(f0,client1) 2025:disk(node1,rot,865) \
+         2063:get(f1,client1) 2118:leave(node1,client2) 2337:get(f1,client0) \
+         2667:get(f1,client1) 2691:put(f0,11887,3,client1,v1) 2709:get(f0,client2) \
+         2793:lose(f1) 2806:disk(node2,rot,826)",
+    ),
+    (
+        "a commit waited out its 10 s on an acknowledgement from a node that had left with --force, and a late forced leave left repair no time (checker)",
+        "seed=22395016538 nodes=4 zones=2 capacity=128 13:get(f1,client0) \
+         104:partition(node1,node2,2476) 143:put(f1,1740,3,client0) \
+         152:put(f2,36169,3,client0,v1,replace) 157:forge(x0,client1) \
+         244:put(f2,28886,2,client2,v0,replace) 343:put(f0,929,3,client0,v1) \
+         397:leave(node0,client2,crash) 425:leave(node2,client1,force) \
+         451:put(f1,35273,3,client1,v1) 506:get(f3,client1) \
+         524:put(f0,42262,3,client2,v1) 547:forge(x0,client2) 731:put(f1,2576,3,client1) \
+         733:put(f3,41562,1,client2,v0,replace) 761:forge(x1,client0) 764:ls(client0) \
+         772:get(f1,client2) 785:forge(x1,client2) 840:ls(client0) \
+         844:leave(node0,client0,force) 887:put(f3,57354,2,client1,v0,replace) \
+         894:partition(tracker0,node3,644) 1064:put(f1,49307,2,client1,v0,replace) \
+         1066:put(f0,31043,1,client0,v0,replace) 1136:put(f3,40356,3,client1,v0,replace) \
+         1289:get(f1,client1) 1382:put(f1,4083,1,client1,v1) 1619:get(f0,client2) \
+         1697:put(f1,0,3,client0,v1,replace) 1785:partition(node0,node2,311) \
+         1880:put(f0,3782,3,client1,v0,replace) 1972:get(f3,client1) 2036:get(f3,client1) \
+         2109:put(f1,1986,2,client0) 2255:get(f2,client2) \
+         2293:put(f1,860,3,client1,v1,replace) 2446:ls(client2) 2449:leave(node3,client1) \
+         2511:put(f0,33733,2,client1,v1) 2516:get(f1,client0) 2927:forge(x2,client2)",
+    ),
+    (
+        "the only copy of an R=1 file was lost while the tracker persisted a commit, and the loss was not expected: the checker could not read the tracker's state then (checker)",
+        "seed=31338748 nodes=5 trackers=3 fanout capacity=128 \
+         4:partition(node2,node4,1931) 29:partition(tracker0,node2,1687) \
+         31:put(f3,57473,3,client0,v1) 61:put(f1,1549,1,client2,v1,replace) \
+         268:put(f0,3342,3,client1) 381:get(f1,client2) 401:get(f1,client1) \
+         438:put(f0,218,3,client1,v0,replace) 444:get(f0,client2) \
+         683:put(f2,20448,3,client2,v1,replace) 854:get(f3,client0) \
+         902:put(f1,2450,3,client0,v1,replace) 935:get(f0,client0) 1051:get(f0,client1) \
+         1057:get(f0,client0) 1063:partition(tracker0,node2,321) \
+         1086:put(f0,2286,3,client2) 1202:get(f1,client1) 1370:put(f3,41669,3,client2,v1) \
+         1467:put(f2,40863,3,client2,v1) 1633:put(f3,55112,1,client0) \
+         1662:put(f0,287,3,client2,v1) 1666:get(f0,client1) 1744:get(f0,client2) \
+         1877:get(f2,client1) 1990:put(f1,213,2,client2,v1,replace) \
+         2025:partition(tracker1,client1,1267) 2185:get(f0,client0) 2305:get(f2,client2) \
+         2333:put(f3,64614,2,client0,v0,replace) 2363:put(f0,24011,3,client0,v1,replace) \
+         2503:put(f2,683,2,client0,v1,replace) 2507:put(f3,253,2,client2,v1,replace) \
+         2631:lose(f2) 2690:partition(client0,client2,1538) 2703:put(f2,19830,1,client0) \
+         2726:get(f1,client1) 2881:get(f0,client0) 2958:get(f0,client0)",
+    ),
 ];
 
 #[test]

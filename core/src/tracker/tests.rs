@@ -947,3 +947,70 @@ fn revocations_are_records_and_survive_a_restore() {
     let back = Tracker::restore(TrackerConfig::default(), records);
     assert!(back.revoked().contains("n1"));
 }
+
+// A tracker back from a restart knows copies only as its records left them
+// (as of each chunk's last commit): a chunk with no live holder known names
+// the nodes still to report, where a copy made since (a repair's) may be,
+// and names them no more once they have reported.
+#[test]
+fn locate_after_restart_names_nodes_still_to_report() {
+    let mut t = cluster(4);
+    let m = put(&mut t, "f", 1, 1);
+    let committed = t.poll_record().unwrap();
+    let joined = (0..4).map(|i| Record::NodeJoined {
+        id: nid(i),
+        addr: format!("127.0.0.1:{}", 7000 + i),
+    });
+    let mut t = Tracker::restore(TrackerConfig::default(), joined.chain([committed]));
+    let recorded: Vec<NodeId> = t.holders(&m.chunks[0]).into_iter().collect();
+    assert_eq!(recorded.len(), 1);
+    let ids = |l: &[NodeRef]| l.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    let loc = &t.locate("f").unwrap().locations[0];
+    assert!(loc.live.is_empty());
+    assert_eq!(ids(&loc.suspect[..1]), recorded);
+    assert_eq!(loc.suspect.len(), 4, "the holder, then the three others");
+    // The copy moved to the last node to report: every other one reports
+    // without it.
+    let mover = (0..4).map(nid).find(|n| *n != recorded[0]).unwrap();
+    for i in 0..4 {
+        if nid(i) != mover {
+            t.register(nid(i), format!("127.0.0.1:{}", 7000 + i), vec![], 10)
+                .unwrap();
+        }
+    }
+    let loc = &t.locate("f").unwrap().locations[0];
+    assert_eq!(ids(&loc.live), Vec::<NodeId>::new());
+    assert_eq!(ids(&loc.suspect), vec![mover.clone()]);
+    let idx = (0..4).find(|&i| nid(i) == mover).unwrap();
+    t.register(
+        mover.clone(),
+        format!("127.0.0.1:{}", 7000 + idx),
+        vec![m.chunks[0]],
+        11,
+    )
+    .unwrap();
+    let loc = &t.locate("f").unwrap().locations[0];
+    assert_eq!(ids(&loc.live), vec![mover]);
+    assert!(loc.suspect.is_empty());
+}
+
+// An acknowledgement from a node that has left will never be confirmed:
+// the commit is refused at once, not "ask again soon" (seed 22395016538: a
+// put waited out its 10 s on a holder that had left with --force).
+#[test]
+fn a_commit_does_not_wait_for_a_holder_that_left() {
+    let mut t = cluster(3);
+    let m = manifest("f", 1, 2);
+    t.begin_leave(&nid(2), true, 5).unwrap();
+    t.finish_leave(&nid(2), vec![], true, 5).unwrap();
+    assert!(t.departed(&nid(2)));
+    assert_eq!(
+        t.commit(m, vec![vec![nid(0), nid(2)]]),
+        Err(TrackerError::NotEnoughHolders {
+            chunk: 0,
+            acked: 1,
+            wanted: 2,
+            unconfirmed: 0,
+        })
+    );
+}
