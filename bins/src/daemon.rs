@@ -10,8 +10,9 @@ use p2p_core::NodeId;
 use p2p_core::tracker::TrackerConfig;
 use std::sync::Arc;
 
+use p2p_net::access::checking;
 use p2p_net::client::{Client, ClientConfig};
-use p2p_net::enrollment::{EnrollmentService, checking};
+use p2p_net::enrollment::EnrollmentService;
 use p2p_net::group::{GroupMeta, Leading, LogStore, Member, Timing};
 use p2p_net::http::{node_routes, tracker_routes};
 use p2p_net::meta::{MetaStore, RedbMeta};
@@ -71,7 +72,12 @@ pub async fn run_tracker(
     opts: TrackerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let opened = std::time::Instant::now();
     let meta = RedbMeta::open(&opts.data)?;
+    tracing::info!(
+        elapsed_ms = opened.elapsed().as_millis() as u64,
+        "database opened"
+    );
     let config = TrackerConfig {
         dead_after_ms: opts.dead_after.as_millis() as u64,
         heartbeat_interval_ms: opts.heartbeat.as_millis() as u64,
@@ -89,7 +95,16 @@ pub async fn run_tracker(
         drop(meta);
         return run_group_tracker(listener, http, opts, config, tls, shutdown).await;
     }
+    let restored = std::time::Instant::now();
     let service = TrackerService::open(config, meta).await?;
+    if let Some((files, chunks)) = service.try_inspect(|t| (t.files_count(), t.chunk_records())) {
+        tracing::info!(
+            files,
+            chunks,
+            elapsed_ms = restored.elapsed().as_millis() as u64,
+            "state restored"
+        );
+    }
     let rpc = RpcMetrics::default();
     let http = spawn_http(http, || tracker_routes(service.clone(), rpc.clone()));
     let ticker = tokio::spawn(
@@ -168,7 +183,7 @@ fn tracker_server<M: MetaStore>(
 /// is refused within a second, and nodes are told on heartbeats.
 async fn watch_revoked(
     data: PathBuf,
-    revoked: p2p_net::enrollment::Revoked,
+    revoked: p2p_net::access::Revoked,
     trackers: String,
     creds: Credentials,
 ) {

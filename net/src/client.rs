@@ -411,13 +411,13 @@ impl<D: Dialer> Client<D> {
                 Err(s) => s,
             };
             self.peers.tracker_failed(&self.tracker_addr, &s);
-            let redirect = crate::tracker::redirected_to(&s);
+            let redirect = crate::signals::redirected_to(&s);
             let broke = if repeatable {
                 connection_broke(&s)
             } else {
                 never_connected(&s)
             };
-            let again = crate::tracker::retry_soon(&s)
+            let again = crate::signals::retry_soon(&s)
                 || if group {
                     redirect.is_some() || broke
                 } else {
@@ -427,7 +427,7 @@ impl<D: Dialer> Client<D> {
                 return Err(s);
             }
             if tokio::time::Instant::now() >= until {
-                if !group || crate::tracker::retry_soon(&s) {
+                if !group || crate::signals::retry_soon(&s) {
                     return Err(s);
                 }
                 return Err(Status::unavailable(format!(
@@ -438,7 +438,7 @@ impl<D: Dialer> Client<D> {
             }
             broke_once = true;
             tracing::debug!(error = %status_line(&s), "tracker call not taken; calling again");
-            if crate::tracker::retry_soon(&s) || (group && !matches!(redirect, Some(Some(_)))) {
+            if crate::signals::retry_soon(&s) || (group && !matches!(redirect, Some(Some(_)))) {
                 // Nodes still reporting, no leader known (an election), or
                 // a member down: a pause.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;

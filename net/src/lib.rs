@@ -15,13 +15,17 @@
 //! - [`client`]: put, get, ls, status and leave as a library.
 //! - [`sink`]: where a get writes; the output file's single writer.
 //! - [`convert`]: wire messages to and from core types, validated on entry.
+//! - [`signals`]: what a tracker's refusals tell a caller (redirect to the
+//!   leader, retry soon, departed), read by clients and the transport.
 //! - [`tls`]: the cluster's CA, certificates with a role, enrollment, and
 //!   the TLS settings of servers and clients; [`enrollment`]: the
-//!   trackers' enrollment service and the check that a caller presented a
-//!   certificate.
+//!   trackers' enrollment service; [`access`]: the check that a caller
+//!   presented a certificate of the cluster, not revoked, and may make the
+//!   call.
 //!
 //! Time is read only through `tokio::time`, which the simulator controls.
 
+pub mod access;
 pub mod client;
 pub mod convert;
 pub mod enrollment;
@@ -32,6 +36,7 @@ pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod page;
+pub mod signals;
 pub mod sink;
 pub mod store;
 pub mod tls;
@@ -39,7 +44,4 @@ pub mod tracker;
 pub mod transport;
 
 pub use error::ClientError;
-
-/// Metadata key on a tracker's refusal of a node that left the network
-/// (and did not ask to join again): the node stops rather than retry.
-pub const DEPARTED_KEY: &str = "p2p-departed";
+pub use signals::DEPARTED_KEY;

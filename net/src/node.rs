@@ -26,7 +26,7 @@ use p2p_core::limits::{
 };
 use p2p_core::mutants::Mutant;
 
-use crate::enrollment::{allow, caller};
+use crate::access::{allow, caller};
 use crate::transport::PerPeer;
 use p2p_proto as pb;
 use tokio::sync::{Semaphore, watch};
@@ -97,7 +97,7 @@ struct RepairOutcomes {
 struct Inner<S: ChunkStore, D: Dialer> {
     id: NodeId,
     /// Certificates the cluster revoked, as the tracker last said.
-    revoked: crate::enrollment::Revoked,
+    revoked: crate::access::Revoked,
     /// Uploads in progress, by peer.
     uploads: PerPeer,
     addr: String,
@@ -148,7 +148,7 @@ pub struct NodeService<S: ChunkStore, D: Dialer> {
 
 impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
     /// The revoked certificates this node refuses (learnt on heartbeats).
-    pub fn revoked(&self) -> crate::enrollment::Revoked {
+    pub fn revoked(&self) -> crate::access::Revoked {
         self.inner.revoked.clone()
     }
 }

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::meta::{MetaError, MetaStore, decode_commit};
+use crate::signals::retry_soon_status;
 
 /// Chunk ids of a report applied under one hold of the state's lock.
 const REPORT_BATCH_CHUNKS: usize = 4096;
@@ -46,50 +47,11 @@ pub trait Gate: Send + Sync + 'static {
     }
 }
 
-/// The metadata key of a redirect: the leader's address.
-pub const LEADER_KEY: &str = "p2p-leader";
-/// The metadata key of a refusal that may succeed if asked again soon (a
-/// tracker waiting for its nodes to report after it started).
-pub const RETRY_KEY: &str = "p2p-retry";
-
-/// `s`, asking to be asked again soon.
 /// Files at risk a status lists unless asked for another number.
 pub const AT_RISK_LISTED: usize = 20;
 
 /// Files at risk a status lists at most, however many are asked for.
 pub const AT_RISK_LISTED_MAX: usize = 10_000;
-
-fn retry_soon_status(mut s: Status) -> Status {
-    s.metadata_mut()
-        .insert(RETRY_KEY, tonic::metadata::MetadataValue::from_static("1"));
-    s
-}
-
-/// Whether `s` asks to be asked again soon.
-pub fn retry_soon(s: &Status) -> bool {
-    s.metadata().get(RETRY_KEY).is_some()
-}
-
-/// The answer of a tracker that does not lead its group.
-pub fn redirect(leader: Option<&str>) -> Status {
-    let mut s = Status::unavailable(match leader {
-        Some(l) => format!("this tracker does not lead its group; the leader is {l}"),
-        None => "this tracker does not lead its group, and no leader is known yet".to_string(),
-    });
-    // Empty when no leader is known: still a redirect, to no one yet.
-    if let Ok(v) = leader.unwrap_or("").parse() {
-        s.metadata_mut().insert(LEADER_KEY, v);
-    }
-    s
-}
-
-/// The leader a redirect names: `Some(None)` for a redirect that knows no
-/// leader yet, `None` if `s` is not a redirect.
-pub fn redirected_to(s: &Status) -> Option<Option<String>> {
-    let v = s.metadata().get(LEADER_KEY)?;
-    let v = v.to_str().ok()?;
-    Some((!v.is_empty()).then(|| v.to_string()))
-}
 
 /// The tracker service. Cheap to clone; all clones share one state.
 pub struct TrackerService<M: MetaStore> {
@@ -103,7 +65,7 @@ pub struct TrackerService<M: MetaStore> {
     /// The receipt secret this process opened with (see `reload`).
     receipt_seed: [u8; 32],
     /// Revoked certificates, passed on to nodes in heartbeat replies.
-    revoked: crate::enrollment::Revoked,
+    revoked: crate::access::Revoked,
     /// Set when the database failed a write: the in-memory state may be
     /// ahead of the disk, so nothing more is acknowledged.
     poisoned: Arc<AtomicBool>,
@@ -195,7 +157,7 @@ fn mix64(x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-use crate::enrollment::{allow, caller};
+use crate::access::{allow, caller};
 use p2p_core::enroll::Call;
 
 /// Nodes one what-if question may name.
@@ -253,7 +215,7 @@ impl<M: MetaStore> TrackerService<M> {
         let session_seed = config.session_base;
         let receipt_seed = config.receipt_secret;
         let tracker = meta.restore(config).await?;
-        let revoked = crate::enrollment::Revoked::default();
+        let revoked = crate::access::Revoked::default();
         revoked.replace(tracker.revoked().iter().cloned());
         Ok(Self {
             state: Arc::new(Mutex::new(tracker)),
@@ -270,7 +232,7 @@ impl<M: MetaStore> TrackerService<M> {
     }
 
     /// The revoked certificates this tracker refuses and tells nodes of.
-    pub fn revoked(&self) -> crate::enrollment::Revoked {
+    pub fn revoked(&self) -> crate::access::Revoked {
         self.revoked.clone()
     }
 

@@ -66,14 +66,6 @@ pub struct TcpDialer {
     pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
-impl TcpDialer {
-    /// Dial with mutual TLS: trust only the cluster's CA, present `creds`.
-    pub fn with_tls(mut self, creds: &crate::tls::Credentials) -> Self {
-        self.tls = Some(creds.client());
-        self
-    }
-}
-
 impl Dialer for TcpDialer {
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
         let Some(tls) = &self.tls else {
@@ -417,7 +409,7 @@ impl<D: Dialer> Peers<D> {
             return;
         }
         let now = self.tracker_target(list);
-        let next = match crate::tracker::redirected_to(s) {
+        let next = match crate::signals::redirected_to(s) {
             Some(Some(leader)) => leader,
             Some(None) => next_member(&members, &now),
             None if s.code() == tonic::Code::Unavailable

@@ -16,7 +16,8 @@
 //!   synced before it is acknowledged;
 //! - [`state_machine`]: the records, applied;
 //! - [`network`]: the members' RPCs over gRPC (`TrackerGroup`), the
-//!   library's messages carried opaque.
+//!   library's messages carried opaque;
+//! - [`abstain`]: why a member started on an empty disk casts no vote yet.
 
 use std::fmt;
 use std::io;
@@ -27,6 +28,7 @@ use p2p_core::tracker::Record;
 
 use crate::meta::{AppliedStore, decode_records, encode_records};
 
+pub mod abstain;
 pub mod log_store;
 pub mod member;
 pub mod network;

@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::LogStore;
-use super::member::Abstain;
+use super::abstain::Abstain;
 use super::{AppliedStore, GroupConfig, GroupRaft, decode, encode};
 use crate::transport::Dialer;
 

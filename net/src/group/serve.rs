@@ -22,7 +22,8 @@ use tonic::Status;
 
 use super::{AppliedStore, Member};
 use crate::meta::{MetaError, MetaStore};
-use crate::tracker::{Gate, TrackerService, redirect};
+use crate::signals::redirect;
+use crate::tracker::{Gate, TrackerService};
 
 /// The records of a group member: restored from what it applied, written
 /// through the group.
