@@ -608,8 +608,11 @@ impl Tracker {
         t.chunks.reserve(chunks_hint);
         for r in records {
             t.apply(r);
+            // Applying queues the record to persist: a restore has nothing
+            // to persist, and keeping every manifest read until the end
+            // held the whole database in memory once more.
+            t.outbox.clear();
         }
-        t.outbox.clear();
         for n in t.nodes.iter_mut().flatten() {
             assert!(!n.alive, "a restored node is heard from before it counts");
             n.needs_full_report = true;
@@ -1871,17 +1874,22 @@ impl Tracker {
         let f = self.file(fx);
         // Until a node has reported in full, the tracker knows its copies
         // only as its records left them (after a restart: as of each
-        // chunk's last commit): a chunk with no live holder known may be on
-        // one of them (seed 22395001669: a repaired copy, read before its
-        // holder's report got through). The reader verifies what it gets,
+        // chunk's last commit): a chunk with no live holder known, and no
+        // holder still to report, may be on a node still to report (seed
+        // 22395001669: a repaired copy, read before its holder's report got
+        // through). The reader verifies what it gets,
         // so asking a node that lacks it costs one round trip.
+        let awaiting = |nx: NodeIx| {
+            self.nodes[nx as usize]
+                .as_ref()
+                .is_some_and(|n| n.needs_full_report || n.report.is_some())
+        };
         let unreported: Vec<NodeIx> = (0..self.nodes.len() as NodeIx)
             .filter(|&nx| {
-                self.nodes[nx as usize].as_ref().is_some_and(|n| {
-                    (n.needs_full_report || n.report.is_some())
-                        && !n.leaving
-                        && !self.departed.contains(&n.id)
-                })
+                awaiting(nx)
+                    && self.nodes[nx as usize]
+                        .as_ref()
+                        .is_some_and(|n| !n.leaving && !self.departed.contains(&n.id))
             })
             .collect();
         let locations = f
@@ -1902,7 +1910,14 @@ impl Tracker {
                         loc.suspect.push(r);
                     }
                 }
-                if loc.live.is_empty() && !unreported.is_empty() {
+                // Only once every holder known has reported: right after a
+                // restart, the holders the records name are the likely ones,
+                // and an answer naming every chunk's candidates would be
+                // several times larger.
+                if loc.live.is_empty()
+                    && !unreported.is_empty()
+                    && !holders.iter().any(|&nx| awaiting(nx))
+                {
                     // A few, starting at a different one for each chunk, so
                     // a big cluster's answer stays small and readers spread.
                     let start = i % unreported.len();
@@ -2395,6 +2410,11 @@ impl Tracker {
         self.node_ix
             .get(node)
             .is_some_and(|&nx| self.node(nx).report.is_some())
+    }
+
+    /// Files by name.
+    pub fn files_count(&self) -> usize {
+        self.by_name.len()
     }
 
     /// Chunk records in the table (referenced, or held by some node).
