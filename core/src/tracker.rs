@@ -254,7 +254,10 @@ struct FileEntry {
     size_bytes: u64,
     chunk_size_bytes: u64,
     replicas: u32,
-    hash: ManifestHash,
+    /// The manifest's hash, made when first asked for: a restore applies
+    /// 10^4 manifests of 10^3 chunk ids each, and hashing them all was a
+    /// twentieth of it (see [`Tracker::hash_of`]).
+    hash: std::sync::OnceLock<ManifestHash>,
     chunks: Vec<ChunkIx>,
     /// `short[k]`: how many of the file's chunk references have exactly `k`
     /// live copies, for every `k` below the file's factor. Kept up to date
@@ -695,7 +698,7 @@ impl Tracker {
                     size_bytes: manifest.size_bytes,
                     chunk_size_bytes: manifest.chunk_size_bytes,
                     replicas: manifest.replicas,
-                    hash: manifest.hash(),
+                    hash: std::sync::OnceLock::new(),
                     chunks,
                     short: vec![0; manifest.replicas as usize],
                 };
@@ -712,16 +715,28 @@ impl Tracker {
                 self.by_name.insert(manifest.name.clone(), fx);
                 // A restored record names each of a few nodes thousands of
                 // times through one shared string: look each up once, by
-                // the string's address.
+                // the string's address, and the last few again first
+                // (neighbouring chunks mostly share holders; a map lookup
+                // per holder was a twentieth of a restart).
                 let mut known: BTreeMap<usize, Option<NodeIx>> = BTreeMap::new();
+                let mut recent: [(usize, Option<NodeIx>); 4] = [(0, None); 4];
+                let mut next = 0;
                 for i in 0..manifest.chunks.len() {
                     let cx = self.file(fx).chunks[i];
                     self.add_ref(cx, fx, manifest.chunk_len(i));
                     for n in holders.get(i).into_iter().flatten() {
                         let at = n.as_str().as_ptr() as usize;
-                        let nx = *known
-                            .entry(at)
-                            .or_insert_with(|| self.node_ix.get(n).copied());
+                        let nx = match recent.iter().find(|r| r.0 == at) {
+                            Some(r) => r.1,
+                            None => {
+                                let nx = *known
+                                    .entry(at)
+                                    .or_insert_with(|| self.node_ix.get(n).copied());
+                                recent[next] = (at, nx);
+                                next = (next + 1) % recent.len();
+                                nx
+                            }
+                        };
                         if let Some(nx) = nx {
                             self.link(nx, cx);
                         }
@@ -987,7 +1002,13 @@ impl Tracker {
             return;
         }
         let id = &self.node(nx).id;
-        let pos = rec.holders.partition_point(|&h| self.node(h).id < *id);
+        // Holders mostly arrive in id order (a restore's records list them
+        // so): one comparison with the last then.
+        let pos = match rec.holders.last() {
+            None => 0,
+            Some(&last) if self.node(last).id < *id => rec.holders.len(),
+            Some(_) => rec.holders.partition_point(|&h| self.node(h).id < *id),
+        };
         self.chunks.get_mut(cx).holders.insert(pos, nx);
         let held = &mut self.node_mut(nx).chunks;
         // Chunk indices mostly arrive in increasing order: append if so.
@@ -1727,7 +1748,7 @@ impl Tracker {
         let hash = manifest.hash();
         let existing = self.by_name.get(&manifest.name).copied();
         if let Some(fx) = existing {
-            if self.file(fx).hash == hash {
+            if self.hash_of(self.file(fx)) == hash {
                 return Ok(hash);
             }
             if !replace {
@@ -1833,10 +1854,14 @@ impl Tracker {
         if existing.is_some() {
             self.drop_file(&manifest.name, Some(now_ms));
         }
+        let name = manifest.name.clone();
         self.apply(Record::FileCommitted {
             manifest,
             holders: clean,
         });
+        if let Some(&fx) = self.by_name.get(&name) {
+            let _ = self.file(fx).hash.set(hash);
+        }
         Ok(hash)
     }
 
@@ -1847,11 +1872,16 @@ impl Tracker {
             .by_name
             .get(name)
             .ok_or_else(|| TrackerError::UnknownFile(name.to_string()))?;
-        let hash = self.file(fx).hash;
+        let hash = self.hash_of(self.file(fx));
         self.apply(Record::FileRemoved {
             name: name.to_string(),
         });
         Ok(hash)
+    }
+
+    /// The hash of `f`'s manifest (made once, when first asked for).
+    fn hash_of(&self, f: &FileEntry) -> ManifestHash {
+        *f.hash.get_or_init(|| self.manifest_of(f).hash())
     }
 
     fn manifest_of(&self, f: &FileEntry) -> Manifest {
@@ -1932,9 +1962,11 @@ impl Tracker {
                 loc
             })
             .collect();
+        let manifest = self.manifest_of(f);
+        let hash = *f.hash.get_or_init(|| manifest.hash());
         Ok(Located {
-            manifest: self.manifest_of(f),
-            hash: f.hash,
+            manifest,
+            hash,
             locations,
         })
     }
@@ -1945,7 +1977,7 @@ impl Tracker {
             size_bytes: f.size_bytes,
             replicas: f.replicas,
             chunks: f.chunks.len() as u64,
-            hash: f.hash,
+            hash: self.hash_of(f),
             under_replicated: f.under_replicated(),
             min_copies: f
                 .short

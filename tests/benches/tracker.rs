@@ -82,8 +82,20 @@ impl Layout {
         format!("file-{f:05}")
     }
 
-    fn commit(&self, f: usize) -> pb::CommitRequest {
+    /// The commit of file `f`, each holder's acknowledgement signed as a
+    /// node signs it: with its session's receipt key (`sessions[i]`).
+    fn commit(&self, f: usize, sessions: &[(u64, [u8; 32])]) -> pb::CommitRequest {
         let range = f * self.per_file..(f + 1) * self.per_file;
+        let ack = |g: usize, i: usize| {
+            let (session, key) = sessions[i];
+            let stamp = p2p_core::ack::Stamp { session, seq: 0 };
+            let chunk = p2p_core::ChunkId::from_slice(&self.ids[g]).expect("32 bytes");
+            let receipt = p2p_core::ack::receipt(&key, &chunk, stamp);
+            (
+                pb::Stamp { session, seq: 0 },
+                Bytes::copy_from_slice(&receipt.0),
+            )
+        };
         pb::CommitRequest {
             manifest: Some(pb::Manifest {
                 name: Self::file_name(f),
@@ -93,12 +105,14 @@ impl Layout {
                 chunks: self.ids[range.clone()].to_vec(),
             }),
             holders: range
-                .map(|g| pb::Holders {
-                    node_ids: (0..REPLICAS)
-                        .map(|k| self.node_id((g + k) % self.nodes))
-                        .collect(),
-                    stamps: vec![],
-                    receipts: vec![],
+                .map(|g| {
+                    let nodes: Vec<usize> = (0..REPLICAS).map(|k| (g + k) % self.nodes).collect();
+                    let (stamps, receipts) = nodes.iter().map(|&i| ack(g, i)).unzip();
+                    pb::Holders {
+                        node_ids: nodes.iter().map(|&i| self.node_id(i)).collect(),
+                        stamps,
+                        receipts,
+                    }
                 })
                 .collect(),
             put: 0,
@@ -290,10 +304,21 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             })
             .await?;
-        sessions.push(r.into_inner().session);
+        let r = r.into_inner();
+        let key: [u8; 32] = r.receipt_key[..]
+            .try_into()
+            .context("a receipt key of 32 bytes")?;
+        sessions.push((r.session, key));
     }
     let stop = Arc::new(AtomicBool::new(false));
-    heartbeats(&addr, layout.clone(), sessions, stop.clone()).await?;
+    heartbeats(
+        &addr,
+        layout.clone(),
+        sessions.iter().map(|s| s.0).collect(),
+        stop.clone(),
+    )
+    .await?;
+    let sessions = Arc::new(sessions);
 
     eprintln!("committing...");
     let t = Instant::now();
@@ -301,7 +326,7 @@ async fn main() -> anyhow::Result<()> {
     let mut inflight = tokio::task::JoinSet::new();
     while next < files || !inflight.is_empty() {
         while next < files && inflight.len() < 4 {
-            let (c, req) = (c.clone(), layout.commit(next));
+            let (c, req) = (c.clone(), layout.commit(next, &sessions));
             inflight.spawn(async move { c.clone().commit(req).await });
             next += 1;
         }
