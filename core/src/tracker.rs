@@ -265,6 +265,14 @@ struct FileEntry {
     short: Vec<u32>,
 }
 
+impl NodeEntry {
+    /// Whether its copies are still to be learnt from a full report: known
+    /// only from records (after a restart), or a report under way.
+    fn awaits_report(&self) -> bool {
+        self.needs_full_report || self.report.is_some()
+    }
+}
+
 impl FileEntry {
     fn under_replicated(&self) -> u64 {
         self.short.iter().map(|&c| u64::from(c)).sum()
@@ -1818,14 +1826,12 @@ impl Tracker {
                 // registration the tracker has not seen, or it has not
                 // reported in full since. A node whose full report since
                 // did not name the copy will not.
-                let awaiting = {
-                    let e = self.node(nx);
-                    e.needs_full_report || e.report.is_some()
-                };
                 if counts {
                     set.insert(n);
                 } else if stamp.session != session
-                    && (awaiting || stamp.session == 0 || stamp.session > session)
+                    && (self.node(nx).awaits_report()
+                        || stamp.session == 0
+                        || stamp.session > session)
                 {
                     unconfirmed += 1;
                 }
@@ -1907,19 +1913,14 @@ impl Tracker {
         // chunk's last commit): a chunk with no live holder known, and no
         // holder still to report, may be on a node still to report (seed
         // 22395001669: a repaired copy, read before its holder's report got
-        // through). The reader verifies what it gets,
-        // so asking a node that lacks it costs one round trip.
-        let awaiting = |nx: NodeIx| {
-            self.nodes[nx as usize]
-                .as_ref()
-                .is_some_and(|n| n.needs_full_report || n.report.is_some())
-        };
+        // through). The reader verifies what it gets, so asking a node that
+        // lacks it costs one round trip. (A node that left has no entry.)
+        let awaiting = |nx: NodeIx| self.node(nx).awaits_report();
         let unreported: Vec<NodeIx> = (0..self.nodes.len() as NodeIx)
             .filter(|&nx| {
-                awaiting(nx)
-                    && self.nodes[nx as usize]
-                        .as_ref()
-                        .is_some_and(|n| !n.leaving && !self.departed.contains(&n.id))
+                self.nodes[nx as usize]
+                    .as_ref()
+                    .is_some_and(|n| n.awaits_report() && !n.leaving)
             })
             .collect();
         let locations = f

@@ -44,4 +44,3 @@ pub mod tracker;
 pub mod transport;
 
 pub use error::ClientError;
-pub use signals::DEPARTED_KEY;

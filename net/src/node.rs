@@ -437,7 +437,7 @@ impl<S: ChunkStore, D: Dialer> NodeService<S, D> {
             .await
         {
             Ok(r) => r,
-            Err(s) if s.metadata().contains_key(crate::DEPARTED_KEY) => {
+            Err(s) if crate::signals::departed(&s) => {
                 tracing::error!(node = %self.inner.id, "{}", s.message());
                 self.end(Ended::Refused(s.message().to_string()));
                 return Err(self.tracker_err(s));

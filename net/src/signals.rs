@@ -47,3 +47,17 @@ pub fn redirected_to(s: &Status) -> Option<Option<String>> {
 /// Metadata key on a tracker's refusal of a node that left the network
 /// (and did not ask to join again): the node stops rather than retry.
 pub const DEPARTED_KEY: &str = "p2p-departed";
+
+/// `s`, saying the node it refuses left the network.
+pub(crate) fn departed_status(mut s: Status) -> Status {
+    s.metadata_mut().insert(
+        DEPARTED_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
+}
+
+/// Whether `s` refuses a node because it left the network.
+pub fn departed(s: &Status) -> bool {
+    s.metadata().contains_key(DEPARTED_KEY)
+}

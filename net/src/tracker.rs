@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::meta::{MetaError, MetaStore, decode_commit};
-use crate::signals::retry_soon_status;
+use crate::signals::{departed_status, retry_soon_status};
 
 /// Chunk ids of a report applied under one hold of the state's lock.
 const REPORT_BATCH_CHUNKS: usize = 4096;
@@ -191,14 +191,7 @@ fn to_status(e: TrackerError) -> Status {
         }
         TrackerError::UnknownNode(_) => Status::not_found(e.to_string()),
         TrackerError::Unreported(_) => retry_soon_status(Status::unavailable(e.to_string())),
-        TrackerError::Departed(_) => {
-            let mut s = Status::failed_precondition(e.to_string());
-            s.metadata_mut().insert(
-                crate::DEPARTED_KEY,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-            s
-        }
+        TrackerError::Departed(_) => departed_status(Status::failed_precondition(e.to_string())),
         TrackerError::UnknownFile(_) => Status::not_found(e.to_string()),
         TrackerError::FileExists(_) => Status::already_exists(e.to_string()),
         TrackerError::NotEnoughHolders { .. } => Status::failed_precondition(e.to_string()),
